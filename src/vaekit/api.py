@@ -1,0 +1,259 @@
+"""The scikit-learn style estimator: ``VAE(...).fit(X)``, ``transform``, ``decode``, ``sample``, ``save``/``load``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.exceptions import NotFittedError
+
+from . import checkpoint as ckpt
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .data import Dataset, as_dataset
+from .data.sources import check_finite
+from .data.transforms import to_model_units, to_original_units
+from .errors import DataError
+from .evaluate import elbo as elbo_of
+from .evaluate import log_likelihood
+from .likelihoods import default_likelihood
+from .model import VAEModel
+from .networks import DEFAULT_HIDDEN, default_arch
+from .train import resolve_device, train
+
+
+def make_run_config(dataset: Dataset, *, latent_dim: int = 20, hidden: tuple[int, ...] | None = None,
+                    arch: str = "auto", likelihood: str = "auto", activation: str = "relu",
+                    gaussian_std: float = 1.0, **train_options: Any) -> RunConfig:
+    """The full configuration for training on ``dataset``, with 'auto' choices resolved from its shape and kind."""
+    arch = default_arch(dataset.shape) if arch == "auto" else arch
+    hidden = tuple(hidden) if hidden else DEFAULT_HIDDEN.get(arch, (400,))
+    likelihood = default_likelihood(dataset.kind) if likelihood == "auto" else likelihood
+    model = ModelConfig(input_shape=dataset.shape, latent_dim=latent_dim, arch=arch, hidden=hidden,
+                        activation=activation, likelihood=likelihood, gaussian_std=gaussian_std)
+    return RunConfig(model=model, data=dataclasses.replace(dataset.config), train=TrainConfig(**train_options))
+
+
+class VAE(TransformerMixin, BaseEstimator):
+    """A variational autoencoder with the scikit-learn estimator interface.
+
+    ``fit(X)`` trains on an array of examples (``(n, features)`` or images ``(n, [channels,] h, w)``)
+    or on a ``vaekit.data.Dataset``; ``transform(X)`` gives the posterior means; ``decode(z)`` and
+    ``sample(n)`` use the decoder only; ``score_samples(X)`` estimates log p(x) by importance sampling.
+    Learned state ends in ``_``: ``model_``, ``config_``, ``history_``.
+    """
+
+    def __init__(self, latent_dim: int = 20, hidden: tuple[int, ...] | None = None, arch: str = "auto",
+                 likelihood: str = "auto", activation: str = "relu", gaussian_std: float = 1.0, epochs: int = 10,
+                 batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.0, kl_weight: float = 1.0,
+                 warmup_epochs: int = 0, patience: int | None = None, binarize: str = "none",
+                 binarize_threshold: float | None = None, test_fraction: float = 0.1, seed: int = 0,
+                 device: str = "auto", num_importance_samples: int = 100, progress: bool = False) -> None:
+        self.latent_dim = latent_dim
+        self.hidden = hidden
+        self.arch = arch
+        self.likelihood = likelihood
+        self.activation = activation
+        self.gaussian_std = gaussian_std
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.kl_weight = kl_weight
+        self.warmup_epochs = warmup_epochs
+        self.patience = patience
+        self.binarize = binarize
+        self.binarize_threshold = binarize_threshold
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.device = device
+        self.num_importance_samples = num_importance_samples
+        self.progress = progress
+
+    # --- training ---------------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any = None, *, run_dir: str | Path | None = None, resume: bool = False) -> "VAE":
+        """Train on ``X`` (array or ``Dataset``); with ``run_dir`` keep checkpoints, metrics and a loss curve there."""
+        dataset = X if isinstance(X, Dataset) else as_dataset(
+            X, y, test_fraction=self.test_fraction, split_seed=self.seed, binarize=self.binarize,
+            binarize_threshold=self.binarize_threshold)
+        config = make_run_config(
+            dataset, latent_dim=self.latent_dim, hidden=self.hidden, arch=self.arch, likelihood=self.likelihood,
+            activation=self.activation, gaussian_std=self.gaussian_std, epochs=self.epochs,
+            batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay, kl_weight=self.kl_weight,
+            warmup_epochs=self.warmup_epochs, patience=self.patience, seed=self.seed, device=self.device)
+        model, history = train(config, dataset, run_dir=run_dir, resume=resume, progress=self.progress)
+        self._set_fitted(model, config, history)
+        return self
+
+    def _set_fitted(self, model: VAEModel, config: RunConfig, history: list[dict[str, Any]]) -> None:
+        self.model_ = model.eval()
+        self.config_ = config
+        self.history_ = history
+        self.input_shape_ = tuple(config.model.input_shape)
+        self.n_features_in_ = math.prod(self.input_shape_)
+        self.latent_dim_ = config.model.latent_dim
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError("this VAE is not fitted yet; call fit(X) or load a trained run with vaekit.load")
+
+    @property
+    def data_config_(self) -> DataConfig:
+        self._check_fitted()
+        return self.config_.data
+
+    # --- conversions ------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        return next(self.model_.parameters()).device
+
+    def _as_model_input(self, X: Any, units: str = "original") -> torch.Tensor:
+        """``X`` as a float32 tensor of shape (n, *input_shape) in model units, validated."""
+        self._check_fitted()
+        array = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+        if array.dtype.kind not in "buif":
+            raise DataError(f"X has dtype {array.dtype}; it must hold numbers")
+        shape = self.input_shape_
+        if array.ndim == 1 and array.size == self.n_features_in_:
+            array = array[None]
+        if array.ndim == 2 and array.shape[1] == self.n_features_in_ and len(shape) > 1:
+            array = array.reshape(len(array), *shape)
+        elif array.ndim == len(shape) and len(shape) == 3 and shape[0] == 1 and array.shape[1:] == shape[1:]:
+            array = array[:, None]
+        elif array.ndim == 4 and len(shape) == 3 and array.shape[1:] == (shape[1], shape[2], shape[0]):
+            array = array.transpose(0, 3, 1, 2)
+        if array.shape[1:] != shape:
+            raise DataError(f"X has examples of shape {array.shape[1:]} but the model expects {shape} "
+                            f"({self.n_features_in_} values per example)")
+        array = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+        check_finite(array, "X")
+        if units == "original":
+            array = to_model_units(array, self.config_.data)
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+    def _batches(self, x: torch.Tensor):
+        size = self.config_.train.eval_batch_size
+        for start in range(0, len(x), size):
+            yield x[start:start + size].to(self._device())
+
+    # --- using the model --------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance of q(z|x) for every example, each of shape (n, latent_dim)."""
+        x = self._as_model_input(X)
+        means, variances = [], []
+        for batch in self._batches(x):
+            mu, logvar = self.model_.posterior_params(batch)
+            means.append(mu.float().cpu())
+            variances.append(logvar.float().exp().cpu())
+        return torch.cat(means).numpy(), torch.cat(variances).numpy()
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Latent means (the posterior mean of q(z|x)), shape (n, latent_dim)."""
+        return self.encode(X)[0]
+
+    def sample_posterior(self, X: Any, num_samples: int = 1, seed: int | None = None) -> np.ndarray:
+        """Draws z ~ q(z|x), shape (num_samples, n, latent_dim)."""
+        mean, var = self.encode(X)
+        generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        eps = torch.randn((num_samples, *mean.shape), generator=generator).numpy()
+        return mean[None] + np.sqrt(var)[None] * eps
+
+    @torch.no_grad()
+    def decode(self, Z: Any, *, sample: bool = False, seed: int | None = None) -> np.ndarray:
+        """The mean of p(x|z) (or a draw from it with ``sample=True``) in the data's original units."""
+        self._check_fitted()
+        z = torch.as_tensor(np.asarray(Z, dtype=np.float32))
+        if z.ndim == 1:
+            z = z[None]
+        if z.ndim != 2 or z.shape[1] != self.latent_dim_:
+            raise DataError(f"latent vectors must have shape (n, {self.latent_dim_}), got {tuple(z.shape)}")
+        if not torch.isfinite(z).all():
+            raise DataError("the latent vectors hold NaN or infinite values")
+        generator = torch.Generator(device=self._device()).manual_seed(self.seed if seed is None else seed)
+        outputs = []
+        for batch in self._batches(z):
+            dist = self.model_.decode(batch)
+            if sample:
+                outputs.append(_sample(dist, generator).float().cpu())
+            else:
+                outputs.append(dist.mean.float().cpu())
+        x = torch.cat(outputs).numpy() if outputs else np.zeros((0, *self.input_shape_), dtype=np.float32)
+        return to_original_units(x, self.config_.data)
+
+    def inverse_transform(self, Z: Any) -> np.ndarray:
+        return self.decode(Z)
+
+    def sample(self, n: int = 1, *, seed: int | None = None, sample_output: bool = False) -> np.ndarray:
+        """Generate ``n`` examples by decoding z ~ N(0, I); the encoder is not used."""
+        self._check_fitted()
+        if n < 1:
+            raise DataError(f"the number of samples must be at least 1, got {n}")
+        generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        z = torch.randn(n, self.latent_dim_, generator=generator)
+        return self.decode(z.numpy(), sample=sample_output, seed=seed)
+
+    def reconstruct(self, X: Any) -> np.ndarray:
+        """Decode each example's latent mean: the mean of p(x | z = E[z|x]), in original units."""
+        return self.decode(self.transform(X))
+
+    # --- scores -----------------------------------------------------------------------------------
+    def elbo(self, X: Any, seed: int = 0) -> dict[str, np.ndarray]:
+        """Per-example negative ELBO, reconstruction and KL in nats (model units)."""
+        x = self._as_model_input(X)
+        result = elbo_of(self.model_, x, batch_size=self.config_.train.eval_batch_size, seed=seed)
+        return {"neg_elbo": result.neg_elbo.cpu().numpy(), "reconstruction": result.reconstruction.cpu().numpy(),
+                "kl": result.kl.cpu().numpy()}
+
+    def score_samples(self, X: Any, num_importance_samples: int | None = None, seed: int = 0) -> np.ndarray:
+        """Importance-weighted estimate of log p(x) per example, in nats, for data in its original units."""
+        x = self._as_model_input(X)
+        k = num_importance_samples or self.num_importance_samples
+        log_px = log_likelihood(self.model_, x, num_importance_samples=k, seed=seed).numpy().astype(np.float64)
+        if self.config_.data.standardize_std is not None:  # change of variables back to the original units
+            log_px -= float(np.log(np.asarray(self.config_.data.standardize_std)).sum())
+        return log_px
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean estimated log-likelihood (nats per example); higher is better."""
+        return float(np.mean(self.score_samples(X)))
+
+    # --- persistence ------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write a run directory (config.json + model.safetensors) that ``vaekit.load`` reads back."""
+        self._check_fitted()
+        ckpt.save_model(path, self.model_, self.config_)
+        if self.history_:
+            ckpt.write_metrics(path, self.history_)
+
+    @classmethod
+    def from_run(cls, path: str | Path, device: str = "cpu") -> "VAE":
+        """A fitted estimator from a run directory (from ``vaekit train`` or ``VAE.save``)."""
+        model, config = ckpt.load_model(path, device=resolve_device(device))
+        t, m = config.train, config.model
+        estimator = cls(latent_dim=m.latent_dim, hidden=m.hidden, arch=m.arch, likelihood=m.likelihood,
+                        activation=m.activation, gaussian_std=m.gaussian_std, epochs=t.epochs,
+                        batch_size=t.batch_size, lr=t.lr, weight_decay=t.weight_decay, kl_weight=t.kl_weight,
+                        warmup_epochs=t.warmup_epochs, patience=t.patience, binarize=config.data.binarize,
+                        binarize_threshold=config.data.binarize_threshold,
+                        test_fraction=config.data.test_fraction, seed=t.seed, device=device)
+        estimator._set_fitted(model, config, ckpt.read_metrics(path))
+        return estimator
+
+
+def _sample(dist, generator: torch.Generator) -> torch.Tensor:
+    """A draw from p(x|z) using an explicit generator (``Distribution.sample`` takes none)."""
+    base = dist.base_dist
+    if isinstance(base, torch.distributions.Bernoulli):
+        return torch.bernoulli(base.probs, generator=generator)
+    if isinstance(base, torch.distributions.Normal):
+        return base.loc + base.scale * torch.randn(base.loc.shape, generator=generator, device=base.loc.device)
+    return dist.sample()
+
+
+def load(path: str | Path, device: str = "cpu") -> VAE:
+    """Load a trained run directory as a fitted ``VAE``."""
+    return VAE.from_run(path, device=device)

@@ -1,0 +1,177 @@
+"""Pieces the commands share: data options, loading a run and its data, reading and writing outputs."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from ..api import VAE, load
+from ..data import Dataset, load_dataset, parse_spec, to_original_units
+from ..errors import ConfigError, DataError
+from ..fileio import atomic_open, atomic_write_text
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data-dir", metavar="DIR", help="where a built-in data set's files are "
+                       "(fashion-mnist: default /usr/share/datasets/fashion-mnist)")
+    group.add_argument("--image-size", metavar="HxW", type=parse_image_size,
+                       help="resize images to this size, e.g. 28 or 32x48 (default: their own size if they share one)")
+    group.add_argument("--channels", type=int, choices=(1, 3), help="image channels: 1 grayscale, 3 RGB (default: from the images)")
+    group.add_argument("--label-column", metavar="NAME", help="CSV column holding labels, kept out of the features")
+    group.add_argument("--test-fraction", type=float, metavar="F",
+                       help="held-out fraction when the data has no split of its own (default 0.1)")
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image size must be N or HxW, got {text!r}") from None
+    if len(sizes) == 1:
+        sizes = sizes * 2
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"image size must be N or HxW with positive numbers, got {text!r}")
+    return sizes[0], sizes[1]
+
+
+def parse_hidden(text: str) -> tuple[int, ...] | None:
+    if text == "auto":
+        return None
+    try:
+        sizes = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden takes comma-separated sizes such as 512,256, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--hidden takes positive sizes such as 512,256, got {text!r}")
+    return sizes
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def check_output(path: str, allowed: tuple[str, ...]) -> Path:
+    """Refuse an output path whose format is unknown before any work is done."""
+    out = Path(path)
+    if out.suffix.lower() not in allowed:
+        raise ConfigError(f"cannot write {path}: the output must end in {', '.join(allowed)}")
+    if out.exists() and out.is_dir():
+        raise ConfigError(f"cannot write {path}: it is a directory")
+    return out
+
+
+def load_run(run: str, device: str = "cpu") -> VAE:
+    return load(run, device=device)
+
+
+def load_run_data(spec: str, vae: VAE, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray | None, Dataset]:
+    """Examples of ``spec`` prepared exactly as the run's training data was, in the data's original units.
+
+    Without a ``:split`` suffix the whole file is used in its own order, or the test split of a built-in set.
+    """
+    source, split = parse_spec(spec)
+    dataset = load_dataset(spec, data_dir=data_dir, like=vae.config_.data)
+    if split is None:
+        split = "test" if dataset.order is None else "all"
+    x = dataset.split(split).numpy()
+    if x.shape[1:] != vae.input_shape_:
+        raise DataError(f"{source} has examples of shape {x.shape[1:]} but the model expects {vae.input_shape_}")
+    return to_original_units(x, vae.config_.data), dataset.labels(split), dataset
+
+
+def to_images(x: np.ndarray, vae: VAE) -> np.ndarray | None:
+    """Examples as (n, c, h, w) images when the model's data are images, else ``None``."""
+    return x.reshape(len(x), *vae.input_shape_) if len(vae.input_shape_) == 3 else None
+
+
+EXAMPLE_FORMATS = (".png", ".npy", ".csv")
+
+
+def write_examples(x: np.ndarray, path: Path, vae: VAE, title: str = "") -> None:
+    """Write examples as a PNG (image grid, or a heat map for vectors), a .npy array or a CSV table."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        save_npy(path, x)
+    elif suffix == ".csv":
+        write_csv(path, x.reshape(len(x), -1), vae.config_.data.columns)
+    else:
+        from ..plots import save_figure, save_image_grid, vectors_figure
+
+        images = to_images(x, vae)
+        if images is not None:
+            save_image_grid(images, path)
+        else:
+            save_figure(vectors_figure(x.reshape(len(x), -1), title=title, columns=vae.config_.data.columns), path)
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_open(path, "wb") as fh:
+        np.save(fh, array)
+
+
+def write_csv(path: Path, rows: np.ndarray, columns: list[str] | None = None, prefix: str = "x") -> None:
+    columns = columns if columns is not None and len(columns) == rows.shape[1] else [f"{prefix}{i}" for i in range(rows.shape[1])]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    writer.writerows([[f"{v:.7g}" for v in row] for row in rows])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_latents(path: str, latent_dim: int) -> np.ndarray:
+    """Latent vectors from .npy, .npz (key 'mean' or 'z', or its only array) or .csv (header optional)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path} does not exist")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            z = np.load(p, allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(p, allow_pickle=False) as archive:
+                key = next((k for k in ("mean", "z", "latents") if k in archive.files), None)
+                if key is None and len(archive.files) == 1:
+                    key = archive.files[0]
+                if key is None:
+                    raise DataError(f"{path} holds {archive.files}; name the latent vectors 'z' or 'mean'")
+                z = archive[key]
+        elif suffix == ".csv":
+            text = p.read_text(encoding="utf-8")
+            rows = [r for r in csv.reader(io.StringIO(text)) if r]
+            if rows and not all(_is_float(c) for c in rows[0]):
+                rows = rows[1:]
+            z = np.array([[float(c) for c in r] for r in rows], dtype=np.float32)
+        else:
+            raise DataError(f"cannot read latents from {path}: use .npy, .npz or .csv")
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"cannot read latents from {path}: {err}") from None
+    z = np.asarray(z)
+    if z.dtype.kind not in "iuf":
+        raise DataError(f"{path} holds {z.dtype} values; latent vectors must be numbers")
+    if z.ndim == 1 and z.size == latent_dim:
+        z = z[None]
+    if z.ndim != 2 or z.shape[1] != latent_dim:
+        raise DataError(f"{path} holds an array of shape {z.shape}; the model needs latent vectors of shape (n, {latent_dim})")
+    if not np.isfinite(z).all():
+        raise DataError(f"{path} holds NaN or infinite values")
+    return z.astype(np.float32)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,50 @@
+"""``vaekit info RUN``: what a run holds, how it was trained and how far it got."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .. import checkpoint as ckpt
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("info", help="describe a run directory",
+                              description="Describe a run: data, model, training settings and the last metrics.")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=info)
+
+
+def info(args: argparse.Namespace) -> int:
+    model, config = ckpt.load_model(args.run)
+    history = ckpt.read_metrics(args.run)
+    pointer = ckpt.read_pointer(args.run)
+    params = sum(p.numel() for p in model.parameters())
+    summary = {
+        "run": str(args.run),
+        "config": config.to_dict(),
+        "parameters": params,
+        "epochs_done": len(history),
+        "last_epoch": history[-1] if history else None,
+        "best_val_neg_elbo": min((h["val_neg_elbo"] for h in history), default=None),
+        "global_step": pointer["global_step"] if pointer else None,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    m, d, t = config.model, config.data, config.train
+    print(f"run          {args.run}")
+    print(f"data         {d.source}  (kind {d.kind}, shape {tuple(m.input_shape)}, binarize {d.binarize}"
+          + (", standardized" if d.standardize_mean is not None else "") + ")")
+    print(f"model        {m.arch} hidden {','.join(map(str, m.hidden))}, latent {m.latent_dim}, "
+          f"likelihood {m.likelihood}, {params:,} parameters")
+    print(f"training     {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, kl weight {t.kl_weight}, "
+          f"warm-up {t.warmup_epochs} epochs, seed {t.seed}")
+    if history:
+        last = history[-1]
+        print(f"progress     {len(history)}/{t.epochs} epochs, step {last['step']}")
+        print(f"last epoch   validation -ELBO {last['val_neg_elbo']:.3f} nats/example "
+              f"(reconstruction {last['val_reconstruction']:.3f} + KL {last['val_kl']:.3f})")
+        print(f"best         validation -ELBO {summary['best_val_neg_elbo']:.3f} nats/example")
+    return 0

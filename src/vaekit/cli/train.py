@@ -1,0 +1,164 @@
+"""``vaekit train DATA --out RUN``: train a VAE and keep everything in a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from .. import checkpoint as ckpt
+from ..api import make_run_config
+from ..config import ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, RunConfig
+from ..data import load_dataset, parse_spec
+from ..errors import ConfigError
+from ..likelihoods import LIKELIHOODS
+from ..train import train
+from .common import add_data_options, parse_hidden, positive_int
+
+# Options that may differ on --resume (everything else must match the saved run).
+RESUMABLE_OPTIONS = {"epochs", "device", "checkpoint_every", "progress", "data_dir"}
+
+DEFAULTS = {
+    "epochs": 10, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0, "latent_dim": 20, "hidden": None,
+    "arch": "auto", "activation": "relu", "likelihood": "auto", "gaussian_std": 1.0, "binarize": "none",
+    "binarize_threshold": None, "kl_weight": 1.0, "warmup_epochs": 0, "patience": None, "seed": 0,
+    "device": "auto", "checkpoint_every": None, "test_fraction": 0.1,
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a VAE on a data set", description=__doc__,
+        epilog="DATA is a built-in name (digits, fashion-mnist) or a path: .npy, .npz, .csv or a folder of images. "
+               "The run directory gets config.json, model.safetensors, checkpoints, metrics.jsonl, loss_curve.png, "
+               "samples.png and reconstructions.png.")
+    p.add_argument("data", nargs="?", metavar="DATA", help="data to train on (optional with --resume)")
+    p.add_argument("--out", "-o", required=True, metavar="RUN", help="run directory to create (or resume)")
+    g = p.add_argument_group("model")
+    g.add_argument("--latent-dim", type=positive_int, help="latent dimensions (default 20)")
+    g.add_argument("--arch", choices=("auto", *ARCHITECTURES), help="network: mlp, conv (default auto: conv for images of 16x16 and up)")
+    g.add_argument("--hidden", type=parse_hidden, metavar="SIZES",
+                   help="comma-separated hidden sizes (MLP units or conv channels; default 400 / 32,64)")
+    g.add_argument("--activation", choices=ACTIVATIONS, help="hidden activation (default relu)")
+    g.add_argument("--likelihood", choices=("auto", *LIKELIHOODS),
+                   help="p(x|z): bernoulli, gaussian (fixed variance = MSE up to a constant), gaussian-learned "
+                        "(one learned variance per output), gaussian-decoder (decoder outputs mean and variance); "
+                        "default auto: bernoulli for [0, 1] data, gaussian-learned otherwise")
+    g.add_argument("--gaussian-std", type=float, metavar="S", help="standard deviation of the fixed-variance gaussian (default 1)")
+    g.add_argument("--binarize", choices=BINARIZATIONS,
+                   help="for [0, 1] data: static (threshold, or one fixed random draw), dynamic (a fresh draw every epoch)")
+    g.add_argument("--binarize-threshold", type=float, metavar="T", help="with --binarize static: threshold instead of a random draw")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=positive_int, help="passes over the training data (default 10)")
+    t.add_argument("--batch-size", type=positive_int, help="examples per step (default 128)")
+    t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
+    t.add_argument("--kl-weight", type=float, help="weight of the KL term, beta (default 1)")
+    t.add_argument("--warmup-epochs", type=int, help="epochs over which the KL weight rises linearly from 0 (default 0)")
+    t.add_argument("--patience", type=positive_int, help="stop after this many epochs without a better validation -ELBO, "
+                   "keeping the best weights (default: no early stopping)")
+    t.add_argument("--seed", type=int, help="seed for initialisation, data order and sampling (default 0)")
+    t.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    t.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS",
+                   help="also checkpoint every this many steps (default: at the end of every epoch)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_data_options(p)
+    p.set_defaults(func=run)
+
+
+def _given(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
+
+
+def _option_value(config: RunConfig, name: str):
+    for section in (config.model, config.train, config.data):
+        if hasattr(section, name):
+            return getattr(section, name)
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.resume and ckpt.is_run_dir(out):
+        config = ckpt.load_config(out)
+        conflicts = [f"--{k.replace('_', '-')} {v} (the run has {_option_value(config, k)})"
+                     for k, v in _given(args).items()
+                     if k not in RESUMABLE_OPTIONS and _option_value(config, k) not in (None, v)
+                     and not (k == "hidden" and tuple(v) == tuple(config.model.hidden))]
+        if conflicts:
+            raise ConfigError(f"{out} was trained with other settings: {'; '.join(conflicts)}. "
+                              "Drop these options to resume it, or train into a new --out")
+        if args.data is not None and parse_spec(args.data)[0] != config.data.source:
+            raise ConfigError(f"{out} was trained on {config.data.source}, not {parse_spec(args.data)[0]}")
+        train_cfg = dataclasses.replace(config.train, **{k: v for k, v in _given(args).items()
+                                                         if k in ("epochs", "device", "checkpoint_every")})
+        config = dataclasses.replace(config, train=train_cfg)
+        dataset = load_dataset(config.data.source, data_dir=args.data_dir, like=config.data)
+    else:
+        if args.data is None:
+            raise ConfigError("name the data to train on (a built-in name or a path), or use --resume with an existing run")
+        if ckpt.is_run_dir(out) and not args.resume:
+            raise ConfigError(f"{out} already holds a run; add --resume to continue it, or choose another --out")
+        source, split = parse_spec(args.data)
+        if split not in (None, "train"):
+            raise ConfigError(f"training uses the training split and validates on the test split; drop ':{split}'")
+        opts = {**DEFAULTS, **_given(args)}
+        dataset = load_dataset(source, data_dir=args.data_dir, image_size=args.image_size, channels=args.channels,
+                               label_column=args.label_column, test_fraction=opts["test_fraction"],
+                               split_seed=opts["seed"], binarize=opts["binarize"],
+                               binarize_threshold=opts["binarize_threshold"])
+        config = make_run_config(
+            dataset, latent_dim=opts["latent_dim"], hidden=opts["hidden"], arch=opts["arch"],
+            likelihood=opts["likelihood"], activation=opts["activation"], gaussian_std=opts["gaussian_std"],
+            epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"], weight_decay=opts["weight_decay"],
+            kl_weight=opts["kl_weight"], warmup_epochs=opts["warmup_epochs"], patience=opts["patience"],
+            seed=opts["seed"], device=opts["device"], checkpoint_every=opts["checkpoint_every"])
+
+    log = _logger(args.progress)
+    m = config.model
+    log(f"data: {dataset}")
+    log(f"model: {m.arch} {','.join(map(str, m.hidden))} -> latent {m.latent_dim}, likelihood {m.likelihood}; "
+        f"training {config.train.epochs} epochs, batch {config.train.batch_size}, lr {config.train.lr}")
+    started = time.perf_counter()
+    model, history = train(config, dataset, run_dir=out, resume=args.resume, progress=args.progress, log=log)
+    _write_pictures(out, dataset)
+    last = history[-1] if history else {}
+    log(f"done in {time.perf_counter() - started:.1f} s: validation -ELBO {last.get('val_neg_elbo', float('nan')):.3f} "
+        f"nats/example. Run directory: {out}")
+    return 0
+
+
+def _write_pictures(out: Path, dataset) -> None:
+    """samples.png and reconstructions.png in the run directory, for a first look."""
+    from ..api import load
+    from .common import write_examples
+
+    vae = load(out)
+    write_examples(vae.sample(64, seed=0), out / "samples.png", vae, title="samples")
+    originals = dataset.split("test")[:32].numpy()
+    from ..data import to_original_units
+
+    originals = to_original_units(originals, vae.config_.data)
+    if len(vae.input_shape_) == 3:
+        from ..plots import save_reconstruction_grid
+
+        save_reconstruction_grid(originals, vae.reconstruct(originals), out / "reconstructions.png")
+    else:
+        import numpy as np
+
+        both = np.stack([originals, vae.reconstruct(originals)], axis=1).reshape(-1, *vae.input_shape_)
+        write_examples(both, out / "reconstructions.png", vae, title="originals (even rows) and reconstructions")
+
+
+def _logger(enabled: bool):
+    def log(message: str) -> None:
+        if enabled:
+            from tqdm.auto import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr)
+    return log

@@ -1,0 +1,228 @@
+"""Configuration as data: the dataclasses that fully describe a model, its data and its training.
+
+A run directory's ``config.json`` is ``RunConfig.to_dict()``; ``RunConfig.from_dict`` validates it
+field by field (names, types, ranges, format version) so that a foreign or damaged file is refused
+with a message naming the bad field, never half-loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+FORMAT_VERSION = 1
+"""Version of the run-directory format (config.json, checkpoint.json, tensor names)."""
+
+ARCHITECTURES = ("mlp", "conv")
+ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "silu")
+BINARIZATIONS = ("none", "static", "dynamic")
+DATA_KINDS = ("unit", "real")  # unit: every value in [0, 1] (intensities); real: any real number
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass
+class ModelConfig:
+    """The network and the probabilistic model; with the weights it rebuilds the model exactly."""
+
+    input_shape: tuple[int, ...]
+    latent_dim: int = 20
+    arch: str = "mlp"
+    hidden: tuple[int, ...] = (400,)
+    activation: str = "relu"
+    likelihood: str = "bernoulli"
+    gaussian_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        from .likelihoods import LIKELIHOODS
+
+        self.input_shape = tuple(self.input_shape)
+        self.hidden = tuple(self.hidden)
+        _check(len(self.input_shape) in (1, 3) and all(s > 0 for s in self.input_shape),
+               f"input_shape must be (features,) or (channels, height, width), got {self.input_shape}")
+        _check(self.latent_dim >= 1, f"latent_dim must be at least 1, got {self.latent_dim}")
+        _check(self.arch in ARCHITECTURES, f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
+        _check(self.arch != "conv" or len(self.input_shape) == 3,
+               f"arch 'conv' needs image data (channels, height, width), got shape {self.input_shape}")
+        _check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
+               f"hidden must hold one or more positive sizes, got {self.hidden}")
+        _check(self.activation in ACTIVATIONS,
+               f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        _check(self.likelihood in LIKELIHOODS,
+               f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
+        _check(math.isfinite(self.gaussian_std) and self.gaussian_std > 0,
+               f"gaussian_std must be a positive number, got {self.gaussian_std}")
+
+
+@dataclass
+class DataConfig:
+    """Where the data came from and how it was turned into tensors, so the same steps apply later."""
+
+    source: str = "digits"
+    kind: str = "unit"
+    binarize: str = "none"
+    binarize_threshold: float | None = None
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    image_size: tuple[int, ...] | None = None
+    channels: int | None = None
+    label_column: str | None = None
+    columns: list[str] | None = None
+    standardize_mean: list[float] | None = None
+    standardize_std: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_size is not None:
+            self.image_size = tuple(self.image_size)
+            _check(len(self.image_size) == 2 and all(s >= 1 for s in self.image_size),
+                   f"image_size must be (height, width), got {self.image_size}")
+        _check(self.kind in DATA_KINDS, f"data kind must be one of {', '.join(DATA_KINDS)}, got {self.kind!r}")
+        _check(self.binarize in BINARIZATIONS,
+               f"binarize must be one of {', '.join(BINARIZATIONS)}, got {self.binarize!r}")
+        _check(self.binarize_threshold is None or 0.0 <= self.binarize_threshold <= 1.0,
+               f"binarize threshold must lie in [0, 1], got {self.binarize_threshold}")
+        _check(0.0 < self.test_fraction < 1.0, f"test_fraction must lie strictly between 0 and 1, got {self.test_fraction}")
+        _check(self.channels in (None, 1, 3), f"channels must be 1 or 3, got {self.channels}")
+        _check((self.standardize_mean is None) == (self.standardize_std is None),
+               "standardize_mean and standardize_std must be given together")
+        if self.standardize_std is not None:
+            _check(all(math.isfinite(s) and s > 0 for s in self.standardize_std),
+                   "standardize_std must hold positive finite numbers")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. Epoch-level settings are counted in full passes over the training split."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    kl_weight: float = 1.0
+    warmup_epochs: int = 0
+    patience: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int | None = None
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        _check(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}")
+        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+               f"weight_decay must be zero or positive, got {self.weight_decay}")
+        _check(math.isfinite(self.kl_weight) and self.kl_weight >= 0,
+               f"kl_weight must be zero or positive, got {self.kl_weight}")
+        _check(self.warmup_epochs >= 0, f"warmup_epochs must be zero or positive, got {self.warmup_epochs}")
+        _check(self.patience is None or self.patience >= 1, f"patience must be at least 1, got {self.patience}")
+        _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
+               f"checkpoint_every must be at least 1 step, got {self.checkpoint_every}")
+        _check(self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
+
+
+@dataclass
+class RunConfig:
+    """Everything that describes a run: model, data and training settings."""
+
+    model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        from . import __version__
+
+        return {
+            "format_version": FORMAT_VERSION,
+            "vaekit_version": __version__,
+            "model": _to_plain(dataclasses.asdict(self.model)),
+            "data": _to_plain(dataclasses.asdict(self.data)),
+            "train": _to_plain(dataclasses.asdict(self.train)),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "RunConfig":
+        _check(isinstance(raw, dict), "the configuration must be a JSON object")
+        version = raw.get("format_version")
+        _check(version is not None, "the configuration has no format_version: it was not written by vaekit")
+        _check(isinstance(version, int) and not isinstance(version, bool), f"format_version must be an integer, got {version!r}")
+        _check(version <= FORMAT_VERSION,
+               f"the run was written in format version {version}, newer than this vaekit reads "
+               f"({FORMAT_VERSION}); upgrade vaekit")
+        _check(version >= FORMAT_VERSION,
+               f"the run was written in format version {version}, older than this vaekit reads ({FORMAT_VERSION})")
+        unknown = set(raw) - {"format_version", "vaekit_version", "model", "data", "train"}
+        _check(not unknown, f"unknown configuration section(s): {', '.join(sorted(unknown))}")
+        _check("model" in raw, "the configuration has no 'model' section")
+        return cls(
+            model=dataclass_from_dict(ModelConfig, raw["model"], "model"),
+            data=dataclass_from_dict(DataConfig, raw.get("data", {}), "data"),
+            train=dataclass_from_dict(TrainConfig, raw.get("train", {}), "train"),
+        )
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def dataclass_from_dict(cls: type, raw: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a JSON object, checking every field's presence and type."""
+    _check(isinstance(raw, dict), f"configuration section '{where}' must be a JSON object")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(raw) - set(fields)
+    _check(not unknown, f"unknown field(s) in '{where}': {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in raw:
+            _check(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING,
+                   f"missing field '{where}.{name}'")
+            continue
+        kwargs[name] = _coerce(raw[name], hints[name], f"{where}.{name}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"in '{where}': {err}") from None
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            _check(type(None) in args, f"'{where}' must not be null")
+            return None
+        non_null = [a for a in args if a is not type(None)]
+        return _coerce(value, non_null[0], where)
+    if hint is bool:
+        _check(isinstance(value, bool), f"'{where}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), f"'{where}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"'{where}' must be a number, got {value!r}")
+        _check(math.isfinite(value), f"'{where}' must be finite, got {value!r}")
+        return float(value)
+    if hint is str:
+        _check(isinstance(value, str), f"'{where}' must be a string, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        _check(isinstance(value, list), f"'{where}' must be a list, got {value!r}")
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    return value

@@ -1,0 +1,182 @@
+"""Data: sources -> a ``Dataset`` with train/test tensors, shape, kind and optional labels.
+
+A data specification is a built-in name (``digits``, ``fashion-mnist``) or a path (``.npy``, ``.npz``,
+``.csv`` or a folder of images), optionally followed by ``:train``, ``:test`` or ``:all``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import DataConfig
+from ..errors import DataError
+from .sources import BUILTIN_NAMES, RawData, check_finite, load_source
+from .transforms import binarize, split_generator, standardize_stats, to_model_units, to_original_units
+
+__all__ = ["Dataset", "load_dataset", "parse_spec", "BUILTIN_NAMES", "to_original_units", "to_model_units"]
+
+SPLITS = ("train", "test", "all")
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """Split ``'source:split'`` into the source and the split (``None`` when no split is named)."""
+    for split in SPLITS:
+        if spec.endswith(":" + split):
+            return spec[: -len(split) - 1], split
+    return spec, None
+
+
+@dataclass
+class Dataset:
+    """Examples as float32 tensors ``(n, *shape)`` in model units, split into train and test.
+
+    ``x_train``/``x_test`` hold the values before binarization; ``split()`` gives what a model
+    sees for evaluation (binarized as configured, with a fixed draw for stochastic binarization).
+    """
+
+    name: str
+    x_train: Tensor
+    x_test: Tensor
+    y_train: np.ndarray | None
+    y_test: np.ndarray | None
+    config: DataConfig
+    class_names: list[str] | None = None
+    # Position of each example in the source (train then test), so that ``split('all')`` keeps file order.
+    order: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+    def split(self, which: str = "test") -> Tensor:
+        """The examples of split ``which`` ('train', 'test' or 'all'), binarized as the config says."""
+        if which == "all":
+            x = torch.cat([self.x_train, self.x_test])
+            if self.order is not None:
+                x = x[torch.as_tensor(np.argsort(self.order))]
+        elif which in ("train", "test"):
+            x = self.x_train if which == "train" else self.x_test
+        else:
+            raise DataError(f"unknown split {which!r}; use one of {', '.join(SPLITS)}")
+        if self.config.binarize == "none":
+            return x
+        return binarize(x, self.config.binarize_threshold, generator=split_generator(self.config.split_seed, which))
+
+    def labels(self, which: str = "test") -> np.ndarray | None:
+        if self.y_train is None or self.y_test is None:
+            return None
+        if which == "train":
+            return self.y_train
+        if which == "test":
+            return self.y_test
+        y = np.concatenate([self.y_train, self.y_test])
+        return y[np.argsort(self.order)] if self.order is not None else y
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.name!r}, train={len(self.x_train)}, test={len(self.x_test)}, shape={self.shape}, "
+                f"kind={self.kind!r}, labels={self.y_train is not None})")
+
+
+def load_dataset(
+    spec: str,
+    *,
+    data_dir: str | None = None,
+    image_size: tuple[int, int] | None = None,
+    channels: int | None = None,
+    label_column: str | None = None,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+    binarize: str = "none",
+    binarize_threshold: float | None = None,
+    standardize: bool | None = None,
+    like: DataConfig | None = None,
+) -> Dataset:
+    """Load a data set by specification (a trailing ``:split`` is ignored here; see ``parse_spec``).
+
+    With ``like`` (a trained run's ``DataConfig``) the data is prepared exactly as that run's was:
+    same image size and channels, same split, same binarization, same standardization statistics.
+    """
+    source, _ = parse_spec(spec)
+    if like is not None:
+        image_size, channels, label_column = like.image_size, like.channels, label_column or like.label_column
+        test_fraction, split_seed = like.test_fraction, like.split_seed
+        binarize, binarize_threshold = like.binarize, like.binarize_threshold
+    config = DataConfig(source=source, binarize=binarize, binarize_threshold=binarize_threshold,
+                        test_fraction=test_fraction, split_seed=split_seed, image_size=image_size,
+                        channels=channels, label_column=label_column)
+    raw = load_source(source, data_dir=data_dir, image_size=image_size, channels=channels, label_column=label_column)
+    check_finite(raw.x, source)
+    if raw.x_test is not None:
+        check_finite(raw.x_test, f"{source} (test part)")
+    x_train, y_train, x_test, y_test, order = _split(raw, test_fraction, split_seed)
+
+    unit = raw.unit_range or bool(x_train.min() >= 0 and x_train.max() <= 1 and x_test.min() >= 0 and x_test.max() <= 1)
+    if like is not None:
+        if like.standardize_mean is not None:
+            x_train, x_test = to_model_units(x_train, like), to_model_units(x_test, like)
+            config.standardize_mean, config.standardize_std = like.standardize_mean, like.standardize_std
+        config.kind = like.kind
+    else:
+        if standardize is None:
+            standardize = raw.standardize
+        if standardize:
+            mean, std = standardize_stats(x_train.reshape(len(x_train), -1).astype(np.float64))
+            config.standardize_mean, config.standardize_std = mean.tolist(), std.tolist()
+            x_train, x_test = to_model_units(x_train, config), to_model_units(x_test, config)
+            unit = False
+        config.kind = "unit" if unit else "real"
+    if config.binarize != "none" and config.kind != "unit":
+        raise DataError(f"binarization needs data in [0, 1], but {source} holds real values; use --binarize none")
+    config.image_size = raw.image_size or config.image_size
+    config.channels = raw.channels or config.channels
+    config.columns = raw.columns
+    return Dataset(name=source, x_train=torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
+                   x_test=torch.from_numpy(np.ascontiguousarray(x_test, dtype=np.float32)),
+                   y_train=y_train, y_test=y_test, config=config, class_names=raw.class_names, order=order)
+
+
+def _split(raw: RawData, test_fraction: float, seed: int):
+    if raw.x_test is not None:
+        return raw.x, raw.y, raw.x_test, raw.y_test, None
+    n = len(raw.x)
+    if n < 2:
+        raise DataError(f"the data holds {n} example(s); vaekit needs at least 2 to hold one out for testing")
+    n_test = min(n - 1, max(1, int(round(n * test_fraction))))
+    perm = np.random.default_rng(seed).permutation(n)
+    test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    y = raw.y
+    order = np.concatenate([train_idx, test_idx])
+    return (raw.x[train_idx], None if y is None else y[train_idx],
+            raw.x[test_idx], None if y is None else y[test_idx], order)
+
+
+def as_dataset(x, y=None, *, test_fraction: float = 0.1, split_seed: int = 0, binarize: str = "none",
+               binarize_threshold: float | None = None, name: str = "array") -> Dataset:
+    """Wrap an in-memory array (the Python API's ``fit(X)``) as a ``Dataset`` without standardizing it."""
+    from .sources import _array_to_raw
+
+    array = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    raw = _array_to_raw(array, None if y is None else np.asarray(y), name)
+    check_finite(raw.x, name)
+    x_train, y_train, x_test, y_test, order = _split(raw, test_fraction, split_seed)
+    unit = bool(raw.x.min() >= 0 and raw.x.max() <= 1)
+    config = DataConfig(source=name, kind="unit" if unit else "real", binarize=binarize,
+                        binarize_threshold=binarize_threshold, test_fraction=test_fraction, split_seed=split_seed)
+    if binarize != "none" and not unit:
+        raise DataError("binarization needs data in [0, 1]; these values are outside it")
+    return Dataset(name=name, x_train=torch.from_numpy(np.ascontiguousarray(x_train)),
+                   x_test=torch.from_numpy(np.ascontiguousarray(x_test)), y_train=y_train, y_test=y_test,
+                   config=dataclasses.replace(config), order=order)

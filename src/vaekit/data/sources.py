@@ -1,0 +1,326 @@
+"""Readers that turn a data source into NumPy arrays: built-in data sets, .npy/.npz, image folders, CSV.
+
+Every reader returns a ``RawData``: float32 examples (``(n, features)`` or ``(n, channels, height,
+width)``), optional labels, and, when the source has one, its own train/test split. Anything that
+cannot be read raises ``DataError`` with the file and the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .idx import read_idx
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+DEFAULT_MAX_IMAGE_SIDE = 128
+DEFAULT_RESIZED_IMAGE = (64, 64)
+
+
+@dataclass
+class RawData:
+    """Examples as float32 arrays plus what the reader learned about them."""
+
+    x: np.ndarray
+    y: np.ndarray | None = None
+    # When the source comes with its own split, ``x``/``y`` hold the training part and these the test part.
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    unit_range: bool = False  # True when the values are intensities in [0, 1] by construction
+    class_names: list[str] | None = None
+    columns: list[str] | None = None
+    standardize: bool = False
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+BUILTIN_NAMES = ("digits", "fashion-mnist")
+
+
+def load_digits_data() -> RawData:
+    """scikit-learn's bundled 8x8 digits, scaled to [0, 1]; the last 20% (fixed) form the test split."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
+    labels = bunch.target.astype(np.int64)
+    n_train = int(round(0.8 * len(images)))
+    return RawData(x=images[:n_train], y=labels[:n_train], x_test=images[n_train:], y_test=labels[n_train:],
+                   unit_range=True, class_names=[str(i) for i in range(10)])
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx")):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def load_fashion_mnist_data(data_dir: str | Path | None = None) -> RawData:
+    """Fashion-MNIST from its four IDX files (60,000 train / 10,000 test, 28x28 grayscale, 10 classes)."""
+    directory = Path(data_dir) if data_dir is not None else Path(os.environ.get("VAEKIT_FASHION_MNIST_DIR", FASHION_MNIST_DIR))
+    stems = {"x": "train-images-idx3-ubyte", "y": "train-labels-idx1-ubyte",
+             "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+    paths = {key: _find_idx(directory, stem) for key, stem in stems.items()}
+    missing = [stems[k] for k, p in paths.items() if p is None]
+    if missing:
+        raise DataError(
+            f"Fashion-MNIST not found in {directory} (missing {', '.join(missing)}). Install it with "
+            "'apt-get install dataset-fashion-mnist' (Debian), or pass --data-dir DIR holding the four IDX files"
+        )
+    arrays = {key: read_idx(path) for key, path in paths.items()}
+    for key in ("x", "x_test"):
+        if arrays[key].ndim != 3:
+            raise DataError(f"{paths[key]} should hold images (3 dimensions), it has shape {arrays[key].shape}")
+    for xk, yk in (("x", "y"), ("x_test", "y_test")):
+        if len(arrays[xk]) != len(arrays[yk]):
+            raise DataError(f"{paths[xk]} holds {len(arrays[xk])} images but {paths[yk]} {len(arrays[yk])} labels")
+    to_unit = lambda a: (a.astype(np.float32) / 255.0)[:, None, :, :]  # noqa: E731
+    return RawData(x=to_unit(arrays["x"]), y=arrays["y"].astype(np.int64),
+                   x_test=to_unit(arrays["x_test"]), y_test=arrays["y_test"].astype(np.int64),
+                   unit_range=True, class_names=list(FASHION_MNIST_CLASSES))
+
+
+# --- arrays ---------------------------------------------------------------------------------------
+
+_X_KEYS = ("x", "X", "data", "images", "features", "arr_0")
+_Y_KEYS = ("y", "labels", "label", "targets", "target")
+
+
+def load_array_file(path: Path) -> RawData:
+    """A ``.npy`` array, or an ``.npz`` archive (keys x/y, or x_train/x_test with y_train/y_test)."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if "allow_pickle" in str(err) or "pickle" in str(err).lower():
+            raise DataError(f"{path} holds Python objects, which vaekit never unpickles; save a plain numeric array") from None
+        raise DataError(f"cannot read {path} as a NumPy file: {err}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"cannot read {path} as a NumPy file: {err}") from None
+    if isinstance(loaded, np.ndarray):
+        return _array_to_raw(loaded, None, str(path))
+    with loaded as archive:
+        try:
+            keys = set(archive.files)
+            if {"x_train", "x_test"} <= keys:
+                train = _array_to_raw(archive["x_train"], _get(archive, "y_train"), f"{path}[x_train]")
+                test = _array_to_raw(archive["x_test"], _get(archive, "y_test"), f"{path}[x_test]")
+                if train.x.shape[1:] != test.x.shape[1:]:
+                    raise DataError(f"{path}: x_train has examples of shape {train.x.shape[1:]} "
+                                    f"but x_test {test.x.shape[1:]}")
+                train.x_test, train.y_test = test.x, test.y
+                train.unit_range = train.unit_range and test.unit_range
+                return train
+            x_key = next((k for k in _X_KEYS if k in keys), None)
+            if x_key is None:
+                if len(keys) != 1:
+                    raise DataError(f"{path} holds arrays {sorted(keys)}; name the examples 'x' (and labels 'y'), "
+                                    "or 'x_train'/'x_test' for a split")
+                x_key = next(iter(keys))
+            y_key = next((k for k in _Y_KEYS if k in keys), None)
+            return _array_to_raw(archive[x_key], archive[y_key] if y_key else None, f"{path}[{x_key}]")
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise DataError(f"cannot read {path}: {err}") from None
+
+
+def _get(archive, key: str):
+    return archive[key] if key in archive.files else None
+
+
+def _array_to_raw(array: np.ndarray, labels: np.ndarray | None, name: str) -> RawData:
+    if array.dtype.kind not in "buif":
+        raise DataError(f"{name} has dtype {array.dtype}; vaekit needs numbers (bool, integer or float)")
+    if array.ndim < 2:
+        raise DataError(f"{name} has shape {array.shape}; it needs one row per example, e.g. (examples, features)")
+    if array.shape[0] == 0:
+        raise DataError(f"{name} holds no examples")
+    if 0 in array.shape[1:]:
+        raise DataError(f"{name} has shape {array.shape}: its examples are empty")
+    unit = array.dtype == np.uint8 or array.dtype == np.bool_
+    x = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    if array.ndim == 3:
+        x = x[:, None]
+    elif array.ndim == 4:
+        if x.shape[1] in (1, 3):
+            pass
+        elif x.shape[-1] in (1, 3, 4):
+            x = np.ascontiguousarray(x[..., :3].transpose(0, 3, 1, 2)) if x.shape[-1] != 1 else x.transpose(0, 3, 1, 2)
+        else:
+            raise DataError(f"{name} has shape {array.shape}; 4-D arrays must be images with 1 or 3 channels "
+                            "(examples, channels, height, width) or (examples, height, width, channels)")
+    elif array.ndim > 4:
+        raise DataError(f"{name} has shape {array.shape}; vaekit reads vectors (2-D) or images (3-D or 4-D)")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or len(labels) != len(x):
+            raise DataError(f"{name}: the labels have shape {labels.shape} but there are {len(x)} examples")
+    in_unit_range = unit or bool(x.min() >= 0 and x.max() <= 1)
+    # Real-valued feature vectors are standardized (and un-standardized on the way out); images never are.
+    return RawData(x=x, y=labels, unit_range=unit, standardize=x.ndim == 2 and not in_unit_range)
+
+
+# --- image folders --------------------------------------------------------------------------------
+
+def list_images(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def load_image_folder(root: Path, image_size: tuple[int, int] | None = None, channels: int | None = None) -> RawData:
+    """Every image under ``root`` (recursively), resized to one size; subfolder names become labels."""
+    from PIL import Image, UnidentifiedImageError
+
+    files = list_images(root)
+    if not files:
+        raise DataError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                img.load()
+                images.append(img.copy())
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            raise DataError(f"cannot read image {path}: {err}") from None
+    if channels is None:
+        channels = 1 if all(img.mode in ("1", "L", "LA", "I", "I;16", "F") for img in images) else 3
+    if image_size is None:
+        sizes = Counter((img.height, img.width) for img in images)
+        (common, _), = sizes.most_common(1)
+        image_size = common if len(sizes) == 1 and max(common) <= DEFAULT_MAX_IMAGE_SIDE else DEFAULT_RESIZED_IMAGE
+    height, width = image_size
+    mode = "L" if channels == 1 else "RGB"
+    x = np.empty((len(images), channels, height, width), dtype=np.float32)
+    for i, img in enumerate(images):
+        img = _to_mode(img, mode)
+        if (img.height, img.width) != (height, width):
+            img = img.resize((width, height), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        x[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+    parents = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "" for p in files]
+    class_names = sorted(set(parents))
+    labels = None
+    if len(class_names) > 1 and "" not in class_names:
+        index = {name: i for i, name in enumerate(class_names)}
+        labels = np.array([index[p] for p in parents], dtype=np.int64)
+    else:
+        class_names = None
+    return RawData(x=x, y=labels, unit_range=True, class_names=class_names,
+                   image_size=(height, width), channels=channels, extra={"files": [str(p) for p in files]})
+
+
+def _to_mode(img, mode: str):
+    if img.mode in ("I", "I;16", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I") and arr.max() > 255 else 255.0
+        from PIL import Image
+
+        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        return img.convert("RGBA").convert(mode) if mode == "RGB" else img.convert("RGBA").convert("L")
+    return img.convert(mode)
+
+
+# --- CSV ------------------------------------------------------------------------------------------
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_csv(path: Path, label_column: str | None = None) -> RawData:
+    """A CSV of numeric columns (header optional); ``label_column`` is kept apart as labels."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read CSV file {path}: {err}") from None
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t") if text.strip() else csv.excel
+    except csv.Error:
+        dialect = csv.excel
+    rows = [row for row in csv.reader(io.StringIO(text), dialect) if any(cell.strip() for cell in row)]
+    if not rows:
+        raise DataError(f"{path} is empty")
+    has_header = not all(_is_number(cell) for cell in rows[0])
+    header = [c.strip() for c in rows[0]] if has_header else [f"col{i}" for i in range(len(rows[0]))]
+    body = rows[1:] if has_header else rows
+    if not body:
+        raise DataError(f"{path} has a header but no rows of data")
+    label_index = None
+    if label_column is not None:
+        if label_column in header:
+            label_index = header.index(label_column)
+        elif label_column.isdigit() and int(label_column) < len(header):
+            label_index = int(label_column)
+        else:
+            raise DataError(f"{path} has no column {label_column!r}; its columns are {', '.join(header)}")
+    feature_idx = [i for i in range(len(header)) if i != label_index]
+    if not feature_idx:
+        raise DataError(f"{path} has no feature columns besides the label column")
+    x = np.empty((len(body), len(feature_idx)), dtype=np.float64)
+    labels = []
+    first_line = 2 if has_header else 1
+    for r, row in enumerate(body):
+        if len(row) != len(header):
+            raise DataError(f"{path}, line {r + first_line}: {len(row)} fields where the header has {len(header)}")
+        for j, i in enumerate(feature_idx):
+            cell = row[i].strip()
+            try:
+                x[r, j] = float(cell)
+            except ValueError:
+                raise DataError(f"{path}, line {r + first_line}, column {header[i]!r}: {cell!r} is not a number; "
+                                "vaekit reads numeric columns only (use --label-column for a text label)") from None
+        if label_index is not None:
+            labels.append(row[label_index].strip())
+    y = None
+    if label_index is not None:
+        y = np.array(labels)
+        if all(_is_number(v) and float(v).is_integer() for v in labels):
+            y = np.array([int(float(v)) for v in labels], dtype=np.int64)
+    return RawData(x=x.astype(np.float32), y=y, columns=[header[i] for i in feature_idx], standardize=True)
+
+
+def load_source(source: str, *, data_dir: str | None = None, image_size: tuple[int, int] | None = None,
+                channels: int | None = None, label_column: str | None = None) -> RawData:
+    """Read a built-in data set by name, or a file or folder by path."""
+    if source == "digits":
+        return load_digits_data()
+    if source in ("fashion-mnist", "fashion_mnist", "fmnist"):
+        return load_fashion_mnist_data(data_dir)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"{source!r} is neither a built-in data set ({', '.join(BUILTIN_NAMES)}) nor an existing path")
+    if path.is_dir():
+        return load_image_folder(path, image_size=image_size, channels=channels)
+    suffix = path.suffix.lower()
+    if suffix in (".npy", ".npz"):
+        return load_array_file(path)
+    if suffix in (".csv", ".tsv", ".txt"):
+        return load_csv(path, label_column=label_column)
+    if suffix in IMAGE_SUFFIXES:
+        raise DataError(f"{path} is a single image; point vaekit at the folder that holds your images")
+    raise DataError(f"{path}: unknown data format {suffix or '(no suffix)'!r}; vaekit reads .npy, .npz, .csv "
+                    "and folders of images")
+
+
+def check_finite(x: np.ndarray, name: str) -> None:
+    """Refuse NaN or infinite values, saying how many there are and where the first one is."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = np.argwhere(bad)[0]
+        raise DataError(f"{name} holds {int(bad.sum())} NaN or infinite value(s), the first in example {first[0]}; "
+                        "clean or impute them first")

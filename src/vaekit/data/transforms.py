@@ -1,0 +1,53 @@
+"""Transforms between raw values and what the model sees: binarization and standardization."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import DataConfig
+from ..errors import DataError
+
+
+def binarize(x: Tensor, threshold: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """0/1 values: ``x >= threshold`` when a threshold is given, else one Bernoulli draw of the intensities."""
+    if threshold is not None:
+        return (x >= threshold).to(x.dtype)
+    return torch.bernoulli(x, generator=generator)
+
+
+def split_generator(seed: int, split: str) -> torch.Generator:
+    """A generator for the fixed binarization draw of one split, the same every time it is asked for."""
+    offset = {"train": 1, "test": 2}.get(split, 3)
+    return torch.Generator().manual_seed(seed * 1000 + offset)
+
+
+def standardize_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and standard deviation; a constant column gets a scale of 1."""
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    std = np.where(std > 1e-12, std, 1.0)
+    return mean, std
+
+
+def to_model_units(x: np.ndarray, config: DataConfig) -> np.ndarray:
+    """Apply the run's saved standardization (if any) to values in the data's original units."""
+    if config.standardize_mean is None:
+        return x
+    mean = np.asarray(config.standardize_mean, dtype=np.float64)
+    std = np.asarray(config.standardize_std, dtype=np.float64)
+    flat = x.reshape(len(x), -1)
+    if flat.shape[1] != mean.size:
+        raise DataError(f"the data has {flat.shape[1]} values per example but the model was trained on {mean.size}")
+    return ((flat - mean) / std).reshape(x.shape).astype(np.float32)
+
+
+def to_original_units(x: np.ndarray, config: DataConfig) -> np.ndarray:
+    """Undo the run's standardization so that decoded outputs come back in the data's own units."""
+    if config.standardize_mean is None:
+        return x
+    mean = np.asarray(config.standardize_mean, dtype=np.float64)
+    std = np.asarray(config.standardize_std, dtype=np.float64)
+    flat = x.reshape(len(x), -1)
+    return (flat * std + mean).reshape(x.shape).astype(np.float32)

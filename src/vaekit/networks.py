@@ -1,0 +1,98 @@
+"""Encoder and decoder bodies: a multilayer perceptron, and a convolutional pair for images.
+
+An encoder body maps a batch of examples to a feature vector; the model puts the mean and
+log-variance heads on top. A decoder maps latent vectors to the likelihood's parameters, shaped
+``(batch, params_per_value, *data_shape)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+from .config import ModelConfig
+
+ACTIVATION_LAYERS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+DEFAULT_HIDDEN = {"mlp": (400,), "conv": (32, 64)}
+
+
+def default_arch(input_shape: tuple[int, ...]) -> str:
+    """Convolutional for images of at least 16x16 pixels, MLP otherwise (vectors, tiny images)."""
+    if len(input_shape) == 3 and min(input_shape[1:]) >= 16:
+        return "conv"
+    return "mlp"
+
+
+def mlp(sizes: list[int], activation: str, final_activation: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if final_activation or i < len(sizes) - 2:
+            layers.append(ACTIVATION_LAYERS[activation]())
+    return nn.Sequential(*layers)
+
+
+def _conv_sizes(height: int, width: int, stages: int) -> list[tuple[int, int]]:
+    """Spatial sizes after each stride-2 stage (kernel 3, padding 1 halves, rounding up)."""
+    sizes = [(height, width)]
+    for _ in range(stages):
+        h, w = sizes[-1]
+        sizes.append(((h + 1) // 2, (w + 1) // 2))
+    return sizes
+
+
+def build_encoder(config: ModelConfig) -> tuple[nn.Module, int]:
+    """The encoder body and the size of the features it hands to the mean and variance heads."""
+    if config.arch == "mlp":
+        n_in = math.prod(config.input_shape)
+        body = nn.Sequential(nn.Flatten(), mlp([n_in, *config.hidden], config.activation, final_activation=True))
+        return body, config.hidden[-1]
+    channels, height, width = config.input_shape
+    act = ACTIVATION_LAYERS[config.activation]
+    layers: list[nn.Module] = []
+    n_in = channels
+    for n_out in config.hidden:
+        layers += [nn.Conv2d(n_in, n_out, kernel_size=3, stride=2, padding=1), act()]
+        n_in = n_out
+    h, w = _conv_sizes(height, width, len(config.hidden))[-1]
+    layers.append(nn.Flatten())
+    return nn.Sequential(*layers), config.hidden[-1] * h * w
+
+
+class _Reshape(nn.Module):
+    def __init__(self, *shape: int) -> None:
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+
+def build_decoder(config: ModelConfig, params_per_value: int) -> nn.Module:
+    """Decoder from ``latent_dim`` to ``(batch, params_per_value, *input_shape)`` parameters."""
+    if config.arch == "mlp":
+        n_out = params_per_value * math.prod(config.input_shape)
+        sizes = [config.latent_dim, *reversed(config.hidden), n_out]
+        return nn.Sequential(mlp(sizes, config.activation, final_activation=False),
+                             _Reshape(params_per_value, *config.input_shape))
+    channels, height, width = config.input_shape
+    act = ACTIVATION_LAYERS[config.activation]
+    sizes = _conv_sizes(height, width, len(config.hidden))
+    h, w = sizes[-1]
+    widths = list(reversed(config.hidden))
+    layers: list[nn.Module] = [nn.Linear(config.latent_dim, widths[0] * h * w), act(), _Reshape(widths[0], h, w)]
+    targets = list(reversed(sizes[:-1]))
+    outs = widths[1:] + [params_per_value * channels]
+    n_in = widths[0]
+    for i, (n_out, (th, tw)) in enumerate(zip(outs, targets)):
+        current_h, current_w = sizes[len(sizes) - 1 - i]
+        # Transposed conv (k=3, s=2, p=1) gives 2*size - 1 + output_padding: pick the padding that lands on the target.
+        padding = (th - (2 * current_h - 1), tw - (2 * current_w - 1))
+        layers.append(nn.ConvTranspose2d(n_in, n_out, kernel_size=3, stride=2, padding=1, output_padding=padding))
+        if i < len(outs) - 1:
+            layers.append(act())
+        n_in = n_out
+    layers.append(_Reshape(params_per_value, channels, height, width))
+    return nn.Sequential(*layers)

@@ -1,0 +1,89 @@
+"""The scikit-learn style API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+import vaekit
+from vaekit import DataError
+
+
+@pytest.fixture(scope="module")
+def vae(trained_run):
+    return vaekit.load(trained_run)
+
+
+def test_shapes_of_everything(vae, digits):
+    x = digits.x_test[:10].numpy()
+    assert vae.transform(x).shape == (10, 4)
+    mean, var = vae.encode(x)
+    assert (var > 0).all()
+    assert vae.decode(mean).shape == (10, 1, 8, 8)
+    assert vae.sample(5).shape == (5, 1, 8, 8)
+    assert vae.reconstruct(x).shape == (10, 1, 8, 8)
+    assert vae.sample_posterior(x, num_samples=3).shape == (3, 10, 4)
+    scores = vae.score_samples(x, num_importance_samples=20)
+    assert scores.shape == (10,) and np.isfinite(scores).all()
+    assert vae.n_features_in_ == 64 and vae.input_shape_ == (1, 8, 8)
+
+
+def test_inputs_in_other_layouts(vae, digits):
+    x = digits.x_test[:6].numpy()
+    expected = vae.transform(x)
+    np.testing.assert_allclose(vae.transform(x.reshape(6, 64)), expected, rtol=1e-6)
+    np.testing.assert_allclose(vae.transform(x[:, 0]), expected, rtol=1e-6)
+    np.testing.assert_allclose(vae.transform((x * 255).round().astype(np.uint8)), vae.transform((x * 255).round() / 255),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_samples_are_seeded_and_bounded(vae):
+    a, b, c = vae.sample(16, seed=1), vae.sample(16, seed=1), vae.sample(16, seed=2)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1
+    drawn = vae.sample(16, seed=1, sample_output=True)
+    assert set(np.unique(drawn)) <= {0.0, 1.0}
+
+
+def test_fit_on_plain_arrays_and_clone():
+    rng = np.random.default_rng(0)
+    x = (rng.random((300, 12)) < 0.3).astype(np.float32)
+    est = vaekit.VAE(latent_dim=2, hidden=(16,), epochs=2, device="cpu")
+    assert clone(est).get_params() == est.get_params()
+    est.fit(x)
+    assert est.config_.model.likelihood == "bernoulli"
+    assert len(est.history_) == 2
+    assert est.transform(x).shape == (300, 2)
+    assert np.isfinite(est.score(x))
+
+
+def test_real_valued_data_comes_back_in_original_units(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(1000.0, 50.0, size=(500, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    data = vaekit.load_dataset(str(tmp_path / "x.npy"))
+    vae = vaekit.VAE(latent_dim=2, hidden=(16,), epochs=3, device="cpu").fit(data)
+    assert vae.config_.model.likelihood == "gaussian-learned"
+    recon = vae.reconstruct(x[:50])
+    assert abs(recon.mean() - 1000.0) < 50.0  # decoded in the data's own units, not standardized ones
+    vae.save(tmp_path / "run")
+    again = vaekit.load(tmp_path / "run")
+    np.testing.assert_array_equal(again.reconstruct(x[:50]), recon)
+
+
+def test_not_fitted_and_bad_inputs(vae):
+    with pytest.raises(NotFittedError):
+        vaekit.VAE().transform(np.zeros((1, 4)))
+    with pytest.raises(DataError, match="expects \\(1, 8, 8\\)"):
+        vae.transform(np.zeros((3, 10)))
+    with pytest.raises(DataError, match="NaN or infinite"):
+        vae.transform(np.full((2, 64), np.nan))
+    with pytest.raises(DataError, match="latent vectors must have shape"):
+        vae.decode(np.zeros((2, 7)))
+    with pytest.raises(DataError, match="must hold numbers"):
+        vae.transform(np.array([["a"] * 64]))
+    with pytest.raises(vaekit.ConfigError, match="likelihood must be one of"):
+        vaekit.VAE(likelihood="poisson", epochs=1).fit(np.random.default_rng(0).random((20, 4)))

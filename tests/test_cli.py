@@ -1,0 +1,156 @@
+"""The command line end to end on digits, and its handling of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vaekit.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "vaekit", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "run"
+    result = run_cli("train", "digits", "--out", str(run), "--epochs", "3", "--latent-dim", "3", "--hidden", "32",
+                     "--batch-size", "64", "--seed", "1", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "val -ELBO" in result.stderr
+    return run
+
+
+def test_train_writes_a_complete_run_directory(cli_run):
+    for name in ("config.json", "model.safetensors", "metrics.jsonl", "loss_curve.png", "samples.png",
+                 "reconstructions.png", "checkpoint.json"):
+        assert (cli_run / name).is_file(), name
+    config = json.loads((cli_run / "config.json").read_text())
+    assert config["model"]["latent_dim"] == 3 and config["model"]["hidden"] == [32]
+    assert config["train"]["epochs"] == 3
+
+
+def test_sample_reconstruct_encode_decode_info(cli_run, tmp_path, capsys):
+    out = tmp_path
+    assert main(["sample", str(cli_run), "-n", "16", "-o", str(out / "s.png")]) == 0
+    assert Image.open(out / "s.png").size[0] > 8 * 4
+    assert main(["sample", str(cli_run), "-n", "16", "-o", str(out / "s.npy")]) == 0
+    assert np.load(out / "s.npy").shape == (16, 1, 8, 8)
+    assert main(["reconstruct", str(cli_run), "digits:test", "-o", str(out / "r.png")]) == 0
+    assert main(["reconstruct", str(cli_run), "digits:test", "-n", "5", "-o", str(out / "r.npy")]) == 0
+    assert np.load(out / "r.npy").shape == (5, 1, 8, 8)
+    assert main(["encode", str(cli_run), "digits:test", "-o", str(out / "z.npy")]) == 0
+    z = np.load(out / "z.npy")
+    assert z.shape == (359, 3)
+    assert main(["encode", str(cli_run), "digits", "--samples", "4", "-o", str(out / "z.npz")]) == 0
+    with np.load(out / "z.npz") as archive:
+        assert archive["samples"].shape == (359, 4, 3) and (archive["variance"] > 0).all()
+        assert archive["labels"].shape == (359,)
+    assert main(["encode", str(cli_run), "digits:test", "-o", str(out / "z.csv")]) == 0
+    assert (out / "z.csv").read_text().splitlines()[0] == "z0,z1,z2"
+    assert main(["decode", str(cli_run), str(out / "z.npy"), "-o", str(out / "d.npy")]) == 0
+    decoded = np.load(out / "d.npy")
+    assert decoded.shape == (359, 1, 8, 8)
+    np.testing.assert_allclose(decoded[:5], np.load(out / "r.npy"), rtol=1e-6)  # decode(encode(x)) = reconstruct(x)
+    assert main(["decode", str(cli_run), str(out / "z.csv"), "-o", str(out / "d.png")]) == 0
+    assert main(["info", str(cli_run)]) == 0
+    assert "validation -ELBO" in capsys.readouterr().out
+    assert main(["info", str(cli_run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["epochs_done"] == 3 and info["config"]["model"]["latent_dim"] == 3
+
+
+def test_resume_continues_and_refuses_changed_settings(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "digits", "--out", str(run), "--epochs", "1", "--hidden", "16", "--no-progress"]) == 0
+    assert main(["train", "digits", "--out", str(run), "--epochs", "2", "--resume", "--no-progress"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert main(["train", "--out", str(run), "--epochs", "3", "--resume", "--no-progress"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert main(["train", "digits", "--out", str(run), "--resume", "--latent-dim", "7"]) == 2
+    assert main(["train", "digits", "--out", str(run), "--epochs", "1"]) == 2  # exists: needs --resume
+
+
+def test_csv_data_end_to_end(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ["a,b,c"] + [f"{x:.4f},{2 * x + 100:.4f},{rng.normal():.4f}" for x in rng.normal(size=120)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "t.csv"), "--out", str(run), "--epochs", "2", "--latent-dim", "2",
+                 "--no-progress"]) == 0
+    assert main(["sample", str(run), "-n", "5", "-o", str(tmp_path / "s.csv")]) == 0
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert lines[0] == "a,b,c" and len(lines) == 6
+    assert main(["reconstruct", str(run), str(tmp_path / "t.csv"), "-o", str(tmp_path / "r.csv")]) == 0
+    recon = np.loadtxt(tmp_path / "r.csv", delimiter=",", skiprows=1)
+    assert recon.shape == (120, 3) and 80 < recon[:, 1].mean() < 120  # original units
+    assert main(["sample", str(run), "-n", "5", "-o", str(tmp_path / "s.png")]) == 0
+
+
+# --- bad input: one line, no traceback, exit code 2, nothing written -----------------------------------
+
+@pytest.mark.parametrize("args,match", [
+    (["train", "/no/such/data.npy", "--out", "{tmp}/r"], "is neither a built-in data set (digits, fashion-mnist) nor"),
+    (["train", "digits", "--out", "{tmp}/r", "--likelihood", "gaussian-learned", "--binarize", "dynamic",
+      "--epochs", "1", "--lr", "-1"], "lr must be a positive number"),
+    (["train", "digits:test", "--out", "{tmp}/r"], "drop ':test'"),
+    (["sample", "{tmp}/nothing", "-o", "{tmp}/s.png"], "does not exist"),
+    (["sample", "{run}", "-o", "{tmp}/s.gif"], "must end in .png, .npy, .csv"),
+    (["decode", "{run}", "{tmp}/missing.npy", "-o", "{tmp}/d.png"], "missing.npy does not exist"),
+    (["encode", "{run}", "digits", "--samples", "3", "-o", "{tmp}/z.npy"], "needs an .npz output"),
+])
+def test_bad_input_gives_one_clear_line(cli_run, tmp_path, capsys, args, match):
+    args = [a.format(tmp=tmp_path, run=cli_run) for a in args]
+    assert main(args) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vaekit: error:"), lines
+    assert match in lines[0]
+    assert not (tmp_path / "r").exists() and not list(tmp_path.glob("*.png"))
+
+
+def test_a_real_process_prints_no_traceback(tmp_path):
+    result = run_cli("reconstruct", str(tmp_path / "norun"), "digits", "-o", str(tmp_path / "r.png"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"vaekit: error: {tmp_path / 'norun'} does not exist"]
+
+
+def test_wrong_shape_data_for_a_checkpoint(cli_run, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((10, 5)))
+    assert main(["encode", str(cli_run), str(tmp_path / "x.npy"), "-o", str(tmp_path / "z.npy")]) == 2
+    assert "the model expects (1, 8, 8)" in capsys.readouterr().err
+    assert not (tmp_path / "z.npy").exists()
+    np.save(tmp_path / "z.npy", np.zeros((4, 9)))
+    assert main(["decode", str(cli_run), str(tmp_path / "z.npy"), "-o", str(tmp_path / "d.png")]) == 2
+    assert "latent vectors of shape (n, 3)" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint(cli_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(cli_run, run)
+    (run / "model.safetensors").write_bytes(b"\x00" * 10)
+    assert main(["sample", str(run), "-o", str(tmp_path / "s.png")]) == 2
+    assert "not a valid safetensors file" in capsys.readouterr().err
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_unknown_option_value_is_rejected_by_the_parser(tmp_path):
+    result = run_cli("train", "digits", "--out", str(tmp_path / "r"), "--arch", "transformer")
+    assert result.returncode == 2 and "invalid choice: 'transformer'" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).with_name("vaekit")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "sample" in result.stdout
