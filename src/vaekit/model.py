@@ -79,10 +79,14 @@ class VAEModel(nn.Module):
         return mu + std * eps
 
     # --- generative network ------------------------------------------------------------------
+    def decoder_params(self, z: Tensor) -> Tensor:
+        """The likelihood's parameters for latent vectors of shape (..., latent_dim), batch axes kept."""
+        params = self.decoder(z.reshape(-1, z.shape[-1]))
+        return params.reshape(*z.shape[:-1], *params.shape[1:])
+
     def decode(self, z: Tensor) -> Distribution:
         """p(x|z) for latent vectors of shape (..., latent_dim); batch axes before the last are kept."""
-        params = self.decoder(z.reshape(-1, z.shape[-1]))
-        return self.likelihood(params.reshape(*z.shape[:-1], *params.shape[1:]))
+        return self.likelihood(self.decoder_params(z))
 
     def sample_latent(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         return self.prior.sample(num_samples, generator=generator)
@@ -92,7 +96,7 @@ class VAEModel(nn.Module):
         """One-sample reconstruction term and closed-form KL for every example of ``x``."""
         q = self.encode(x)
         z = self.reparameterize(q.base_dist.loc, q.base_dist.scale, generator=generator)
-        reconstruction = -self.decode(z).log_prob(x)
+        reconstruction = self.likelihood.negative_log_prob(self.decoder_params(z), x)  # = -decode(z).log_prob(x)
         kl_per_dim = kl_divergence(q.base_dist, self.prior.distribution().base_dist)
         return ElboTerms(reconstruction=reconstruction, kl=kl_per_dim.sum(-1), kl_per_dim=kl_per_dim)
 

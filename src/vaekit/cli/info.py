@@ -39,8 +39,8 @@ def info(args: argparse.Namespace) -> int:
           + (", standardized" if d.standardize_mean is not None else "") + ")")
     print(f"model        {m.arch} hidden {','.join(map(str, m.hidden))}, latent {m.latent_dim}, "
           f"likelihood {m.likelihood}, {params:,} parameters")
-    print(f"training     {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, kl weight {t.kl_weight}, "
-          f"warm-up {t.warmup_epochs} epochs, seed {t.seed}")
+    print(f"training     {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} ({t.lr_schedule}), "
+          f"kl weight {t.kl_weight}, warm-up {t.warmup_epochs} epochs, seed {t.seed}")
     if history:
         last = history[-1]
         print(f"progress     {len(history)}/{t.epochs} epochs, step {last['step']}")
