@@ -20,12 +20,16 @@ alternate, and the table gives medians over the repeats:
 - sampling (decode z ~ N(0, I)) and encoding throughput, through ``vaekit.VAE`` against the
   reference model called directly;
 - useful model GFLOP/s (matrix multiplies of the network only) next to this machine's measured
-  matrix-multiply peaks in float32 and bfloat16.
+  matrix-multiply peaks in float32 and bfloat16;
+- an ablation: vaekit's trainer from the foundation's settings to the defaults, one optimisation at a
+  time, with the examples/second and the time to the target each one bought and the test -ELBO.
 
-    python benchmarks/speed.py --json speed.json          # full run (about 25 minutes on 2 cores)
-    python benchmarks/speed.py --quick                    # smoke run (a few minutes)
-    python benchmarks/speed.py --parts train --json a.json; python benchmarks/speed.py --parts iwae,use,peaks --json b.json
-    python benchmarks/speed.py --merge a.json b.json      # one table from runs done in pieces
+    python benchmarks/speed.py --quick                       # smoke run (about 3 minutes on 2 cores)
+    python benchmarks/speed.py --json speed.json             # everything in one run (about an hour on 2 cores)
+    python benchmarks/speed.py --parts train,use,peaks --json a.json   # or in pieces of under 30 minutes
+    python benchmarks/speed.py --parts ablation --json b.json
+    python benchmarks/speed.py --parts iwae --json c.json
+    python benchmarks/speed.py --merge a.json b.json c.json  # one table from the pieces
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 INPUT, HIDDEN, LATENT = 784, 400, 20
-PARTS = ("train", "iwae", "use", "peaks")
+PARTS = ("train", "ablation", "iwae", "use", "peaks")
 
 # Useful arithmetic of the network (matrix multiplies only, 2 FLOP per multiply-add).
 LAYERS = [(INPUT, HIDDEN), (HIDDEN, LATENT), (HIDDEN, LATENT), (LATENT, HIDDEN), (HIDDEN, INPUT)]
@@ -184,9 +188,36 @@ def train_reference(spec: dict[str, Any]) -> dict[str, Any]:
             "peak_rss_mb": peak_rss_mb(), "settings": "Adam 1e-3, batch 128, DataLoader(TensorDataset)"}
 
 
+# The ablation ladder: from the foundation's trainer to vaekit's defaults, one optimisation at a time.
+# "undo" switches an implementation back to the foundation's (see ``undo_optimisations``).
+FOUNDATION = {"batch_size": 128, "lr": 1e-3, "lr_schedule": "constant"}
+LADDER = [
+    ("foundation trainer (Adam 1e-3 constant, batch 128)", FOUNDATION, ["binarization", "loss", "betas"]),
+    ("+ binarization by torch.rand().lt_", FOUNDATION, ["loss", "betas"]),
+    ("+ fused Bernoulli loss (BCE with logits)", FOUNDATION, ["betas"]),
+    ("+ cosine schedule with warm-up, lr 4.2e-3", {"batch_size": 128, "lr_schedule": "cosine"}, ["betas"]),
+    ("+ Adam beta2 0.99", {"batch_size": 128}, []),
+    ("+ batch 256, lr 6e-3 (the defaults)", {}, []),
+]
+
+
+def undo_optimisations(names: list[str]) -> None:
+    """Put back the foundation's implementation of the named optimisations (for the ablation only)."""
+    import vaekit.train
+    from vaekit.likelihoods import BernoulliLikelihood, Likelihood
+
+    if "binarization" in names:
+        vaekit.train.binarize = lambda x, threshold=None, generator=None: torch.bernoulli(x, generator=generator)
+    if "loss" in names:
+        BernoulliLikelihood.negative_log_prob = Likelihood.negative_log_prob  # -Independent(Bernoulli).log_prob
+    if "betas" in names:
+        vaekit.train.ADAM_BETAS = (0.9, 0.999)
+
+
 def train_vaekit(spec: dict[str, Any]) -> dict[str, Any]:
     import vaekit
 
+    undo_optimisations(spec.get("undo", []))
     data = load_data()
     options = dict(latent_dim=LATENT, hidden=(HIDDEN,), arch="mlp", seed=spec["seed"], device="cpu",
                    **spec.get("options", {}))
@@ -251,7 +282,8 @@ def use(spec: dict[str, Any]) -> dict[str, Any]:
             model.decode(torch.randn(n, LATENT)).cpu()  # as pytorch/examples draws its samples
             timings["sample_seconds"] = time.perf_counter() - started
             started = time.perf_counter()
-            means = [model.encode(batch.view(-1, INPUT))[0] for (batch,) in DataLoader(TensorDataset(x), batch_size=128)]
+            loader = DataLoader(TensorDataset(x), batch_size=128)  # as the pytorch/examples test loop
+            means = [model.encode(batch.view(-1, INPUT))[0] for (batch,) in loader]
             torch.cat(means).numpy()
             timings["encode_seconds"] = time.perf_counter() - started
     return {"examples": n, **timings}
@@ -356,6 +388,36 @@ def measure_training(args, workdir: Path) -> dict[str, Any]:
     }
 
 
+def measure_ablation(args) -> dict[str, Any]:
+    """Each rung of ``LADDER`` trained ``repeats`` times (rungs alternate in order and reverse order)."""
+    runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(LADDER))}
+    for repeat in range(args.ablation_repeats):
+        order = range(len(LADDER)) if repeat % 2 == 0 else reversed(range(len(LADDER)))
+        for i in order:
+            name, options, undo = LADDER[i]
+            result = run_worker("train-vaekit", {"seed": repeat, "epochs": args.ablation_epochs, "options": options,
+                                                 "undo": undo})
+            runs[i].append(result)
+            log(f"ablation {name} #{repeat + 1}: {result['examples'] / result['seconds']:,.0f} examples/s, "
+                f"test -ELBO {result['test_neg_elbo']:.2f}")
+    target = statistics.median(r["curve"][-1]["test_neg_elbo"] for r in runs[0])
+    rungs = []
+    for i, (name, options, undo) in enumerate(LADDER):
+        rungs.append({
+            "name": name, "options": options, "undone": undo,
+            "examples_per_second": statistics.median(r["examples"] / r["seconds"] for r in runs[i]),
+            "seconds_to_target": median([seconds_to_reach(r["curve"], target) for r in runs[i]]),
+            "epochs_to_target": median([epochs_to_reach(r["curve"], target) for r in runs[i]]),
+            "test_neg_elbo": statistics.median(r["test_neg_elbo"] for r in runs[i]),
+        })
+    return {"ablation": {"target_neg_elbo": target, "epochs": args.ablation_epochs, "rungs": rungs}}
+
+
+def epochs_to_reach(curve: list[dict[str, float]], target: float) -> float | None:
+    """Like ``seconds_to_reach``, in epochs."""
+    return seconds_to_reach([{**p, "seconds": float(p["epoch"])} for p in curve], target)
+
+
 def ensure_model(workdir: Path, args) -> str:
     run = workdir / "vaekit-run"
     if not run.exists():
@@ -365,14 +427,16 @@ def ensure_model(workdir: Path, args) -> str:
 
 
 def measure_iwae(args, run: str) -> dict[str, Any]:
+    """Images/second of both sides on the first test images (alternating), and vaekit on the whole test set."""
     out: dict[str, Any] = {}
     for k in (1000, 5000):
-        reference_examples = args.iwae_reference_examples // (k // 1000)
+        reference_examples = max(10, args.iwae_reference_examples * 1000 // k)
+        vaekit_examples = max(10, args.iwae_examples * 1000 // k)
         timings: dict[str, list[float]] = {"reference": [], "vaekit": []}
         estimates: dict[str, list[float]] = {}
         for repeat in range(args.repeats):
             for side in (("reference", "vaekit") if repeat % 2 == 0 else ("vaekit", "reference")):
-                n = reference_examples if side == "reference" else args.iwae_examples
+                n = reference_examples if side == "reference" else vaekit_examples
                 result = run_worker("iwae", {"side": side, "k": k, "examples": n, "run": run, "seed": repeat})
                 timings[side].append(result["examples"] / result["seconds"])
                 estimates.setdefault(side, result["estimates"])
@@ -384,16 +448,24 @@ def measure_iwae(args, run: str) -> dict[str, Any]:
             "reference_images_per_second": statistics.median(timings["reference"]),
             "vaekit_images_per_second": ours,
             "speedup": ours / statistics.median(timings["reference"]),
-            "vaekit_full_test_seconds": 10_000 / ours,
-            "vaekit_log_likelihood": statistics.fmean(estimates["vaekit"]),
-            "vaekit_images": len(estimates["vaekit"]),
             "compared_images": shared,
             "difference_on_shared": statistics.fmean(differences),
             "difference_standard_error": statistics.stdev(differences) / math.sqrt(shared) if shared > 1 else math.nan,
             "reference_log_likelihood_on_shared": statistics.fmean(estimates["reference"][:shared]),
             "decoder_gflops": ours * k * DECODER_FLOP_PER_SAMPLE / 1e9,
         }
-    return {"iwae": out, "iwae_k5000_seconds": out["k5000"]["vaekit_full_test_seconds"]}
+    full = {"measured": False, "images": 10_000, "seconds": 10_000 / out["k5000"]["vaekit_images_per_second"]}
+    if args.iwae_full:
+        result = run_worker("iwae", {"side": "vaekit", "k": 5000, "examples": 10_000, "run": run, "seed": 0})
+        estimates = result["estimates"]
+        full = {"measured": True, "images": len(estimates), "seconds": result["seconds"],
+                "log_likelihood": statistics.fmean(estimates),
+                "standard_error": statistics.stdev(estimates) / math.sqrt(len(estimates)),
+                "peak_rss_mb": result["peak_rss_mb"]}
+        log(f"iwae K=5000 vaekit, all {len(estimates)} test images: {result['seconds']:.0f} s, "
+            f"log p(x) {full['log_likelihood']:.2f} nats")
+    out["k5000_full_test_set"] = full
+    return {"iwae": out, "iwae_k5000_seconds": full["seconds"]}
 
 
 def measure_use(args, run: str) -> dict[str, Any]:
@@ -431,9 +503,18 @@ def fmt(value: Any, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
 def print_table(results: dict[str, Any]) -> None:
     rows: list[tuple[str, str, str, str]] = []
-    settings = results.get("settings", {})
     if "train" in results:
         ref, ours = results["train"]["reference"], results["train"]["vaekit"]
         rows += [
@@ -442,48 +523,65 @@ def print_table(results: dict[str, Any]) -> None:
             (f"seconds to test -ELBO {results['target_neg_elbo']:.2f}", fmt(ref["seconds_to_target"], 1),
              fmt(ours["seconds_to_target"], 1), f"{results['time_to_quality_speedup']:.2f}x faster"),
             ("test -ELBO after the run (nats)", f"{ref['test_neg_elbo']:.2f} ({ref['epochs']} ep)",
-             f"{ours['test_neg_elbo']:.2f} ({ours['epochs']} ep)", f"{ours['test_neg_elbo'] - ref['test_neg_elbo']:+.2f}"),
+             f"{ours['test_neg_elbo']:.2f} ({ours['epochs']} ep)",
+             f"{ours['test_neg_elbo'] - ref['test_neg_elbo']:+.2f}"),
             ("peak RSS of a training run (MB)", fmt(ref["peak_rss_mb"]), fmt(ours["peak_rss_mb"]),
              f"{ours['peak_rss_mb'] / ref['peak_rss_mb']:.2f}x"),
             ("useful model GFLOP/s (training)", fmt(ref["model_gflops"], 1), fmt(ours["model_gflops"], 1),
              f"{ours['model_gflops'] / ref['model_gflops']:.2f}x"),
         ]
-    for key, label in (("k1000", "K=1000"), ("k5000", "K=5000")):
-        if key in results.get("iwae", {}):
-            r = results["iwae"][key]
+    if "iwae" in results:
+        iwae = results["iwae"]
+        for key, label in (("k1000", "K=1000"), ("k5000", "K=5000")):
+            r = iwae[key]
             rows.append((f"IWAE {label} images/s", fmt(r["reference_images_per_second"], 1),
                          fmt(r["vaekit_images_per_second"], 1), f"{r['speedup']:.2f}x"))
-    if "iwae" in results:
-        r = results["iwae"]["k5000"]
-        rows.append(("IWAE K=5000, 10,000 test images (s)", fmt(10_000 / r["reference_images_per_second"]),
-                     fmt(r["vaekit_full_test_seconds"]), f"{r['speedup']:.2f}x"))
+        full = iwae["k5000_full_test_set"]
+        rows.append(("IWAE K=5000, 10,000 test images (s)", fmt(10_000 / iwae["k5000"]["reference_images_per_second"]),
+                     fmt(full["seconds"]) + ("" if full["measured"] else " (est.)"),
+                     "reference estimated from its rate"))
         for key, label in (("k1000", "K=1000"), ("k5000", "K=5000")):
-            r = results["iwae"][key]
-            rows.append((f"log p(x) {label}, {r['compared_images']} shared images", f"{r['reference_log_likelihood_on_shared']:.2f}",
+            r = iwae[key]
+            rows.append((f"log p(x) {label}, first {r['compared_images']} test images",
+                         f"{r['reference_log_likelihood_on_shared']:.2f}",
                          f"{r['reference_log_likelihood_on_shared'] + r['difference_on_shared']:.2f}",
                          f"{r['difference_on_shared']:+.2f} +- {r['difference_standard_error']:.2f}"))
-        rows.append(("log p(x) K=5000, vaekit, test images", "", f"{results['iwae']['k5000']['vaekit_log_likelihood']:.2f}",
-                     f"{results['iwae']['k5000']['vaekit_images']} images"))
+        if full["measured"]:
+            rows.append(("log p(x) K=5000, all 10,000 test images", "",
+                         f"{full['log_likelihood']:.2f} +- {full['standard_error']:.2f}", "nats per example"))
     if "use" in results:
         for what, label in (("sample", "sampling images/s"), ("encode", "encoding images/s")):
             r = results["use"][what]
             rows.append((label, fmt(r["reference_per_second"]), fmt(r["vaekit_per_second"]), f"{r['speedup']:.2f}x"))
     if "peaks" in results:
         p = results["peaks"]
-        rows.append(("torch.mm peak GFLOP/s float32 / bf16", "", f"{p['float32']:.1f} / {p['bfloat16']:.1f}", ""))
-    header = ("", "reference", "vaekit", "vaekit vs reference")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"  # noqa: E731
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print(line(row))
+        rows.append(("torch.mm peak GFLOP/s, float32 / bfloat16", "", f"{p['float32']:.1f} / {p['bfloat16']:.1f}",
+                     f"{p['sizes']['float32']}^3 / {p['sizes']['bfloat16']}^3"))
+    if rows:
+        print(markdown_table(("", "reference", "vaekit", "vaekit vs reference"), rows))
+    if "ablation" in results:
+        ablation = results["ablation"]
+        print(f"\nablation: vaekit's trainer from the foundation's settings to the defaults, {ablation['epochs']} "
+              f"epochs; target: the first rung's final test -ELBO {ablation['target_neg_elbo']:.2f}")
+        rungs, ladder_rows = ablation["rungs"], []
+        for i, rung in enumerate(rungs):
+            before = rungs[i - 1] if i else rung
+            ladder_rows.append((
+                rung["name"], fmt(rung["examples_per_second"]),
+                f"{rung['examples_per_second'] / before['examples_per_second']:.2f}x",
+                fmt(rung["epochs_to_target"], 1), fmt(rung["seconds_to_target"], 1),
+                f"{before['seconds_to_target'] / rung['seconds_to_target']:.2f}x"
+                if rung["seconds_to_target"] not in (None, math.inf) else "",
+                f"{rung['test_neg_elbo']:.2f}"))
+        print(markdown_table(("", "examples/s", "ratio", "epochs to target", "s to target", "ratio",
+                              "final test -ELBO"), ladder_rows))
     m = results.get("machine", {})
     print(f"\nmachine: {m.get('cpu')}, {m.get('cores')} cores, torch {m.get('torch')} ({m.get('capability')}), "
           f"{m.get('threads')} threads")
     if "train" in results:
-        print(f"reference: {results['train']['reference']['settings']}; vaekit: {results['train']['vaekit']['settings']}")
-    print(f"settings: {json.dumps(settings)}")
+        print(f"reference: {results['train']['reference']['settings']}; "
+              f"vaekit: {results['train']['vaekit']['settings']}")
+    print(f"settings: {json.dumps(results.get('settings', {}))}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -493,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="write the figures to PATH")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--repeats", type=int, help="alternating repeats per measurement (default 3; quick 1)")
+    parser.add_argument("--no-iwae-full", action="store_true",
+                        help="skip the K=5000 run over all 10,000 test images (its time is then estimated)")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="print one table from earlier --json files")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -504,7 +604,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         results: dict[str, Any] = {}
         for path in args.merge:
-            results.update(json.loads(Path(path).read_text()))
+            part = json.loads(Path(path).read_text())
+            settings = {**results.get("settings", {}), **part.get("settings", {})}
+            results.update(part)
+            results["settings"] = settings
         print_table(results)
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
@@ -518,18 +621,23 @@ def main(argv: list[str] | None = None) -> int:
     args.target_epoch = 2 if args.quick else 10
     args.reference_epochs = 3 if args.quick else 12  # past the target epoch, so that every run's crossing is seen
     args.vaekit_epochs = 2 if args.quick else None  # None: vaekit's default
-    args.iwae_examples = 100 if args.quick else 10_000
+    args.ablation_repeats = 1 if args.quick else 2
+    args.ablation_epochs = 2 if args.quick else 10
+    args.iwae_examples = 100 if args.quick else 1000  # at K=1000; K=5000 uses a fifth
     args.iwae_reference_examples = 50 if args.quick else 500
+    args.iwae_full = not args.quick and not args.no_iwae_full
     args.use_examples = 10_000 if args.quick else 60_000
-    settings = {key: getattr(args, key) for key in ("quick", "repeats", "target_epoch", "reference_epochs",
-                                                     "vaekit_epochs", "iwae_examples", "iwae_reference_examples",
-                                                     "use_examples")}
+    settings = {key: getattr(args, key) for key in (
+        "quick", "repeats", "target_epoch", "reference_epochs", "vaekit_epochs", "ablation_repeats", "ablation_epochs",
+        "iwae_examples", "iwae_reference_examples", "iwae_full", "use_examples")}
     results = {"machine": machine(), "settings": settings}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vaekit-speed-") as tmp:
         workdir = Path(tmp)
         if "train" in parts:
             results.update(measure_training(args, workdir))
+        if "ablation" in parts:
+            results.update(measure_ablation(args))
         if "iwae" in parts:
             results.update(measure_iwae(args, ensure_model(workdir, args)))
         if "use" in parts:

@@ -186,7 +186,7 @@ class Trainer:
                     for group in self.optimizer.param_groups:
                         group["lr"] = learning_rate(cfg, self.global_step, total_steps)
                     self.optimizer.step()
-                    self.sums += torch.stack([loss.detach().double() * len(x), rec_sum.double(), kl_sum.double()])
+                    self.sums += torch.stack([loss.detach() * len(x), rec_sum, kl_sum])  # float64 sums, no host sync
                     self.count += len(x)
                     self.step_in_epoch = step + 1
                     self.global_step += 1
