@@ -19,6 +19,7 @@ loaded back and run on a seeded batch, and the largest absolute difference from 
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import io
 import json
@@ -58,18 +59,37 @@ def require(*modules: str, feature: str, extra: str = "export") -> None:
                                      f"install them with: pip install 'vaekit[{extra}]'")
 
 
+# The model's submodules that only one direction needs: a shipped decoder carries no encoder weights.
+ENCODER_MODULES = ("encoder", "mean_head", "logvar_head")
+DECODER_MODULES = ("decoder",)
+
+
+def _without(model: nn.Module, names: tuple[str, ...]) -> nn.Module:
+    """A copy of ``model`` with the named submodules replaced by empty ``Identity`` modules."""
+    pruned = copy.deepcopy(model).cpu().eval()
+    for name in names:
+        if isinstance(getattr(pruned, name, None), nn.Module):
+            setattr(pruned, name, nn.Identity())
+    return pruned
+
+
+def _add_standardization(graph: nn.Module, vae: VAE) -> None:
+    """Buffers ``mean`` and ``std`` of the data's standardization (CSV data), shaped like one example."""
+    data = vae.config_.data
+    graph.standardized = data.standardize_mean is not None
+    if graph.standardized:
+        shape = tuple(vae.input_shape_)
+        graph.register_buffer("mean", torch.tensor(data.standardize_mean, dtype=torch.float32).reshape(shape))
+        graph.register_buffer("std", torch.tensor(data.standardize_std, dtype=torch.float32).reshape(shape))
+
+
 class DecoderGraph(nn.Module):
     """z -> mean of p(x|z), in the data's original units."""
 
     def __init__(self, vae: VAE) -> None:
         super().__init__()
-        self.model = vae.model_
-        data = vae.config_.data
-        self.standardized = data.standardize_mean is not None
-        if self.standardized:
-            shape = tuple(vae.input_shape_)
-            self.register_buffer("mean", torch.tensor(data.standardize_mean, dtype=torch.float32).reshape(shape))
-            self.register_buffer("std", torch.tensor(data.standardize_std, dtype=torch.float32).reshape(shape))
+        self.model = _without(vae.model_, ENCODER_MODULES)
+        _add_standardization(self, vae)
 
     def forward(self, z: Tensor) -> Tensor:
         x = self.model.decode(z).mean
@@ -81,13 +101,8 @@ class EncoderGraph(nn.Module):
 
     def __init__(self, vae: VAE) -> None:
         super().__init__()
-        self.model = vae.model_
-        data = vae.config_.data
-        self.standardized = data.standardize_mean is not None
-        if self.standardized:
-            shape = tuple(vae.input_shape_)
-            self.register_buffer("mean", torch.tensor(data.standardize_mean, dtype=torch.float32).reshape(shape))
-            self.register_buffer("std", torch.tensor(data.standardize_std, dtype=torch.float32).reshape(shape))
+        self.model = _without(vae.model_, DECODER_MODULES)
+        _add_standardization(self, vae)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.standardized:

@@ -140,7 +140,7 @@ def traverse(args: argparse.Namespace) -> int:
         stat_name = "KL" if args.by == "kl" else "var"
         around = "the origin" if args.base is None else f"example {args.base}"
         fig = latent.traverse_figure(offsets, decoded, dims, stats=[stat_of[d] for d in dims], stat_name=stat_name,
-                                     title=f"latent traversal around {around} (ranked by {args.by} over {spec})")
+                                     title=f"latent traversal around {around} (ranked by {stat_name} over {spec})")
         save_figure(fig, out)
     _done(out, f"traversal of latent dimensions {', '.join(map(str, dims))}")
     return 0
