@@ -91,6 +91,17 @@ def load_run_data(spec: str, vae: VAE, data_dir: str | None = None) -> tuple[np.
     return to_original_units(x, vae.config_.data), dataset.labels(split), dataset
 
 
+def load_run_data_or_own(spec: str | None, vae: VAE, run: str, data_dir: str | None = None,
+                         purpose: str = "") -> tuple[np.ndarray, np.ndarray | None, Dataset, str]:
+    """``load_run_data`` of ``spec``, or of the run's own data source (its test split) when ``spec`` is ``None``."""
+    if spec is None:
+        spec = vae.config_.data.source
+        if spec == "array":
+            raise DataError(f"{run} was trained from an in-memory array; name the DATA {purpose}".rstrip())
+    x, labels, dataset = load_run_data(spec, vae, data_dir)
+    return x, labels, dataset, spec
+
+
 def to_images(x: np.ndarray, vae: VAE) -> np.ndarray | None:
     """Examples as (n, c, h, w) images when the model's data are images, else ``None``."""
     return x.reshape(len(x), *vae.input_shape_) if len(vae.input_shape_) == 3 else None
