@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import VaekitError
 
-COMMAND_MODULES = ["train", "use", "info", "latent", "anomaly", "export"]
+COMMAND_MODULES = ["train", "use", "info", "latent", "anomaly", "export", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
