@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+import dataclasses
+
+from ..api import VAE
+from ..data import parse_spec, to_original_units
 from ..errors import VaekitError
-from .common import add_data_options, load_run_data_or_own, positive_int
+from .common import add_data_options, load_run, load_run_data_or_own, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,8 +48,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=serve)
 
 
+def load_reference(spec: str | None, vae: VAE, run: str, data_dir: str | None = None, size: int = 1000):
+    """Reference examples for the explorer: ``spec`` (default the run's own test split), a seeded subset of ``size``.
+
+    Runs trained on binarized data get the examples before binarization: they are what a person would
+    upload, and the anomaly scores binarize them the way the run did.
+    """
+    from ..serve import ReferenceData
+
+    x, labels, dataset, spec = load_run_data_or_own(spec, vae, run, data_dir, "with --data")
+    split = parse_spec(spec)[1] or ("test" if dataset.order is None else "all")
+    if dataset.config.binarize != "none":
+        unbinarized = dataclasses.replace(dataset, config=dataclasses.replace(dataset.config, binarize="none"))
+        x = to_original_units(unbinarized.split(split).numpy(), vae.config_.data)
+    return ReferenceData(x, spec, labels, dataset.class_names).subset(size)
+
+
 def serve(args: argparse.Namespace) -> int:
-    from ..serve import Explorer, ReferenceData, ServeLimits, require_serve_packages
+    from ..serve import Explorer, ServeLimits, require_serve_packages
 
     require_serve_packages()  # before the model is loaded: a missing package is the first thing to hear about
     from ..serve import create_app, server
@@ -54,14 +74,11 @@ def serve(args: argparse.Namespace) -> int:
                          max_samples=args.max_samples, max_latent_batch=args.max_batch, max_pending=args.max_pending,
                          max_connections=args.max_connections)
     sock = server.bind_socket(args.host, args.port)  # fail on a taken port before the slow start-up
-    from .common import load_run
-
     vae = load_run(args.run, device=args.device)
     reference = None
     if args.use_data:
         try:
-            x, labels, dataset, spec = load_run_data_or_own(args.data, vae, args.run, args.data_dir, "with --data")
-            reference = ReferenceData(x, spec, labels, dataset.class_names).subset(args.reference_size)
+            reference = load_reference(args.data, vae, args.run, args.data_dir, args.reference_size)
         except VaekitError as err:
             if args.data is not None:  # asked for by name: that must work
                 sock.close()

@@ -139,6 +139,7 @@ class MapPoints(BaseModel):
     u: list[float]
     v: list[float]
     labels: list[str | None]
+    classes: list[str] = Field(description="the distinct labels in class order (the legend)")
     outside: int
 
 

@@ -314,7 +314,11 @@ class Explorer:
             v = _piecewise_linear(-means[:, 1], -z2_axis, centres)
             inside = (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
             labels = [self.reference.label_name(int(i)) for i in np.flatnonzero(inside)]
-            points = {"u": u[inside].tolist(), "v": v[inside].tolist(), "labels": labels,
+            present = {label for label in labels if label is not None}
+            names = self.reference.class_names
+            classes = ([n for n in names if n in present] if names and present <= set(names)
+                       else sorted(present, key=lambda t: (not t.lstrip("-").isdigit(), int(t) if t.lstrip("-").isdigit() else 0, t)))
+            points = {"u": u[inside].tolist(), "v": v[inside].tolist(), "labels": labels, "classes": classes,
                       "outside": int((~inside).sum())}
         result = {"steps": steps, "z1_axis": z1_axis.tolist(), "z2_axis": z2_axis.tolist(), "points": points,
                   "image": png_base64_grid(decoded.reshape(steps * steps, *self.input_shape), steps)

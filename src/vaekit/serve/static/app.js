@@ -38,6 +38,7 @@ function failed(error) {
 }
 
 const fmt = (v, digits = 4) => (v === null || v === undefined ? "–" : Number(v).toPrecision(digits).replace(/(\.\d*?)0+$/, "$1").replace(/\.$/, ""));
+const fixed2 = (v) => (Math.abs(v) < 0.005 ? 0 : v).toFixed(2);
 const fmtBytes = (n) => (n >= 2 ** 20 ? `${(n / 2 ** 20).toFixed(1)} MiB` : `${Math.round(n / 1024)} KiB`);
 const svgNode = (tag, attrs = {}) => {
   const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
@@ -104,7 +105,7 @@ function buildSliders() {
     output.textContent = "0.00";
     input.addEventListener("input", () => {
       state.z[dim.index] = Number(input.value);
-      output.textContent = Number(input.value).toFixed(2);
+      output.textContent = fixed2(Number(input.value));
       requestDecode();
     });
     row.append(label, input, output);
@@ -122,7 +123,7 @@ function setZ(z, baseLabel) {
     const v = state.z[Number(input.dataset.dim)];
     const span = Math.max(SLIDER_SPAN, Math.ceil(Math.abs(v)));
     input.min = -span; input.max = span; input.value = v;
-    input.nextElementSibling.textContent = v.toFixed(2);
+    input.nextElementSibling.textContent = fixed2(v);
   }
   $("#explorer-base").textContent = `base point: ${baseLabel}`;
   requestDecode();
@@ -383,13 +384,12 @@ async function loadMap() {
     if (map.image) $("#map-image").src = `data:image/png;base64,${map.image}`;
     const svg = $("#map-overlay");
     svg.replaceChildren();
-    const classes = [];
+    const classes = map.points ? map.points.classes : [];
     if (map.points) {
       map.points.u.forEach((u, i) => {
         const label = map.points.labels[i];
-        if (label !== null && !classes.includes(label)) classes.push(label);
         const color = label === null ? "#3056d3" : PALETTE[classes.indexOf(label) % PALETTE.length];
-        svg.append(svgNode("circle", { cx: u, cy: map.points.v[i], r: 0.006, fill: color, "fill-opacity": 0.75 }));
+        svg.append(svgNode("circle", { cx: u, cy: map.points.v[i], r: 0.005, fill: color, "fill-opacity": 0.8 }));
       });
     }
     svg.append(svgNode("circle", { id: "map-marker", r: 0.018, fill: "none", stroke: "#fff", "stroke-width": 0.006, visibility: "hidden" }));
@@ -406,7 +406,7 @@ async function loadMap() {
       const box = event.currentTarget.getBoundingClientRect();
       const u = (event.clientX - box.left) / box.width, v = (event.clientY - box.top) / box.height;
       const z = [fractionToZ(u, map.z1_axis), fractionToZ(v, map.z2_axis)];
-      setZ(z, `map (${z[0].toFixed(2)}, ${z[1].toFixed(2)})`);
+      setZ(z, `map (${fixed2(z[0])}, ${fixed2(z[1])})`);
     });
     updateMapMarker();
   } catch (error) { failed(error); }
