@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,10 @@ BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
 def serve_load():
     spec = importlib.util.spec_from_file_location("serve_load", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
-    return module
+    yield module
+    sys.modules.pop(spec.name, None)
 
 
 @pytest.mark.slow
