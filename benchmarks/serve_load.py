@@ -23,7 +23,6 @@ import asyncio
 import io
 import json
 import os
-import platform
 import random
 import re
 import signal
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import machine  # benchmarks/common.py
 
 try:
     import httpx2 as httpx
@@ -298,19 +298,6 @@ def rss_report(samples: list[tuple[float, int]], baseline: int) -> dict:
             "second_half_slope_mib_per_min": slope, "samples": len(values)}
 
 
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import vaekit
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "vaekit": vaekit.__version__, "http_client": f"{httpx.__name__} {httpx.__version__}"}
-
-
 def print_report(result: dict) -> None:
     s = result["settings"]
     print(f"vaekit serve load test: {s['run']}, {s['duration_s']:.0f} s, {s['concurrency']} concurrent clients, "
@@ -374,7 +361,7 @@ def run_load_test(run: str, *, duration: float = 30.0, concurrency: int = 16, se
     return {
         "settings": {"run": run, "duration_s": elapsed, "concurrency": concurrency, "seed": seed,
                      "max_requests": max_requests, "limits": info["limits"], "server_args": server_args or []},
-        "machine": machine(),
+        "machine": {**machine(), "http_client": f"{httpx.__name__} {httpx.__version__}"},
         "rows": rows,
         "totals": {"count": len(outcomes), "per_second": len(outcomes) / elapsed,
                    "valid_per_second": sum(o.kind in valid_names for o in outcomes) / elapsed,

@@ -80,14 +80,15 @@ def server_url(trained_run, vae, digits, test_images):
         yield url
 
 
-def open_page(context, url):
+def open_page(context, url, shown: str = "#explorer-output img"):
+    """A new tab on the explorer, once it has started and shows its first decoded output (``shown``)."""
     page = context.new_page()
     page.problems = []
     page.on("pageerror", lambda error: page.problems.append(f"page error: {error}"))
     page.on("console", lambda m: m.type == "error" and page.problems.append(f"console: {m.text}"))
     page.goto(url)
     page.wait_for_selector("body[data-ready=true]")
-    page.wait_for_selector("#explorer-output img")
+    page.wait_for_selector(shown)
     return page
 
 
@@ -229,3 +230,28 @@ def test_interpolation_scrubbing_and_the_latent_map(browser_context, tmp_path_fa
         screenshot(page, "serve-explorer-2d.png")
         assert page.problems == []
         page.close()
+
+
+def test_a_tabular_run_shows_decoded_rows_as_tables_with_column_names(browser_context, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("browser-csv")
+    rng = np.random.default_rng(0)
+    table = np.column_stack([1000 + 50 * rng.normal(size=200), 0.01 * rng.normal(size=200), rng.normal(size=200)])
+    csv = directory / "prices.csv"
+    csv.write_text("price,rate,noise\n" + "\n".join(",".join(f"{v:.6f}" for v in row) for row in table) + "\n")
+    run = directory / "run"
+    vae = vaekit.VAE(latent_dim=2, hidden=(16,), epochs=2, seed=0, device="cpu").fit(vaekit.load_dataset(str(csv)),
+                                                                                        run_dir=run)
+    with BackgroundServer(create_app(Explorer.from_run(run, vae=vae))) as url:
+        page = open_page(browser_context, url, shown="#explorer-output table")
+        names = page.locator("#explorer-output th").all_inner_texts()
+        values = [float(v) for v in page.locator("#explorer-output td").all_inner_texts()]
+        assert names == ["price", "rate", "noise"]
+        np.testing.assert_allclose(values, vae.decode(np.zeros((1, 2), np.float32))[0], rtol=1e-4)  # original units
+        row = json.dumps({"price": 1010.0, "rate": 0.02, "noise": 0.5}).encode()
+        page.set_input_files("#file-input", files=[{"name": "row.json", "mimeType": "application/json", "buffer": row}])
+        page.wait_for_selector("#analysis:not([hidden]) #analysis-reconstruction table")
+        assert page.locator("#analysis-input th").all_inner_texts() == ["price", "rate", "noise"]
+        assert "JSON" in page.inner_text("#drop-text")
+        assert page.problems == []
+        page.close()
+

@@ -17,12 +17,14 @@ BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
 
 @pytest.fixture(scope="module")
 def serve_load():
+    sys.path.insert(0, str(BENCHMARK.parent))  # the benchmarks import their shared helpers from there
     spec = importlib.util.spec_from_file_location("serve_load", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     yield module
     sys.modules.pop(spec.name, None)
+    sys.path.remove(str(BENCHMARK.parent))
 
 
 @pytest.mark.slow
