@@ -204,6 +204,9 @@ def test_image_uploads_are_converted_like_the_training_images(client, vae):
     jpeg = io.BytesIO()
     Image.fromarray(rgb, "RGB").save(jpeg, format="JPEG")
     assert client.post("/api/encode", files=upload(jpeg.getvalue(), "x.jpg", "image/jpeg")).status_code == 200
+    mpo = io.BytesIO()  # the JPEG flavour many cameras write
+    Image.fromarray(rgb, "RGB").save(mpo, format="MPO", save_all=True, append_images=[Image.fromarray(rgb, "RGB")])
+    assert client.post("/api/encode", files=upload(mpo.getvalue(), "x.jpg", "image/jpeg")).status_code == 200
 
 
 def test_interpolate_linear_and_spherical(client, vae):

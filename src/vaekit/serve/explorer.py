@@ -414,8 +414,10 @@ class Explorer:
     def _read_image(self, data: bytes) -> tuple[np.ndarray, str]:
         from PIL import Image, ImageOps, UnidentifiedImageError
 
+        Image.init()  # formats this Pillow cannot open (WebP without libwebp) are left out, not a KeyError
+        formats = [name for name in UPLOAD_IMAGE_FORMATS if name in Image.OPEN]
         try:
-            img = Image.open(io.BytesIO(data), formats=UPLOAD_IMAGE_FORMATS)
+            img = Image.open(io.BytesIO(data), formats=formats)
         except UnidentifiedImageError:
             raise UnsupportedInput(f"the file is neither an image ({', '.join(UPLOAD_IMAGE_FORMATS)}) "
                                    "nor a JSON array") from None
