@@ -70,6 +70,17 @@ def test_oversized_bodies_get_their_413_over_tcp_and_the_server_goes_on(vae):
         assert client.post("/api/decode", json={"z": [[0.0] * 4]}).status_code == 200
 
 
+def test_kept_alive_connections_answer_without_nagle_delays(vae):
+    with BackgroundServer(create_app(Explorer(vae))) as url, httpx.Client(base_url=url, timeout=30) as client:
+        times = []
+        for _ in range(15):
+            started = time.perf_counter()
+            assert client.post("/api/decode", json={"z": [[0.0] * 4]}).status_code == 200
+            times.append(time.perf_counter() - started)
+    # With Nagle's algorithm on, each answer on a reused connection waits ~40 ms for a delayed ACK.
+    assert sorted(times)[len(times) // 2] < 0.025, times
+
+
 def test_inference_does_not_block_the_event_loop(vae):
     explorer = Explorer(vae)
     decode = explorer.decode
