@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,8 @@ import vaekit
 from vaekit import anomaly
 from vaekit.data.sources import FASHION_MNIST_CLASSES
 from vaekit.fileio import atomic_write_json
+
+from common import machine  # benchmarks/common.py
 
 FULL = {"latent_dim": 20, "hidden": [400], "arch": "mlp", "epochs": 20, "batch_size": 128, "lr": 1e-3,
         "binarize": "dynamic", "seed": 0, "num_importance_samples": 100, "background_rate": 0.2,
@@ -177,17 +178,6 @@ def out_of_distribution(data, settings: dict, work: Path, use_background: bool, 
 
 
 # --- report --------------------------------------------------------------------------------------
-
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "vaekit": vaekit.__version__, "python": platform.python_version(), "platform": platform.platform()}
-
 
 def table(rows: list[str], columns: list[str], cell) -> str:
     width = max(len(r) for r in rows) + 2
