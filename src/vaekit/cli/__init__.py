@@ -16,13 +16,14 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import VaekitError
 
-COMMAND_MODULES = ["train", "use", "info"]
+COMMAND_MODULES = ["train", "use", "evaluate", "info"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vaekit",
-        description="Train variational autoencoders on your own data and use them: sample, reconstruct, encode, decode.",
+        description="Train variational autoencoders on your own data and use them: sample, reconstruct, encode, "
+                    "decode, evaluate.",
     )
     parser.add_argument("--version", action="version", version=f"vaekit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
