@@ -11,8 +11,9 @@ import torch
 import vaekit
 from vaekit.api import make_run_config
 from vaekit.config import ModelConfig
-from vaekit.evaluate import (_DecoderLogProb, bernoulli_log_prob, chunk_shape, _bytes_per_row, active_units, elbo,
-                             evaluate, log_likelihood)
+from vaekit.decoder_kernels import (BernoulliMLPLogProb, bernoulli_log_prob, bernoulli_log_prob_grouped,
+                                    bernoulli_kernel)
+from vaekit.evaluate import _bytes_per_row, active_units, chunk_shape, elbo, evaluate, log_likelihood
 from vaekit.model import VAEModel
 from vaekit.train import train
 
@@ -83,8 +84,12 @@ def test_the_estimate_rises_with_k_and_stays_above_the_elbo(trained_run, digits)
     for small, large in ((1, 10), (10, 100)):
         gain = result[large] - result[small]
         assert gain.mean() > 2 * gain.std() / math.sqrt(len(x)), (small, large)
-    above = result[500] + neg_elbo  # log p_500(x) - ELBO
-    assert above.mean() > 0 and (above > -0.5).float().mean() > 0.95
+    above = result[500] + neg_elbo  # log p_500(x) - ELBO (one draw per example)
+    assert above.mean() > 0
+    # Against the ELBO averaged over the same 500 draws, Jensen's inequality holds example by example (up to the
+    # difference between the closed-form KL and its average over the draws).
+    evaluation = evaluate(model, x, num_importance_samples=500, seed=0)
+    assert (evaluation.per_example["neg_elbo"] - evaluation.per_example["nll"] > -0.05).mean() > 0.99
 
 
 def test_results_depend_on_the_seed_not_on_chunking(trained_run, digits):
@@ -114,23 +119,30 @@ def test_chunks_fit_the_memory_budget():
     assert samples == 2500 and examples == 1  # two equal chunks, not 4096 + 904
 
 
-def test_fused_bernoulli_path_equals_the_distribution(trained_run, digits):
-    model = vaekit.load(trained_run).model_
-    x = digits.split("test")[:6]
-    z = torch.randn(9, 6, model.latent_dim, generator=torch.Generator().manual_seed(0))
-    fused = _DecoderLogProb(model, compile_kernel=False)
-    assert fused.fused
-    torch.testing.assert_close(fused(z, x), model.decode(z).log_prob(x), rtol=1e-5, atol=1e-4)
-    logits = torch.randn(3, 4, 10, dtype=torch.float64) * 20
-    target = torch.rand(4, 10, dtype=torch.float64).round()
-    reference = torch.distributions.Bernoulli(logits=logits).log_prob(target.expand_as(logits)).sum(-1)
-    torch.testing.assert_close(bernoulli_log_prob(logits, target), reference)
+def test_bernoulli_kernels_equal_the_distribution():
+    logits = torch.randn(3, 4, 16, dtype=torch.float64) * 20
+    bias = torch.randn(16, dtype=torch.float64)
+    target = torch.rand(4, 16, dtype=torch.float64).round()
+    reference = torch.distributions.Bernoulli(logits=logits + bias).log_prob(target.expand_as(logits)).sum(-1)
+    torch.testing.assert_close(bernoulli_log_prob(logits, target, bias), reference)
+    torch.testing.assert_close(bernoulli_log_prob_grouped(logits, target, bias), reference)
+
+
+@pytest.mark.parametrize("hidden,activation", [((64,), "relu"), ((32, 16), "relu"), ((64,), "tanh")])
+def test_fused_decoder_path_equals_the_distribution(hidden, activation):
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_shape=(1, 8, 8), latent_dim=5, hidden=hidden, activation=activation))
+    x = (torch.rand(6, 1, 8, 8) > 0.5).float()
+    z = torch.randn(9, 6, 5)
+    fast = BernoulliMLPLogProb(model.decoder, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(z, x), model.decode(z).log_prob(x), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.slow
-def test_compiled_bernoulli_kernel_matches_eager(trained_run, digits):
+def test_compiled_kernel_matches_eager(trained_run, digits):
     model = vaekit.load(trained_run).model_
-    x = digits.split("test")[:50]
+    x = (digits.split("test")[:50] > 0.5).float()
     eager = log_likelihood(model, x, num_importance_samples=64, seed=0, compile=False)
     compiled = log_likelihood(model, x, num_importance_samples=64, seed=0, compile=True)
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-3)

@@ -245,3 +245,20 @@ def test_vamp_prior_samples_come_from_the_mixture():
     z = model.prior.sample_from(mixture, 200_000, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(z.mean(0), mixture.mean, atol=0.02, rtol=0)
     torch.testing.assert_close(z.var(0), mixture.variance, atol=0.03, rtol=0.03)
+
+
+def test_mixture_log_prob_on_matrix_products_equals_the_distribution():
+    from torch.distributions import Categorical, MixtureSameFamily
+
+    from vaekit.priors import DiagonalGaussianMixture
+
+    gen = torch.Generator().manual_seed(0)
+    loc = torch.randn(50, 7, generator=gen, dtype=torch.float64) * 2
+    scale = torch.rand(50, 7, generator=gen, dtype=torch.float64) * 0.9 + 0.05
+    z = torch.randn(3, 11, 7, generator=gen, dtype=torch.float64) * 2
+    reference = MixtureSameFamily(Categorical(logits=torch.zeros(50, dtype=torch.float64)),
+                                  Independent(Normal(loc, scale), 1)).log_prob(z)
+    torch.testing.assert_close(DiagonalGaussianMixture(loc, scale).log_prob(z), reference)
+    # float32, as models run: close to the float64 answer
+    got32 = DiagonalGaussianMixture(loc.float(), scale.float()).log_prob(z.float())
+    torch.testing.assert_close(got32.double(), reference, rtol=1e-5, atol=2e-3)

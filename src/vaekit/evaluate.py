@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .errors import ConfigError
+from .decoder_kernels import BernoulliMLPLogProb
 from .likelihoods import BernoulliLikelihood
 from .model import VAEModel
 from .priors import StandardNormalPrior
@@ -144,48 +144,12 @@ def chunk_shape(model: VAEModel, num_importance_samples: int, memory_budget_mb: 
     return max(1, rows // samples), samples
 
 
-class _DecoderLogProb:
-    """log p(x|z_1) for a chunk of draws: the model's own distribution, or for a Bernoulli likelihood on
-    an MLP decoder one fused pass over the logits (same value, float rounding aside)."""
-
-    def __init__(self, model: VAEModel, compile_kernel: bool) -> None:
-        self.model = model
-        self.fused = isinstance(model.likelihood, BernoulliLikelihood) and model.config.arch == "mlp"
-        if self.fused:
-            layers = list(model.decoder[0])
-            self.body = nn.Sequential(*layers[:-1])
-            self.output = layers[-1]
-            self.kernel = _compiled_bernoulli_log_prob() if compile_kernel else bernoulli_log_prob
-
-    def __call__(self, z: Tensor, x: Tensor) -> Tensor:
-        if not self.fused:
-            return self.model.decode(z).log_prob(x)
-        samples, batch = z.shape[:2]
-        hidden = self.body(z.reshape(samples * batch, -1))
-        logits = F.linear(hidden, self.output.weight, self.output.bias).view(samples, batch, -1)
-        return self.kernel(logits, x.reshape(batch, -1))
-
-
-def bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
-    """sum_d log Bernoulli(x_d; sigmoid(l_d)) = sum_d x_d l_d - softplus(l_d), over the last axis."""
-    return (logits * x).sum(-1) - F.softplus(logits).sum(-1)
-
-
-_COMPILED: dict[str, Any] = {}
-
-
-def _compiled_bernoulli_log_prob():
-    """``bernoulli_log_prob`` compiled into one loop over the logits, or the eager function where
-    ``torch.compile`` cannot work here (no C++ compiler, an unsupported platform)."""
-    if "bernoulli" not in _COMPILED:
-        try:
-            compiled = torch.compile(bernoulli_log_prob, dynamic=True)
-            probe = torch.randn(2, 3, 5)
-            torch.testing.assert_close(compiled(probe, probe.gt(0).float()), bernoulli_log_prob(probe, probe.gt(0).float()))
-            _COMPILED["bernoulli"] = compiled
-        except Exception:  # noqa: BLE001 - any failure of the compiler stack means: stay eager
-            _COMPILED["bernoulli"] = bernoulli_log_prob
-    return _COMPILED["bernoulli"]
+def _decoder_log_prob(model: VAEModel, compile: bool):
+    """log p(x|z_1) for draws of shape (samples, batch, latent): the model's own distribution, or for a
+    Bernoulli likelihood on an MLP decoder the fused, exact kernels of ``decoder_kernels``."""
+    if isinstance(model.likelihood, BernoulliLikelihood) and model.config.arch == "mlp":
+        return BernoulliMLPLogProb(model.decoder, math.prod(model.input_shape), compile=compile)
+    return lambda z, x: model.decode(z).log_prob(x)
 
 
 @dataclass
@@ -210,7 +174,7 @@ def _importance_pass(model: VAEModel, x: Tensor, num_importance_samples: int, se
                                    (auto_batch * auto_chunk) // sample_chunk)
     if compile is None:
         compile = len(x) * num_importance_samples * math.prod(model.input_shape) >= COMPILE_MIN_LOGITS
-    log_prob_x = _DecoderLogProb(model, compile_kernel=compile)
+    log_prob_x = _decoder_log_prob(model, compile)
     dims = model.latent_dims
     total_dim = sum(dims)
     was_training = model.training

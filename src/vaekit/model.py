@@ -16,7 +16,7 @@ E_q[log q(z|x) - log p(z)], in closed form wherever it has one (the top layer un
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -32,18 +32,25 @@ from .priors import StandardNormalPrior, VampPrior, log_prob_per_dim
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
 
-@dataclass
 class ElboTerms:
     """Per-example parts of the negative ELBO, in nats: ``reconstruction`` = -log p(x|z), ``kl``.
 
     ``kl_per_dim`` has one column per latent dimension (all layers, bottom first). Under a factorized
     prior its rows sum to ``kl``; under the VampPrior the top layer's columns are measured against the
-    prior's one-dimensional marginals, a diagnostic that does not sum to the exact ``kl``.
+    prior's one-dimensional marginals, a diagnostic that does not sum to the exact ``kl``. It is
+    computed when first asked for (for the VampPrior it costs more than the rest of the terms).
     """
 
-    reconstruction: Tensor
-    kl: Tensor
-    kl_per_dim: Tensor
+    def __init__(self, reconstruction: Tensor, kl: Tensor, kl_per_dim: Tensor | Callable[[], Tensor]) -> None:
+        self.reconstruction = reconstruction
+        self.kl = kl
+        self._kl_per_dim = kl_per_dim
+
+    @property
+    def kl_per_dim(self) -> Tensor:
+        if callable(self._kl_per_dim):
+            self._kl_per_dim = self._kl_per_dim()
+        return self._kl_per_dim
 
     @property
     def neg_elbo(self) -> Tensor:
@@ -225,22 +232,24 @@ class VAEModel(nn.Module):
                    for (z, q), p in zip(drawn[:-1], self.conditional_priors(zs))]
         z_top, q_top = drawn[-1]
         if isinstance(self.prior, StandardNormalPrior):
-            top = kl_divergence(q_top.base_dist, prior.base_dist)
-            top_total = top.sum(-1)
+            top_kl = kl_divergence(q_top.base_dist, prior.base_dist)  # closed form, per dimension
+            top_total = top_kl.sum(-1)
+            top_per_dim = lambda: top_kl  # noqa: E731
         else:
             log_q = q_top.base_dist.log_prob(z_top)
-            top = log_q - log_prob_per_dim(prior, z_top)
             top_total = log_q.sum(-1) - prior.log_prob(z_top)
-        if num_samples is not None:  # average over the leading sample axis, where a term has one
-            reconstruction = reconstruction.mean(0)
-            per_dim = [terms.mean(0) for terms in per_dim]
-            # Only a one-layer model's closed-form KL does not depend on the draw.
-            if len(self.upper_layers) or not isinstance(self.prior, StandardNormalPrior):
-                top, top_total = top.mean(0), top_total.mean(0)
-        kl = top_total
+            top_per_dim = lambda: log_q - log_prob_per_dim(prior, z_top)  # noqa: E731
+        # With several draws, average over the sample axis, which every term has but a one-layer model's
+        # closed-form KL.
+        keep = lambda t: t  # noqa: E731
+        average = (lambda t: t.mean(0)) if num_samples is not None else keep  # noqa: E731
+        average_top = average if top_total.dim() == reconstruction.dim() else keep
+        reconstruction = average(reconstruction)
+        per_dim = [average(terms) for terms in per_dim]
+        kl = average_top(top_total)
         for terms in per_dim:
             kl = kl + terms.sum(-1)
-        kl_per_dim = torch.cat([*per_dim, top], dim=-1) if per_dim else top
+        kl_per_dim = lambda: torch.cat([*per_dim, average_top(top_per_dim())], dim=-1)  # noqa: E731
         return ElboTerms(reconstruction=reconstruction, kl=kl, kl_per_dim=kl_per_dim)
 
     def latent_log_densities(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None,
