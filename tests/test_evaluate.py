@@ -32,7 +32,7 @@ def two_d_model(binary_digits):
     return model.eval()
 
 
-def exact_log_likelihood(model: VAEModel, x: torch.Tensor, half_width: float = 7.0, points: int = 701) -> torch.Tensor:
+def exact_log_likelihood(model: VAEModel, x: torch.Tensor, half_width: float = 7.0, points: int = 601) -> torch.Tensor:
     """log p(x) = log of the integral of p(x|z) p(z) over a 2-D grid (midpoint rule, float64)."""
     axis = torch.linspace(-half_width, half_width, points, dtype=torch.float64)
     cell = (axis[1] - axis[0]) ** 2
@@ -49,22 +49,26 @@ def exact_log_likelihood(model: VAEModel, x: torch.Tensor, half_width: float = 7
 
 @pytest.mark.slow
 def test_the_estimate_converges_to_the_exact_log_likelihood(two_d_model, binary_digits):
-    x = binary_digits.split("test")[:40]
+    x = binary_digits.split("test")[:150]
     exact = exact_log_likelihood(two_d_model, x)
     # The grid is fine enough: halving its spacing changes nothing that matters.
-    coarse = exact_log_likelihood(two_d_model, x, points=351)
+    coarse = exact_log_likelihood(two_d_model, x, points=301)
     assert (exact - coarse).abs().max() < 1e-3
-    gaps = {}
-    for k in (1, 10, 100, 5000):
-        estimate = log_likelihood(two_d_model, x, num_importance_samples=k, seed=1).double()
-        gaps[k] = (exact - estimate).mean().item()
+    gaps = {k: exact - log_likelihood(two_d_model, x, num_importance_samples=k, seed=1).double()
+            for k in (10, 100, 5000)}
+    # K = 1 is noisy example by example: average ten seeds.
+    gaps[1] = exact - torch.stack([log_likelihood(two_d_model, x, num_importance_samples=1, seed=s).double()
+                                   for s in range(10)]).mean(0)
+    mean = {k: gap.mean().item() for k, gap in gaps.items()}
     # A lower bound in expectation (the ELBO for K = 1) that closes as K grows ...
-    assert gaps[1] > gaps[10] > gaps[100] > gaps[5000] > -0.01, gaps
-    assert gaps[1] > 0.1, gaps  # the posterior is not exact, so the ELBO is visibly below log p(x)
-    # ... and with K = 5000 meets the integral.
-    assert abs(gaps[5000]) < 0.02, gaps
-    per_example = (exact - log_likelihood(two_d_model, x, num_importance_samples=5000, seed=2).double()).abs()
-    assert per_example.max() < 0.1
+    for small, large in ((1, 10), (10, 100), (100, 5000)):
+        difference = gaps[small] - gaps[large]
+        assert difference.mean() > -2 * difference.std() / math.sqrt(len(x)), (small, large, mean)
+    drop = gaps[1] - gaps[5000]
+    assert drop.mean() > 4 * drop.std() / math.sqrt(len(x)), mean  # the ELBO is visibly below log p(x)
+    # ... and with K = 5000 meets the integral, example by example.
+    assert abs(mean[5000]) < 0.01, mean
+    assert (gaps[5000].abs() < 0.05).float().mean() > 0.95 and gaps[5000].abs().max() < 0.25
 
 
 def test_one_sample_reproduces_the_elbo_in_expectation(two_d_model, binary_digits):
@@ -79,25 +83,25 @@ def test_one_sample_reproduces_the_elbo_in_expectation(two_d_model, binary_digit
 def test_the_estimate_rises_with_k_and_stays_above_the_elbo(trained_run, digits):
     model = vaekit.load(trained_run).model_
     x = digits.split("test")
-    result = {k: log_likelihood(model, x, num_importance_samples=k, seed=0).double() for k in (1, 10, 100, 500)}
+    result = {k: log_likelihood(model, x, num_importance_samples=k, seed=0).double() for k in (1, 10, 100)}
     neg_elbo = elbo(model, x, seed=0).neg_elbo.double()
     for small, large in ((1, 10), (10, 100)):
         gain = result[large] - result[small]
         assert gain.mean() > 2 * gain.std() / math.sqrt(len(x)), (small, large)
-    above = result[500] + neg_elbo  # log p_500(x) - ELBO (one draw per example)
+    above = result[100] + neg_elbo  # log p_100(x) - ELBO (one draw per example)
     assert above.mean() > 0
-    # Against the ELBO averaged over the same 500 draws, Jensen's inequality holds example by example (up to the
-    # difference between the closed-form KL and its average over the draws).
-    evaluation = evaluate(model, x, num_importance_samples=500, seed=0)
-    assert (evaluation.per_example["neg_elbo"] - evaluation.per_example["nll"] > -0.05).mean() > 0.99
+    # Against the ELBO averaged over the same 100 draws, Jensen's inequality holds example by example (up to the
+    # difference between the closed-form KL and its average over the draws, about 0.1 nats).
+    evaluation = evaluate(model, x, num_importance_samples=100, seed=0)
+    assert (evaluation.per_example["neg_elbo"] - evaluation.per_example["nll"] > -0.3).mean() > 0.99
 
 
 def test_results_depend_on_the_seed_not_on_chunking(trained_run, digits):
     model = vaekit.load(trained_run).model_
-    x = digits.split("test")[:30]
+    x = digits.split("test")[:8]
     k = 1100  # more than one noise block
     reference = log_likelihood(model, x, num_importance_samples=k, seed=5)
-    for batch_size, sample_chunk in ((1, k), (7, 300), (30, 37), (4, k - 1)):
+    for batch_size, sample_chunk in ((1, k), (3, 300), (8, 97), (4, k - 1)):
         again = log_likelihood(model, x, num_importance_samples=k, seed=5, batch_size=batch_size,
                                sample_chunk=sample_chunk)
         torch.testing.assert_close(again, reference, rtol=0, atol=1e-4)
@@ -188,10 +192,10 @@ def test_active_units_follow_the_covariance_of_posterior_means(digits):
 
 def test_two_layer_and_vamp_models_evaluate(binary_digits):
     config = make_run_config(binary_digits, latent_dim=6, hidden=(32,), arch="mlp", upper_latent_dims=(3,),
-                             upper_hidden=(16,), prior="vamp", vamp_components=10, epochs=2, device="cpu")
+                             upper_hidden=(16,), prior="vamp", vamp_components=10, epochs=1, device="cpu")
     model, _ = train(config, binary_digits, progress=False)
-    x = binary_digits.split("test")[:40]
-    result = evaluate(model.eval(), x, num_importance_samples=50)
+    x = binary_digits.split("test")[:30]
+    result = evaluate(model.eval(), x, num_importance_samples=20)
     assert len(result.kl_per_dim) == 9 and len(result.active_units_per_layer) == 2
     assert result.bits_per_dim is not None and math.isfinite(result.nll)
     # No closed form here: the KL is the average over the same draws as the estimate, so -ELBO = rec + KL
