@@ -68,7 +68,7 @@ def test_the_estimate_converges_to_the_exact_log_likelihood(two_d_model, binary_
     assert drop.mean() > 4 * drop.std() / math.sqrt(len(x)), mean  # the ELBO is visibly below log p(x)
     # ... and with K = 5000 meets the integral, example by example.
     assert abs(mean[5000]) < 0.01, mean
-    assert (gaps[5000].abs() < 0.05).float().mean() > 0.95 and gaps[5000].abs().max() < 0.25
+    assert (gaps[5000].abs() < 0.05).float().mean() > 0.9 and gaps[5000].abs().max() < 0.25
 
 
 def test_one_sample_reproduces_the_elbo_in_expectation(two_d_model, binary_digits):
