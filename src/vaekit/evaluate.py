@@ -12,9 +12,9 @@ stream, so a result depends on the seed, never on batch sizes, the memory budget
 examples are evaluated with it.
 
 Where the time goes (784-400-20 MLP, Bernoulli, on a CPU): the decoder's last matrix product
-(K x 400 x 784 multiply-adds per example) and the softplus over its K x 784 logits. Both run on
-large cache-sized chunks; for a Bernoulli MLP decoder the log-likelihood of each chunk is one fused
-reduction over the logits (``bernoulli_log_prob``), compiled with ``torch.compile`` when the work is
+(K x 400 x 784 multiply-adds per example), then the log-likelihood of its K x 784 logits. Both run on
+chunks as large as the memory budget allows; for a Bernoulli MLP decoder the log-likelihood is one
+fused loop over the logits (``decoder_kernels``), compiled with ``torch.compile`` when the work is
 large enough to repay the compilation.
 """
 
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
 from .decoder_kernels import BernoulliMLPLogProb
+from .errors import ConfigError
 from .likelihoods import BernoulliLikelihood
 from .model import VAEModel
 from .priors import StandardNormalPrior
@@ -130,7 +130,7 @@ def _bytes_per_row(model: VAEModel) -> int:
     floats = 3 * model.likelihood.params_per_value * data_values + 2 * decoder_widths
     floats += 8 * sum(model.latent_dims) + 4 * len(model.upper_layers) * sum(config.upper_hidden)
     if not isinstance(model.prior, StandardNormalPrior):
-        floats += 3 * config.vamp_components * model.latent_dims[-1]  # per-component log-densities
+        floats += 3 * config.vamp_components  # log-densities under every mixture component
     return 4 * floats
 
 
