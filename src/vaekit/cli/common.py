@@ -46,9 +46,9 @@ def parse_hidden(text: str) -> tuple[int, ...] | None:
     try:
         sizes = tuple(int(p) for p in text.split(",") if p.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden takes comma-separated sizes such as 512,256, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes such as 512,256, got {text!r}") from None
     if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"--hidden takes positive sizes such as 512,256, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected positive sizes such as 512,256, got {text!r}")
     return sizes
 
 
@@ -138,6 +138,18 @@ def write_csv(path: Path, rows: np.ndarray, columns: list[str] | None = None, pr
     writer = csv.writer(buffer)
     writer.writerow(columns)
     writer.writerows([[f"{v:.7g}" for v in row] for row in rows])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def write_table(path: Path, columns: dict[str, np.ndarray]) -> None:
+    """A CSV file with one named column per array (integers as such, other numbers to 10 significant digits)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(list(columns))
+    arrays = [np.asarray(v) for v in columns.values()]
+    formats = ["{:d}" if a.dtype.kind in "iu" else "{:.10g}" for a in arrays]
+    for row in zip(*arrays):
+        writer.writerow([f.format(v.item()) for f, v in zip(formats, row)])
     atomic_write_text(path, buffer.getvalue())
 
 
