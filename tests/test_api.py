@@ -87,3 +87,45 @@ def test_not_fitted_and_bad_inputs(vae):
         vae.transform(np.array([["a"] * 64]))
     with pytest.raises(vaekit.ConfigError, match="likelihood must be one of"):
         vaekit.VAE(likelihood="poisson", epochs=1).fit(np.random.default_rng(0).random((20, 4)))
+
+
+def test_evaluate_matches_score_samples_and_reports_in_original_units(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(1000.0, 50.0, size=(300, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    vae = vaekit.VAE(latent_dim=2, hidden=(16,), epochs=2, device="cpu").fit(vaekit.load_dataset(str(tmp_path / "x.npy")))
+    result = vae.evaluate(x[:40], num_importance_samples=30, seed=2)
+    np.testing.assert_allclose(-result.per_example["nll"], vae.score_samples(x[:40], 30, seed=2), rtol=1e-6)
+    assert result.nll == pytest.approx(-vae.score_samples(x[:40], 30, seed=2).mean(), rel=1e-6)
+    # A density in original units: standardizing by ~50 per column moves log p by about -3 log 50.
+    shift = float(np.log(np.asarray(vae.config_.data.standardize_std)).sum())
+    assert shift == pytest.approx(3 * np.log(50.0), abs=0.3)
+    assert result.neg_elbo == pytest.approx(result.reconstruction + result.kl)
+
+
+def test_new_model_options_round_trip_through_the_estimator(tmp_path):
+    data = vaekit.load_dataset("digits", binarize="static", binarize_threshold=0.5)
+    est = vaekit.VAE(latent_dim=6, hidden=(32,), upper_latent_dims=(3,), upper_hidden=(16,), prior="vamp",
+                     vamp_components=8, objective="iwae", epochs=1, device="cpu")
+    assert clone(est).get_params() == est.get_params()
+    est.fit(data)
+    assert est.config_.train.objective_samples == 5 and est.config_.model.upper_latent_dims == (3,)
+    est.save(tmp_path / "run")
+    again = vaekit.load(tmp_path / "run")
+    for name in ("latent_dim", "hidden", "upper_latent_dims", "upper_hidden", "prior", "vamp_components", "objective"):
+        assert again.get_params()[name] == est.get_params()[name], name
+    assert again.get_params()["objective_samples"] == 5
+    np.testing.assert_array_equal(again.sample(5, seed=3), est.sample(5, seed=3))
+    assert again.sample(5, seed=3).shape == (5, 1, 8, 8)
+    result = again.evaluate(data.split("test")[:20].numpy(), num_importance_samples=10)
+    assert result.bits_per_dim is not None and len(result.active_units_per_layer) == 2
+
+
+def test_discretized_likelihood_reads_the_levels_off_the_data():
+    data = vaekit.load_dataset("digits")  # values k/16
+    est = vaekit.VAE(latent_dim=2, hidden=(16,), likelihood="discretized-logistic", epochs=1, device="cpu").fit(data)
+    assert est.config_.model.num_levels == 17
+    decoded = est.sample(3, seed=0, sample_output=True)
+    assert set(np.unique(np.round(decoded * 16, 4))) <= set(range(17))
+    with pytest.raises(DataError, match="discretized-logistic"):
+        vaekit.VAE(likelihood="discretized-logistic", epochs=1).fit(np.random.default_rng(0).random((30, 4)))

@@ -129,3 +129,19 @@ def test_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
         fileio.atomic_write_json(target, {"version": 2})
     assert json.loads(target.read_text()) == {"version": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["file.json"]
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from vaekit import fileio
+
+    mask = os.umask(0o022)
+    try:
+        fileio.atomic_write_text(tmp_path / "a.txt", "x")
+        (tmp_path / "b.txt").write_text("x")
+    finally:
+        os.umask(mask)
+    mode = stat.S_IMODE((tmp_path / "a.txt").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o644

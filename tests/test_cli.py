@@ -154,3 +154,57 @@ def test_console_script_is_installed():
     script = Path(sys.executable).with_name("vaekit")
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "sample" in result.stdout
+
+
+# --- vaekit eval ---------------------------------------------------------------------------------------
+
+def test_eval_reports_text_json_and_per_example_values(cli_run, tmp_path, capsys):
+    assert main(["eval", str(cli_run), "-k", "20", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "digits:test: 359 examples, K=20 importance samples" in text
+    assert "-log p(x)" in text and "active units" in text and "KL per latent dimension" in text
+    csv_path = tmp_path / "values.csv"
+    assert main(["eval", str(cli_run), "digits:test", "--importance-samples", "20", "--json",
+                 "--per-example", str(csv_path)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    for key in ("neg_elbo", "reconstruction", "kl", "nll", "nll_stderr", "importance_samples", "active_units"):
+        assert key in summary, key
+    assert summary["importance_samples"] == 20 and summary["num_examples"] == 359
+    assert summary["bits_per_dim"] is None  # digits intensities are not binary: no probabilities
+    assert len(summary["kl_per_dim"]) == 3
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "index,neg_elbo,reconstruction,kl,nll,label" and len(rows) == 360
+    nll = np.loadtxt(csv_path, delimiter=",", skiprows=1, usecols=4)
+    assert nll.mean() == pytest.approx(summary["nll"], rel=1e-6)
+    # The same command gives the same number.
+    assert main(["eval", str(cli_run), "-k", "20", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["nll"] == summary["nll"]
+
+
+def test_eval_bad_input(cli_run, tmp_path, capsys):
+    assert main(["eval", str(cli_run), "-k", "5", "--per-example", str(tmp_path / "v.txt")]) == 2
+    assert "must end in .csv" in capsys.readouterr().err
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((10, 5)))
+    assert main(["eval", str(cli_run), str(tmp_path / "x.npy"), "-k", "5"]) == 2
+    assert "the model expects (1, 8, 8)" in capsys.readouterr().err
+    assert main(["eval", str(cli_run), "-k", "5", "--memory-budget-mb", "0"]) == 2
+    assert "--memory-budget-mb must be a positive number" in capsys.readouterr().err
+    result = run_cli("eval", str(cli_run), "-k", "0")
+    assert result.returncode == 2 and "expected a number of at least 1" in result.stderr
+
+
+def test_train_with_the_new_model_options(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "digits", "--out", str(run), "--epochs", "1", "--hidden", "32", "--latent-dim", "6",
+                 "--upper-latent-dims", "3", "--upper-hidden", "16", "--prior", "vamp", "--vamp-components", "8",
+                 "--objective", "iwae", "--objective-samples", "3", "--no-progress"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["upper_latent_dims"] == [3] and config["model"]["prior"] == "vamp"
+    assert config["train"]["objective"] == "iwae" and config["train"]["objective_samples"] == 3
+    assert main(["train", "digits", "--out", str(run), "--epochs", "2", "--resume", "--no-progress"]) == 0
+    assert main(["train", "digits", "--out", str(run), "--resume", "--prior", "standard-normal"]) == 2
+    assert "--prior standard-normal (the run has vamp)" in capsys.readouterr().err
+    assert main(["train", "digits", "--out", str(tmp_path / "fb"), "--objective", "iwae", "--free-bits", "1"]) == 2
+    assert "free bits apply to the elbo objective" in capsys.readouterr().err
+    assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (4, 1, 8, 8)

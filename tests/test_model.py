@@ -47,7 +47,13 @@ def test_likelihood_log_prob_matches_torch_distributions(name):
             lik.log_std.copy_(torch.randn(shape, dtype=torch.float64) * 0.3)
     params = torch.randn(5, lik.params_per_value, *shape, dtype=torch.float64)
     x = torch.rand(5, *shape, dtype=torch.float64)
-    if name == "bernoulli":
+    if name == "discretized-logistic":
+        x = torch.randint(0, 256, x.shape, dtype=torch.float64) / 255
+        x.view(-1)[:4] = torch.tensor([0.0, 1.0, 0.0, 1.0])  # both end values, which take the tails
+        base = lik(params).base_dist
+        reference = discretized_logistic_reference(base.loc, base.log_scale.exp(), x)
+        torch.testing.assert_close(base.loc, params[:, 0] + 0.5)
+    elif name == "bernoulli":
         x = (x > 0.5).double()
         reference = Bernoulli(logits=params[:, 0]).log_prob(x)
     elif name == "gaussian":
@@ -81,6 +87,18 @@ def test_negative_log_prob_equals_the_distributions_log_prob_with_its_gradient(n
         p = torch.sigmoid(params[:, :, 0].detach())
         textbook = -(x * p.log() + (1 - x) * (1 - p).log()).sum((-3, -2, -1))
         torch.testing.assert_close(fused.detach(), textbook)
+
+
+def discretized_logistic_reference(loc, scale, x, levels=256):
+    """Bin masses from the CDF of torch's logistic distribution (a sigmoid-transformed uniform)."""
+    from torch.distributions import AffineTransform, SigmoidTransform, TransformedDistribution, Uniform
+
+    logistic = TransformedDistribution(Uniform(torch.zeros_like(loc), torch.ones_like(loc)),
+                                       [SigmoidTransform().inv, AffineTransform(loc, scale)])
+    half = 0.5 / (levels - 1)
+    upper = torch.where(x > 1 - half, torch.ones_like(x), logistic.cdf((x + half).clamp(max=1 - 1e-12)))
+    lower = torch.where(x < half, torch.zeros_like(x), logistic.cdf((x - half).clamp(min=1e-12)))
+    return torch.log(upper - lower)
 
 
 def test_fixed_gaussian_is_squared_error_up_to_a_constant():
@@ -155,3 +173,114 @@ def test_sampling_uses_only_the_decoder():
     for module in (model.encoder, model.mean_head, model.logvar_head):
         module.register_forward_hook(lambda *a: (_ for _ in ()).throw(AssertionError("encoder used")))
     assert model.decode(z.double()).mean.shape == (10, 6)
+
+
+# --- several stochastic layers and the VampPrior ---------------------------------------------------
+
+ONE_LAYER_KEYS = ["encoder.1.0.weight", "encoder.1.0.bias", "mean_head.weight", "mean_head.bias",
+                  "logvar_head.weight", "logvar_head.bias", "decoder.0.0.weight", "decoder.0.0.bias",
+                  "decoder.0.2.weight", "decoder.0.2.bias"]
+
+
+def test_one_layer_model_keeps_the_tensor_names_of_saved_runs():
+    """Run directories written before stochastic layers and priors existed must load unchanged."""
+    model = VAEModel(ModelConfig(input_shape=(1, 8, 8), latent_dim=4, hidden=(64,)))
+    assert list(model.state_dict()) == ONE_LAYER_KEYS
+    # Its initial weights are those a seed gave before: the plain VAE's layers, drawn in order, and nothing else.
+    torch.manual_seed(0)
+    plain = [torch.nn.Linear(64, 64), torch.nn.Linear(64, 4), torch.nn.Linear(64, 4), torch.nn.Linear(4, 64),
+             torch.nn.Linear(64, 64)]
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_shape=(1, 8, 8), latent_dim=4, hidden=(64,)))
+    assert torch.equal(torch.rand(1), after)
+    expected = [t for layer in plain for t in (layer.weight, layer.bias)]
+    for got, want in zip(model.state_dict().values(), expected):
+        assert torch.equal(got, want)
+
+
+def make_two_layer(prior: str = "standard-normal") -> VAEModel:
+    torch.manual_seed(0)
+    return VAEModel(ModelConfig(input_shape=(6,), latent_dim=4, hidden=(16,), likelihood="bernoulli",
+                                upper_latent_dims=(3,), upper_hidden=(8,), prior=prior, vamp_components=5)).double()
+
+
+def normal(mu, logvar):
+    return Independent(Normal(mu, (0.5 * logvar).exp()), 1)
+
+
+@pytest.mark.parametrize("prior", ["standard-normal", "vamp"])
+def test_two_layer_importance_weights_follow_the_factorization(prior):
+    """log w = log p(x|z1) + log p(z1|z2) + log p(z2) - log q(z1|x) - log q(z2|z1), written out by hand."""
+    model = make_two_layer(prior)
+    x = (torch.rand(5, 6, dtype=torch.float64) > 0.5).double()
+    noise = [torch.randn(7, 5, 4, dtype=torch.float64), torch.randn(7, 5, 3, dtype=torch.float64)]
+    z1, log_pz, log_qz = model.latent_log_densities(x, 7, noise=noise)
+    log_w = model.decode(z1).log_prob(x) + log_pz - log_qz
+
+    layer = model.upper_layers[0]
+    mu1, logvar1 = model.posterior_params(x)
+    z1_hand = mu1 + (0.5 * logvar1).exp() * noise[0]
+    mu2, logvar2 = layer.inference(z1_hand)
+    z2 = mu2 + (0.5 * logvar2).exp() * noise[1]
+    if prior == "vamp":
+        u = torch.sigmoid(model.prior.pseudo_inputs)
+        m1, _ = model.posterior_params(u)
+        m2, lv2 = layer.inference(m1)
+        components = Normal(m2, (0.5 * lv2).exp()).log_prob(z2.unsqueeze(-2)).sum(-1)  # (7, 5, K)
+        log_p_top = torch.logsumexp(components, -1) - math.log(5)
+    else:
+        log_p_top = Normal(0.0, 1.0).log_prob(z2).sum(-1)
+    logits = model.decoder(z1_hand.reshape(-1, 4)).reshape(7, 5, 6)
+    expected = (Bernoulli(logits=logits).log_prob(x).sum(-1) + normal(*layer.generative(z2)).log_prob(z1_hand)
+                + log_p_top - normal(mu1, logvar1).log_prob(z1_hand) - normal(mu2, logvar2).log_prob(z2))
+    torch.testing.assert_close(log_w, expected)
+
+
+@pytest.mark.parametrize("prior", ["standard-normal", "vamp"])
+def test_two_layer_elbo_terms_are_unbiased_for_the_mean_log_weight(prior):
+    model = make_two_layer(prior)
+    x = (torch.rand(3, 6, dtype=torch.float64) > 0.5).double()
+    log_w = model.log_importance_weights(x, 100_000, generator=torch.Generator().manual_seed(0))
+    terms = model.elbo_terms(x, generator=torch.Generator().manual_seed(1), num_samples=100_000)
+    stderr = log_w.std(0) / math.sqrt(log_w.shape[0])
+    assert torch.all((log_w.mean(0) + terms.neg_elbo).abs() < 5 * stderr + 1e-3)
+    assert terms.kl_per_dim.shape == (3, 7)
+    if prior == "standard-normal":  # a factorized prior: the per-dimension terms add up to the KL
+        torch.testing.assert_close(terms.kl_per_dim.sum(-1), terms.kl)
+
+
+def test_sampling_walks_down_the_chain():
+    model = make_two_layer()
+    gen = torch.Generator().manual_seed(0)
+    z1 = model.sample_latent(200_000, generator=gen)
+    # z1 = mu(z2) + sigma(z2) * eps with z2 ~ N(0, I): check the mean against an independent Monte Carlo.
+    z2 = torch.randn(200_000, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    mu, _ = model.upper_layers[0].generative(z2)
+    torch.testing.assert_close(z1.mean(0), mu.mean(0), atol=0.02, rtol=0)
+    assert model.decode(z1[:4]).mean.shape == (4, 6)
+
+
+def test_vamp_prior_samples_come_from_the_mixture():
+    model = make_two_layer("vamp")
+    mixture = model.prior_distribution()
+    z = model.prior.sample_from(mixture, 200_000, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(z.mean(0), mixture.mean, atol=0.02, rtol=0)
+    torch.testing.assert_close(z.var(0), mixture.variance, atol=0.03, rtol=0.03)
+
+
+def test_mixture_log_prob_on_matrix_products_equals_the_distribution():
+    from torch.distributions import Categorical, MixtureSameFamily
+
+    from vaekit.priors import DiagonalGaussianMixture
+
+    gen = torch.Generator().manual_seed(0)
+    loc = torch.randn(50, 7, generator=gen, dtype=torch.float64) * 2
+    scale = torch.rand(50, 7, generator=gen, dtype=torch.float64) * 0.9 + 0.05
+    z = torch.randn(3, 11, 7, generator=gen, dtype=torch.float64) * 2
+    reference = MixtureSameFamily(Categorical(logits=torch.zeros(50, dtype=torch.float64)),
+                                  Independent(Normal(loc, scale), 1)).log_prob(z)
+    torch.testing.assert_close(DiagonalGaussianMixture(loc, scale).log_prob(z), reference)
+    # float32, as models run: close to the float64 answer
+    got32 = DiagonalGaussianMixture(loc.float(), scale.float()).log_prob(z.float())
+    torch.testing.assert_close(got32.double(), reference, rtol=1e-5, atol=2e-3)

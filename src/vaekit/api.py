@@ -18,9 +18,10 @@ from .data import Dataset, as_dataset
 from .data.sources import check_finite
 from .data.transforms import to_model_units, to_original_units
 from .errors import DataError
+from .evaluate import DEFAULT_MEMORY_BUDGET_MB, Evaluation, log_likelihood
 from .evaluate import elbo as elbo_of
-from .evaluate import log_likelihood
-from .likelihoods import default_likelihood
+from .evaluate import evaluate as evaluate_model
+from .likelihoods import DiscretizedLogisticLikelihood, default_likelihood, detect_levels
 from .model import VAEModel
 from .networks import DEFAULT_HIDDEN, default_arch
 from .train import resolve_device, train
@@ -28,14 +29,32 @@ from .train import resolve_device, train
 
 def make_run_config(dataset: Dataset, *, latent_dim: int = 20, hidden: tuple[int, ...] | None = None,
                     arch: str = "auto", likelihood: str = "auto", activation: str = "relu",
-                    gaussian_std: float = 1.0, **train_options: Any) -> RunConfig:
-    """The full configuration for training on ``dataset``, with 'auto' choices resolved from its shape and kind."""
+                    gaussian_std: float = 1.0, upper_latent_dims: tuple[int, ...] = (),
+                    upper_hidden: tuple[int, ...] = (100, 100), prior: str = "standard-normal",
+                    vamp_components: int = 500, objective_samples: int | None = None,
+                    **train_options: Any) -> RunConfig:
+    """The full configuration for training on ``dataset``, with 'auto' choices resolved from its shape and kind.
+
+    ``objective_samples`` defaults to 1 for the elbo objective and 5 for iwae; the discretized
+    likelihood's number of levels is read off the data (256 for 8-bit images).
+    """
     arch = default_arch(dataset.shape) if arch == "auto" else arch
     hidden = tuple(hidden) if hidden else DEFAULT_HIDDEN.get(arch, (400,))
     likelihood = default_likelihood(dataset.kind) if likelihood == "auto" else likelihood
+    num_levels = 256
+    if likelihood == DiscretizedLogisticLikelihood.name:
+        num_levels = detect_levels(dataset.x_train) if dataset.config.binarize == "none" else 2
+        if num_levels is None:
+            raise DataError(f"the discretized-logistic likelihood models images whose values are k/255 (or another "
+                            f"grid of at most 256 levels) in [0, 1]; {dataset.name} holds other values")
+    if objective_samples is None:
+        objective_samples = 5 if train_options.get("objective") == "iwae" else 1
     model = ModelConfig(input_shape=dataset.shape, latent_dim=latent_dim, arch=arch, hidden=hidden,
-                        activation=activation, likelihood=likelihood, gaussian_std=gaussian_std)
-    return RunConfig(model=model, data=dataclasses.replace(dataset.config), train=TrainConfig(**train_options))
+                        activation=activation, likelihood=likelihood, gaussian_std=gaussian_std, num_levels=num_levels,
+                        upper_latent_dims=tuple(upper_latent_dims), upper_hidden=tuple(upper_hidden), prior=prior,
+                        vamp_components=vamp_components)
+    return RunConfig(model=model, data=dataclasses.replace(dataset.config),
+                     train=TrainConfig(objective_samples=objective_samples, **train_options))
 
 
 class VAE(TransformerMixin, BaseEstimator):
@@ -43,8 +62,15 @@ class VAE(TransformerMixin, BaseEstimator):
 
     ``fit(X)`` trains on an array of examples (``(n, features)`` or images ``(n, [channels,] h, w)``)
     or on a ``vaekit.data.Dataset``; ``transform(X)`` gives the posterior means; ``decode(z)`` and
-    ``sample(n)`` use the decoder only; ``score_samples(X)`` estimates log p(x) by importance sampling.
+    ``sample(n)`` use the decoder only; ``score_samples(X)`` estimates log p(x) by importance sampling
+    and ``evaluate(X)`` reports -ELBO, -log p(x), bits/dim and active units with standard errors.
     Learned state ends in ``_``: ``model_``, ``config_``, ``history_``.
+
+    Model options beyond a plain VAE: ``upper_latent_dims`` adds stochastic layers (Burda et al.'s
+    two-layer model: ``latent_dim=100, hidden=(200, 200), upper_latent_dims=(50,), upper_hidden=(100, 100)``),
+    ``prior="vamp"`` a VampPrior with ``vamp_components`` pseudo-inputs, ``objective="iwae"`` the
+    importance-weighted bound with ``objective_samples`` samples (default 5), ``free_bits`` a minimum KL
+    per latent dimension (nats), ``likelihood="discretized-logistic"`` for 8-bit images.
     """
 
     def __init__(self, latent_dim: int = 20, hidden: tuple[int, ...] | None = None, arch: str = "auto",
@@ -53,7 +79,10 @@ class VAE(TransformerMixin, BaseEstimator):
                  weight_decay: float = 0.0, kl_weight: float = 1.0, warmup_epochs: int = 0,
                  patience: int | None = None, binarize: str = "none",
                  binarize_threshold: float | None = None, test_fraction: float = 0.1, seed: int = 0,
-                 device: str = "auto", num_importance_samples: int = 100, progress: bool = False) -> None:
+                 device: str = "auto", num_importance_samples: int = 100, progress: bool = False,
+                 upper_latent_dims: tuple[int, ...] = (), upper_hidden: tuple[int, ...] = (100, 100),
+                 prior: str = "standard-normal", vamp_components: int = 500, objective: str = "elbo",
+                 objective_samples: int | None = None, free_bits: float = 0.0) -> None:
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.arch = arch
@@ -75,6 +104,13 @@ class VAE(TransformerMixin, BaseEstimator):
         self.device = device
         self.num_importance_samples = num_importance_samples
         self.progress = progress
+        self.upper_latent_dims = upper_latent_dims
+        self.upper_hidden = upper_hidden
+        self.prior = prior
+        self.vamp_components = vamp_components
+        self.objective = objective
+        self.objective_samples = objective_samples
+        self.free_bits = free_bits
 
     # --- training ---------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, run_dir: str | Path | None = None, resume: bool = False) -> "VAE":
@@ -87,7 +123,9 @@ class VAE(TransformerMixin, BaseEstimator):
             activation=self.activation, gaussian_std=self.gaussian_std, epochs=self.epochs,
             batch_size=self.batch_size, lr=self.lr, lr_schedule=self.lr_schedule, weight_decay=self.weight_decay,
             kl_weight=self.kl_weight, warmup_epochs=self.warmup_epochs, patience=self.patience, seed=self.seed,
-            device=self.device)
+            device=self.device, upper_latent_dims=self.upper_latent_dims, upper_hidden=self.upper_hidden,
+            prior=self.prior, vamp_components=self.vamp_components, objective=self.objective,
+            objective_samples=self.objective_samples, free_bits=self.free_bits)
         model, history = train(config, dataset, run_dir=run_dir, resume=resume, progress=self.progress)
         self._set_fitted(model, config, history)
         return self
@@ -195,8 +233,9 @@ class VAE(TransformerMixin, BaseEstimator):
         self._check_fitted()
         if n < 1:
             raise DataError(f"the number of samples must be at least 1, got {n}")
-        generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
-        z = torch.randn(n, self.latent_dim_, generator=generator)
+        generator = torch.Generator(device=self._device()).manual_seed(self.seed if seed is None else seed)
+        with torch.no_grad():
+            z = self.model_.sample_latent(n, generator=generator).float().cpu()
         return self.decode(z.numpy(), sample=sample_output, seed=seed)
 
     def reconstruct(self, X: Any) -> np.ndarray:
@@ -211,14 +250,31 @@ class VAE(TransformerMixin, BaseEstimator):
         return {"neg_elbo": result.neg_elbo.cpu().numpy(), "reconstruction": result.reconstruction.cpu().numpy(),
                 "kl": result.kl.cpu().numpy()}
 
+    def _log_scale_of_units(self) -> float:
+        """log |d(model units)/d(original units)|: what a density in model units gains in original units."""
+        if self.config_.data.standardize_std is None:
+            return 0.0
+        return -float(np.log(np.asarray(self.config_.data.standardize_std)).sum())
+
     def score_samples(self, X: Any, num_importance_samples: int | None = None, seed: int = 0) -> np.ndarray:
         """Importance-weighted estimate of log p(x) per example, in nats, for data in its original units."""
         x = self._as_model_input(X)
         k = num_importance_samples or self.num_importance_samples
         log_px = log_likelihood(self.model_, x, num_importance_samples=k, seed=seed).numpy().astype(np.float64)
-        if self.config_.data.standardize_std is not None:  # change of variables back to the original units
-            log_px -= float(np.log(np.asarray(self.config_.data.standardize_std)).sum())
-        return log_px
+        return log_px + self._log_scale_of_units()  # change of variables back to the original units
+
+    def evaluate(self, X: Any, num_importance_samples: int = 5000, seed: int = 0, *,
+                 memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, progress: bool = False) -> Evaluation:
+        """-ELBO (reconstruction + KL), importance-weighted -log p(x), bits/dim, active units and KL per latent
+        dimension on ``X`` (original units), with standard errors over the examples; see ``vaekit.evaluate``."""
+        result = evaluate_model(self.model_, self._as_model_input(X), num_importance_samples, seed,
+                                memory_budget_mb=memory_budget_mb, progress=progress)
+        shift = self._log_scale_of_units()
+        if shift:  # -log densities of standardized values -> -log densities in the data's own units
+            for name in ("neg_elbo", "reconstruction", "nll"):
+                setattr(result, name, getattr(result, name) - shift)
+                result.per_example[name] = result.per_example[name] - shift
+        return result
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean estimated log-likelihood (nats per example); higher is better."""
@@ -243,7 +299,10 @@ class VAE(TransformerMixin, BaseEstimator):
                         kl_weight=t.kl_weight, warmup_epochs=t.warmup_epochs, patience=t.patience,
                         binarize=config.data.binarize,
                         binarize_threshold=config.data.binarize_threshold,
-                        test_fraction=config.data.test_fraction, seed=t.seed, device=device)
+                        test_fraction=config.data.test_fraction, seed=t.seed, device=device,
+                        upper_latent_dims=m.upper_latent_dims, upper_hidden=m.upper_hidden, prior=m.prior,
+                        vamp_components=m.vamp_components, objective=t.objective,
+                        objective_samples=t.objective_samples, free_bits=t.free_bits)
         estimator._set_fitted(model, config, ckpt.read_metrics(path))
         return estimator
 
@@ -255,6 +314,8 @@ def _sample(dist, generator: torch.Generator) -> torch.Tensor:
         return torch.bernoulli(base.probs, generator=generator)
     if isinstance(base, torch.distributions.Normal):
         return base.loc + base.scale * torch.randn(base.loc.shape, generator=generator, device=base.loc.device)
+    if hasattr(base, "sample_with"):
+        return base.sample_with(generator)
     return dist.sample()
 
 

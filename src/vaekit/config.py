@@ -20,6 +20,8 @@ FORMAT_VERSION = 1
 """Version of the run-directory format (config.json, checkpoint.json, tensor names)."""
 
 ARCHITECTURES = ("mlp", "conv")
+PRIOR_NAMES = ("standard-normal", "vamp")
+OBJECTIVE_NAMES = ("elbo", "iwae")
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "silu")
 BINARIZATIONS = ("none", "static", "dynamic")
 DATA_KINDS = ("unit", "real")  # unit: every value in [0, 1] (intensities); real: any real number
@@ -49,12 +51,22 @@ class ModelConfig:
     activation: str = "relu"
     likelihood: str = "bernoulli"
     gaussian_std: float = 1.0
+    # Intensity levels of the discretized-logistic likelihood: 256 for 8-bit images.
+    num_levels: int = 256
+    # Stochastic layers above the first (Burda et al.'s two-layer model: latent_dim 100, upper (50,)),
+    # each joined to the one below by MLPs with hidden sizes upper_hidden, in both directions.
+    upper_latent_dims: tuple[int, ...] = ()
+    upper_hidden: tuple[int, ...] = (100, 100)
+    prior: str = "standard-normal"
+    vamp_components: int = 500
 
     def __post_init__(self) -> None:
         from .likelihoods import LIKELIHOODS
 
         self.input_shape = tuple(self.input_shape)
         self.hidden = tuple(self.hidden)
+        self.upper_latent_dims = tuple(self.upper_latent_dims)
+        self.upper_hidden = tuple(self.upper_hidden)
         _check(len(self.input_shape) in (1, 3) and all(s > 0 for s in self.input_shape),
                f"input_shape must be (features,) or (channels, height, width), got {self.input_shape}")
         _check(self.latent_dim >= 1, f"latent_dim must be at least 1, got {self.latent_dim}")
@@ -69,6 +81,12 @@ class ModelConfig:
                f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
         _check(math.isfinite(self.gaussian_std) and self.gaussian_std > 0,
                f"gaussian_std must be a positive number, got {self.gaussian_std}")
+        _check(2 <= self.num_levels <= 65536, f"num_levels must lie in [2, 65536], got {self.num_levels}")
+        _check(all(d >= 1 for d in self.upper_latent_dims),
+               f"upper_latent_dims must hold positive sizes, got {self.upper_latent_dims}")
+        _check(all(h >= 1 for h in self.upper_hidden), f"upper_hidden must hold positive sizes, got {self.upper_hidden}")
+        _check(self.prior in PRIOR_NAMES, f"prior must be one of {', '.join(PRIOR_NAMES)}, got {self.prior!r}")
+        _check(self.vamp_components >= 1, f"vamp_components must be at least 1, got {self.vamp_components}")
 
 
 @dataclass
@@ -118,6 +136,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     kl_weight: float = 1.0
     warmup_epochs: int = 0
+    # Free bits (Kingma et al. 2016): the KL of each latent dimension, averaged over the batch, counts as at least this.
+    free_bits: float = 0.0
+    objective: str = "elbo"
+    # Samples per example in the objective (Burda et al.'s k): iwae takes their log-mean-exp, elbo their mean.
+    objective_samples: int = 1
     patience: int | None = None
     seed: int = 0
     device: str = "auto"
@@ -137,6 +160,14 @@ class TrainConfig:
         _check(math.isfinite(self.kl_weight) and self.kl_weight >= 0,
                f"kl_weight must be zero or positive, got {self.kl_weight}")
         _check(self.warmup_epochs >= 0, f"warmup_epochs must be zero or positive, got {self.warmup_epochs}")
+        _check(math.isfinite(self.free_bits) and self.free_bits >= 0,
+               f"free_bits must be zero or positive (nats per latent dimension), got {self.free_bits}")
+        _check(self.objective in OBJECTIVE_NAMES,
+               f"objective must be one of {', '.join(OBJECTIVE_NAMES)}, got {self.objective!r}")
+        _check(self.objective_samples >= 1, f"objective_samples must be at least 1, got {self.objective_samples}")
+        _check(not (self.free_bits > 0 and self.objective == "iwae"),
+               "free bits apply to the elbo objective, whose KL term they bound; the iwae objective has no "
+               "separate KL term (use --warmup-epochs against posterior collapse instead)")
         _check(self.patience is None or self.patience >= 1, f"patience must be at least 1, got {self.patience}")
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
                f"checkpoint_every must be at least 1 step, got {self.checkpoint_every}")

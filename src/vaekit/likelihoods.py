@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, Normal
+from torch.distributions import Bernoulli, Distribution, Independent, Normal, constraints
 
 from .errors import DataError
 
@@ -62,6 +62,10 @@ class Likelihood(nn.Module):
         """
         return -self(params).log_prob(x)
 
+    def is_discrete(self, x: Tensor) -> bool:
+        """Whether log p(x|z) is the log of a probability (not a density) for data like ``x``: bits/dim apply."""
+        return False
+
     def param(self, params: Tensor, index: int) -> Tensor:
         """The ``index``-th parameter of every data value, shape ``(*batch, *data_shape)``."""
         return params.select(-len(self.data_shape) - 1, index)
@@ -90,6 +94,9 @@ class BernoulliLikelihood(Likelihood):
                 "the bernoulli likelihood needs data in [0, 1], but the values range over "
                 f"[{x.min().item():.4g}, {x.max().item():.4g}]; use --likelihood gaussian-learned for real-valued data"
             )
+
+    def is_discrete(self, x: Tensor) -> bool:
+        return bool(((x == 0) | (x == 1)).all())
 
 
 class GaussianLikelihood(Likelihood):
@@ -136,18 +143,140 @@ class DecoderGaussianLikelihood(Likelihood):
         return self._independent(Normal(loc, log_std.exp(), validate_args=False))
 
 
+def log1mexp(t: Tensor) -> Tensor:
+    """log(1 - exp(-t)) for t > 0, accurate for small and large t (Maechler 2012)."""
+    return torch.where(t < math.log(2.0), torch.log(-torch.expm1(-t)), torch.log1p(-torch.exp(-t)))
+
+
+class DiscretizedLogistic(Distribution):
+    """A logistic distribution discretized to ``num_levels`` equally spaced values in [0, 1].
+
+    Value k / (L - 1) gets the logistic mass of its bin [value - h, value + h], h = 1 / (2 (L - 1));
+    the two end values also take the tails, so the L probabilities of every pixel sum to one
+    (Salimans et al. 2017, PixelCNN++, with one mixture component).
+    """
+
+    arg_constraints = {"loc": constraints.real, "log_scale": constraints.real}
+    support = constraints.unit_interval
+
+    def __init__(self, loc: Tensor, log_scale: Tensor, num_levels: int = 256) -> None:
+        self.loc, self.log_scale = torch.broadcast_tensors(loc, log_scale)
+        self.num_levels = int(num_levels)
+        super().__init__(self.loc.shape, validate_args=False)
+
+    @property
+    def half_bin(self) -> float:
+        return 0.5 / (self.num_levels - 1)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        inv_scale = torch.exp(-self.log_scale)
+        centred = value - self.loc
+        upper = (centred + self.half_bin) * inv_scale  # standardized bin edges
+        lower = (centred - self.half_bin) * inv_scale
+        # log(sigmoid(u) - sigmoid(l)) = -l + log(1 - e^-(u - l)) - softplus(-u) - softplus(-l): no cancellation
+        # in either tail, where the plain difference of two sigmoids would round to zero.
+        interior = -lower + log1mexp(upper - lower) - F.softplus(-upper) - F.softplus(-lower)
+        first = -F.softplus(-upper)  # value 0: everything below the first bin's upper edge
+        last = -F.softplus(lower)  # value 1: everything above the last bin's lower edge
+        eps = 0.25 / (self.num_levels - 1)
+        return torch.where(value < eps, first, torch.where(value > 1 - eps, last, interior))
+
+    def cdf_at(self, edge: Tensor | float) -> Tensor:
+        return torch.sigmoid((edge - self.loc) * torch.exp(-self.log_scale))
+
+    @property
+    def mean(self) -> Tensor:
+        """E[x] = sum over k >= 1 of P(x >= k / (L - 1)) / (L - 1), accumulated level by level."""
+        step = 1.0 / (self.num_levels - 1)
+        total = torch.zeros_like(self.loc)
+        for k in range(1, self.num_levels):
+            total += 1.0 - self.cdf_at((k - 0.5) * step)
+        return total * step
+
+    def sample_with(self, generator: torch.Generator | None = None) -> Tensor:
+        """Inverse-CDF draw: a logistic value rounded to the nearest level and clipped to [0, 1]."""
+        u = torch.rand(self.loc.shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype)
+        u = u.clamp(1e-7, 1 - 1e-7)
+        continuous = self.loc + torch.exp(self.log_scale) * (torch.log(u) - torch.log1p(-u))
+        levels = self.num_levels - 1
+        return (continuous * levels).round().clamp(0, levels) / levels
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            if sample_shape:
+                return torch.stack([self.sample_with() for _ in range(math.prod(sample_shape))]).reshape(
+                    *sample_shape, *self.loc.shape)
+            return self.sample_with()
+
+
+class DiscretizedLogisticLikelihood(Likelihood):
+    """8-bit (or L-level) images: a discretized logistic per value, decoder outputs its location and log-scale."""
+
+    name = "discretized-logistic"
+    params_per_value = 2
+    description = "discretized logistic for 8-bit images (values k/255 in [0, 1]); reported also in bits/dim"
+
+    # Scales below 1e-3 of the unit range are far narrower than one level (1/255) and only invite overflow.
+    MIN_LOG_SCALE = math.log(1e-3)
+
+    def __init__(self, data_shape: tuple[int, ...], num_levels: int = 256) -> None:
+        super().__init__(data_shape)
+        self.num_levels = int(num_levels)
+
+    def forward(self, params: Tensor) -> Distribution:
+        # The location is centred on the middle of [0, 1] so that a zero decoder output means "grey".
+        loc = self.param(params, 0) + 0.5
+        log_scale = soft_clamp(self.param(params, 1), self.MIN_LOG_SCALE, MAX_LOG_STD)
+        return self._independent(DiscretizedLogistic(loc, log_scale, self.num_levels))
+
+    def check_data(self, x: Tensor) -> None:
+        if not x.numel():
+            return
+        levels = self.num_levels - 1
+        if x.min() < 0 or x.max() > 1:
+            raise DataError(
+                f"the discretized-logistic likelihood needs data in [0, 1], but the values range over "
+                f"[{x.min().item():.4g}, {x.max().item():.4g}]")
+        off_grid = ((x * levels) - (x * levels).round()).abs().max().item()
+        if off_grid > 1e-3:
+            raise DataError(
+                f"the discretized-logistic likelihood with {self.num_levels} levels needs values that are multiples "
+                f"of 1/{levels} (8-bit images scaled to [0, 1]); these data are not (off by up to {off_grid / levels:.3g})")
+
+    def is_discrete(self, x: Tensor) -> bool:
+        return True
+
+
 LIKELIHOODS: dict[str, type[Likelihood]] = {
     cls.name: cls
-    for cls in (BernoulliLikelihood, GaussianLikelihood, LearnedGaussianLikelihood, DecoderGaussianLikelihood)
+    for cls in (BernoulliLikelihood, GaussianLikelihood, LearnedGaussianLikelihood, DecoderGaussianLikelihood,
+                DiscretizedLogisticLikelihood)
 }
 
+DISCRETE_LIKELIHOODS = ("discretized-logistic",)
 
-def make_likelihood(name: str, data_shape: tuple[int, ...], gaussian_std: float = 1.0) -> Likelihood:
+
+def make_likelihood(name: str, data_shape: tuple[int, ...], gaussian_std: float = 1.0,
+                    num_levels: int = 256) -> Likelihood:
     """Build the likelihood called ``name`` for examples of shape ``data_shape``."""
     cls = LIKELIHOODS[name]
     if cls is GaussianLikelihood:
         return GaussianLikelihood(data_shape, std=gaussian_std)
+    if cls is DiscretizedLogisticLikelihood:
+        return DiscretizedLogisticLikelihood(data_shape, num_levels=num_levels)
     return cls(data_shape)
+
+
+def detect_levels(x: Tensor, most: int = 256) -> int | None:
+    """The fewest equally spaced levels in [0, 1] (2..most) on which every value of ``x`` lies, or ``None``."""
+    if not x.numel() or x.min() < 0 or x.max() > 1:
+        return None
+    values = torch.unique(x.flatten().double())
+    for levels in range(2, most + 1):
+        scaled = values * (levels - 1)
+        if ((scaled - scaled.round()).abs() < 5e-5).all():  # float32 k/255 is off by at most 1.5e-5 levels
+            return levels
+    return None
 
 
 def default_likelihood(kind: str) -> str:

@@ -4,41 +4,91 @@
     z      = mu + sigma * eps, eps ~ N(0, I)   the reparameterization trick: gradients reach mu and sigma
     p(x|z)                                     a likelihood from ``vaekit.likelihoods`` on the decoder output
     -ELBO  = E_q[-log p(x|z)] + KL(q(z|x) || p(z))   in nats per example, KL in closed form
+
+With more stochastic layers (Burda et al. 2016) z = (z_1, ..., z_L) and both directions are chains,
+
+    q(z|x) = q(z_1|x) q(z_2|z_1) ... q(z_L|z_{L-1})        p(x, z) = p(x|z_1) p(z_1|z_2) ... p(z_L),
+
+every conditional a diagonal Gaussian from a small MLP (``StochasticLayer``). One layer is the case
+L = 1: the same modules, names and numbers as a plain VAE. The KL term is then the Monte Carlo estimate
+E_q[log q(z|x) - log p(z)], in closed form wherever it has one (the top layer under a normal prior).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from .config import ModelConfig
-from .likelihoods import make_likelihood, soft_clamp
-from .networks import build_decoder, build_encoder
-from .priors import StandardNormalPrior
+from .likelihoods import DISCRETE_LIKELIHOODS, make_likelihood, soft_clamp
+from .networks import build_decoder, build_encoder, mlp
+from .priors import StandardNormalPrior, VampPrior, log_prob_per_dim
 
 # Posterior log-variances are kept in this range (smoothly, see ``soft_clamp``): wide enough that a
 # well-behaved model never gets near it, narrow enough that exp() neither underflows nor overflows.
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
 
-@dataclass
 class ElboTerms:
-    """Per-example parts of the negative ELBO, in nats: ``reconstruction`` = -log p(x|z), ``kl``."""
+    """Per-example parts of the negative ELBO, in nats: ``reconstruction`` = -log p(x|z), ``kl``.
 
-    reconstruction: Tensor
-    kl: Tensor
-    kl_per_dim: Tensor
+    ``kl_per_dim`` has one column per latent dimension (all layers, bottom first). Under a factorized
+    prior its rows sum to ``kl``; under the VampPrior the top layer's columns are measured against the
+    prior's one-dimensional marginals, a diagnostic that does not sum to the exact ``kl``. It is
+    computed when first asked for (for the VampPrior it costs more than the rest of the terms).
+    """
+
+    def __init__(self, reconstruction: Tensor, kl: Tensor, kl_per_dim: Tensor | Callable[[], Tensor]) -> None:
+        self.reconstruction = reconstruction
+        self.kl = kl
+        self._kl_per_dim = kl_per_dim
+
+    @property
+    def kl_per_dim(self) -> Tensor:
+        if callable(self._kl_per_dim):
+            self._kl_per_dim = self._kl_per_dim()
+        return self._kl_per_dim
 
     @property
     def neg_elbo(self) -> Tensor:
         return self.reconstruction + self.kl
 
 
+def diagonal_gaussian(mu: Tensor, logvar: Tensor) -> Independent:
+    return Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1, validate_args=False)
+
+
+class GaussianConditional(nn.Module):
+    """An MLP from one vector to the mean and log-variance of a diagonal Gaussian over another."""
+
+    def __init__(self, n_in: int, hidden: tuple[int, ...], n_out: int, activation: str) -> None:
+        super().__init__()
+        self.body = mlp([n_in, *hidden], activation, final_activation=True) if hidden else nn.Identity()
+        features = hidden[-1] if hidden else n_in
+        self.mean_head = nn.Linear(features, n_out)
+        self.logvar_head = nn.Linear(features, n_out)
+
+    def forward(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.body(v.reshape(-1, v.shape[-1]))
+        mu = self.mean_head(features).reshape(*v.shape[:-1], -1)
+        logvar = soft_clamp(self.logvar_head(features), LOGVAR_MIN, LOGVAR_MAX).reshape(*v.shape[:-1], -1)
+        return mu, logvar
+
+
+class StochasticLayer(nn.Module):
+    """A stochastic layer above the first: inference q(z_above | z_below), generative p(z_below | z_above)."""
+
+    def __init__(self, below_dim: int, above_dim: int, hidden: tuple[int, ...], activation: str) -> None:
+        super().__init__()
+        self.inference = GaussianConditional(below_dim, hidden, above_dim, activation)
+        self.generative = GaussianConditional(above_dim, tuple(reversed(hidden)), below_dim, activation)
+
+
 class VAEModel(nn.Module):
-    """A variational autoencoder built from a ``ModelConfig``."""
+    """A variational autoencoder built from a ``ModelConfig``: one or more stochastic layers."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -46,13 +96,29 @@ class VAEModel(nn.Module):
         self.encoder, features = build_encoder(config)
         self.mean_head = nn.Linear(features, config.latent_dim)
         self.logvar_head = nn.Linear(features, config.latent_dim)
-        self.likelihood = make_likelihood(config.likelihood, config.input_shape, config.gaussian_std)
+        self.likelihood = make_likelihood(config.likelihood, config.input_shape, config.gaussian_std,
+                                          config.num_levels)
         self.decoder = build_decoder(config, self.likelihood.params_per_value)
-        self.prior = StandardNormalPrior(config.latent_dim)
+        dims = self.latent_dims
+        # Empty for a one-layer model, which therefore has exactly the weights (and names) of a plain VAE.
+        self.upper_layers = nn.ModuleList(
+            StochasticLayer(below, above, config.upper_hidden, config.activation)
+            for below, above in zip(dims[:-1], dims[1:]))
+        if config.prior == "vamp":
+            unit_data = config.likelihood in ("bernoulli", *DISCRETE_LIKELIHOODS)
+            self.prior = VampPrior(dims[-1], config.input_shape, config.vamp_components, unit_data)
+        else:
+            self.prior = StandardNormalPrior(dims[-1])
 
     @property
     def latent_dim(self) -> int:
+        """Size of the first stochastic layer, the code that ``encode`` gives and ``decode`` takes."""
         return self.config.latent_dim
+
+    @property
+    def latent_dims(self) -> tuple[int, ...]:
+        """Sizes of all stochastic layers, from the one next to the data to the top."""
+        return (self.config.latent_dim, *self.config.upper_latent_dims)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -60,15 +126,15 @@ class VAEModel(nn.Module):
 
     # --- inference network -------------------------------------------------------------------
     def posterior_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and log-variance of q(z|x), each of shape (batch, latent_dim)."""
+        """Mean and log-variance of q(z_1|x), each of shape (batch, latent_dim)."""
         features = self.encoder(x)
         logvar = soft_clamp(self.logvar_head(features), LOGVAR_MIN, LOGVAR_MAX)
         return self.mean_head(features), logvar
 
     def encode(self, x: Tensor) -> Distribution:
-        """q(z|x) as a distribution with event shape (latent_dim,)."""
+        """q(z_1|x) as a distribution with event shape (latent_dim,)."""
         mu, logvar = self.posterior_params(x)
-        return Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1, validate_args=False)
+        return diagonal_gaussian(mu, logvar)
 
     @staticmethod
     def reparameterize(mu: Tensor, std: Tensor, num_samples: int | None = None,
@@ -78,6 +144,45 @@ class VAEModel(nn.Module):
         eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + std * eps
 
+    def infer(self, x: Tensor, num_samples: int | None = None, generator: torch.Generator | None = None,
+              noise: list[Tensor] | None = None) -> list[tuple[Tensor, Distribution]]:
+        """Draw z_1, ..., z_L bottom-up from q; returns (z_i, q(z_i | what is below)) for every layer.
+
+        ``noise`` may give the standard-normal draws to use, one tensor per layer shaped like its z.
+        """
+        q = self.encode(x)
+        if noise is None:
+            z = self.reparameterize(q.base_dist.loc, q.base_dist.scale, num_samples=num_samples, generator=generator)
+        else:
+            z = q.base_dist.loc + q.base_dist.scale * noise[0]
+        drawn = [(z, q)]
+        for i, layer in enumerate(self.upper_layers, start=1):
+            q = diagonal_gaussian(*layer.inference(z))
+            if noise is None:
+                z = self.reparameterize(q.base_dist.loc, q.base_dist.scale, generator=generator)
+            else:
+                z = q.base_dist.loc + q.base_dist.scale * noise[i]
+            drawn.append((z, q))
+        return drawn
+
+    def posterior_means(self, x: Tensor, num_samples: int = 100,
+                        generator: torch.Generator | None = None) -> list[Tensor]:
+        """E_q[z_i | x] for every layer, each (batch, dim_i): exact for the first layer, Monte Carlo above it.
+
+        Above the first layer the conditional means E[z_i | z_{i-1}] are averaged over draws of the
+        layers below, so a unit whose mean does not depend on x gets no Monte Carlo noise.
+        """
+        q = self.encode(x)
+        means = [q.base_dist.loc]
+        if not len(self.upper_layers):
+            return means
+        z = self.reparameterize(q.base_dist.loc, q.base_dist.scale, num_samples=num_samples, generator=generator)
+        for layer in self.upper_layers:
+            mu, logvar = layer.inference(z)
+            means.append(mu.mean(0))
+            z = self.reparameterize(mu, torch.exp(0.5 * logvar), generator=generator)
+        return means
+
     # --- generative network ------------------------------------------------------------------
     def decoder_params(self, z: Tensor) -> Tensor:
         """The likelihood's parameters for latent vectors of shape (..., latent_dim), batch axes kept."""
@@ -85,25 +190,95 @@ class VAEModel(nn.Module):
         return params.reshape(*z.shape[:-1], *params.shape[1:])
 
     def decode(self, z: Tensor) -> Distribution:
-        """p(x|z) for latent vectors of shape (..., latent_dim); batch axes before the last are kept."""
+        """p(x|z_1) for latent vectors of shape (..., latent_dim); batch axes before the last are kept."""
         return self.likelihood(self.decoder_params(z))
 
+    def prior_distribution(self) -> Distribution:
+        """p(z_L) over the top layer. For the VampPrior its components are encodings of the pseudo-inputs
+        (through the means of the layers below the top one, when there are several)."""
+        if not isinstance(self.prior, VampPrior):
+            return self.prior.distribution()
+        mu, logvar = self.posterior_params(self.prior.inputs())
+        for layer in self.upper_layers:
+            mu, logvar = layer.inference(mu)
+        return self.prior.distribution(mu, torch.exp(0.5 * logvar))
+
+    def conditional_priors(self, zs: list[Tensor]) -> list[Distribution]:
+        """p(z_i | z_{i+1}) for i = 1 .. L-1, each evaluated at the drawn layer above."""
+        return [diagonal_gaussian(*layer.generative(above)) for layer, above in zip(self.upper_layers, zs[1:])]
+
     def sample_latent(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        return self.prior.sample(num_samples, generator=generator)
+        """Draw z_1 from the generative model: the top layer from the prior, then down the chain."""
+        if isinstance(self.prior, VampPrior):
+            z = VampPrior.sample_from(self.prior_distribution(), num_samples, generator=generator)
+        else:
+            z = self.prior.sample(num_samples, generator=generator)
+        for layer in reversed(self.upper_layers):
+            mu, logvar = layer.generative(z)
+            z = self.reparameterize(mu, torch.exp(0.5 * logvar), generator=generator)
+        return z
 
     # --- objectives --------------------------------------------------------------------------
-    def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None) -> ElboTerms:
-        """One-sample reconstruction term and closed-form KL for every example of ``x``."""
-        q = self.encode(x)
-        z = self.reparameterize(q.base_dist.loc, q.base_dist.scale, generator=generator)
-        reconstruction = self.likelihood.negative_log_prob(self.decoder_params(z), x)  # = -decode(z).log_prob(x)
-        kl_per_dim = kl_divergence(q.base_dist, self.prior.distribution().base_dist)
-        return ElboTerms(reconstruction=reconstruction, kl=kl_per_dim.sum(-1), kl_per_dim=kl_per_dim)
+    def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None, prior: Distribution | None = None,
+                   num_samples: int | None = None) -> ElboTerms:
+        """Reconstruction and KL terms for every example of ``x`` (closed-form KL where it has one).
 
-    def log_importance_weights(self, x: Tensor, num_samples: int,
-                               generator: torch.Generator | None = None) -> Tensor:
+        One posterior draw per example, or the average over ``num_samples`` draws (Burda et al.'s
+        k-sample VAE objective). ``prior`` may pass a precomputed ``prior_distribution()``.
+        """
+        drawn = self.infer(x, num_samples=num_samples, generator=generator)
+        zs = [z for z, _ in drawn]
+        reconstruction = self.likelihood.negative_log_prob(self.decoder_params(zs[0]), x)  # = -decode(z).log_prob(x)
+        prior = self.prior_distribution() if prior is None else prior
+        # Layers below the top: single-sample Monte Carlo, since q(z_i|z_{i-1}) and p(z_i|z_{i+1}) depend on
+        # different draws and have no closed-form KL.
+        per_dim = [q.base_dist.log_prob(z) - p.base_dist.log_prob(z)
+                   for (z, q), p in zip(drawn[:-1], self.conditional_priors(zs))]
+        z_top, q_top = drawn[-1]
+        if isinstance(self.prior, StandardNormalPrior):
+            top_kl = kl_divergence(q_top.base_dist, prior.base_dist)  # closed form, per dimension
+            top_total = top_kl.sum(-1)
+            top_per_dim = lambda: top_kl  # noqa: E731
+        else:
+            log_q = q_top.base_dist.log_prob(z_top)
+            top_total = log_q.sum(-1) - prior.log_prob(z_top)
+            top_per_dim = lambda: log_q - log_prob_per_dim(prior, z_top)  # noqa: E731
+        # With several draws, average over the sample axis, which every term has but a one-layer model's
+        # closed-form KL.
+        keep = lambda t: t  # noqa: E731
+        average = (lambda t: t.mean(0)) if num_samples is not None else keep  # noqa: E731
+        average_top = average if top_total.dim() == reconstruction.dim() else keep
+        reconstruction = average(reconstruction)
+        per_dim = [average(terms) for terms in per_dim]
+        kl = average_top(top_total)
+        for terms in per_dim:
+            kl = kl + terms.sum(-1)
+        kl_per_dim = lambda: torch.cat([*per_dim, average_top(top_per_dim())], dim=-1)  # noqa: E731
+        return ElboTerms(reconstruction=reconstruction, kl=kl, kl_per_dim=kl_per_dim)
+
+    def latent_log_densities(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None,
+                             prior: Distribution | None = None, noise: list[Tensor] | None = None,
+                             ) -> tuple[Tensor, Tensor, Tensor]:
+        """Draws z_1 ~ q (shape (num_samples, batch, latent_dim)) with log p(z) and log q(z|x) over all layers."""
+        drawn = self.infer(x, num_samples=num_samples, generator=generator, noise=noise)
+        zs = [z for z, _ in drawn]
+        prior = self.prior_distribution() if prior is None else prior
+        log_pz = prior.log_prob(zs[-1])
+        for p, z in zip(self.conditional_priors(zs), zs[:-1]):
+            log_pz = log_pz + p.log_prob(z)
+        log_qz = drawn[0][1].log_prob(zs[0])
+        for z, q in drawn[1:]:
+            log_qz = log_qz + q.log_prob(z)
+        return zs[0], log_pz, log_qz
+
+    def importance_weight_terms(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None,
+                                prior: Distribution | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """log p(x|z_k), log p(z_k) and log q(z_k|x) for z_k ~ q(z|x), each of shape (num_samples, batch)."""
+        z, log_pz, log_qz = self.latent_log_densities(x, num_samples, generator=generator, prior=prior)
+        return self.decode(z).log_prob(x), log_pz, log_qz
+
+    def log_importance_weights(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None,
+                               prior: Distribution | None = None) -> Tensor:
         """log p(x, z_k) - log q(z_k|x) for z_k ~ q(z|x), shape (num_samples, batch)."""
-        q = self.encode(x)
-        z = self.reparameterize(q.base_dist.loc, q.base_dist.scale, num_samples=num_samples, generator=generator)
-        log_px_z = self.decode(z).log_prob(x)
-        return log_px_z + self.prior.distribution().log_prob(z) - q.log_prob(z)
+        log_px_z, log_pz, log_qz = self.importance_weight_terms(x, num_samples, generator=generator, prior=prior)
+        return log_px_z + log_pz - log_qz

@@ -36,6 +36,7 @@ from .data.transforms import binarize
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import elbo
 from .model import VAEModel
+from .objectives import elbo_objective, make_objective  # noqa: F401  (elbo_objective: re-exported)
 
 
 LOSS_CURVE_INTERVAL_S = 60.0
@@ -83,14 +84,6 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.de
         return torch.optim.Adam(params, **settings, foreach=True)
 
 
-def elbo_objective(model: VAEModel, x: Tensor, kl_weight: float,
-                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Mean over the batch of -log p(x|z) + kl_weight * KL; also the batch's summed parts (detached)."""
-    terms = model.elbo_terms(x, generator=generator)
-    loss = (terms.reconstruction + kl_weight * terms.kl).mean()
-    return loss, terms.reconstruction.detach().sum(), terms.kl.detach().sum()
-
-
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     """The learning rate of optimizer step ``step`` (counted from 0) in a run of ``total_steps`` steps.
 
@@ -132,6 +125,7 @@ class Trainer:
         self.progress = progress
         self.log = log or (lambda message: None)
         self.optimizer = make_optimizer(self.model, self.train_config, self.device)
+        self.objective = make_objective(self.train_config)
         self.noise = torch.Generator(device=self.device).manual_seed(self.train_config.seed)
         # Dynamic binarization draws from the intensities at every step; otherwise train on what split() gives.
         self.dynamic_binarization = dataset.config.binarize == "dynamic"
@@ -180,7 +174,7 @@ class Trainer:
                     if dynamic:
                         x = binarize(x, generator=self.noise)
                     kl_weight = cfg.kl_weight * min(1.0, (self.global_step + 1) / warmup_steps) if warmup_steps else cfg.kl_weight
-                    loss, rec_sum, kl_sum = elbo_objective(self.model, x, kl_weight, self.noise)
+                    loss, rec_sum, kl_sum = self.objective(self.model, x, kl_weight, self.noise)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     for group in self.optimizer.param_groups:

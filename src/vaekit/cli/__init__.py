@@ -16,13 +16,15 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import VaekitError
 
-COMMAND_MODULES = ["train", "use", "info"]
+COMMAND_MODULES = ["train", "use", "evaluate", "info", "latent", "anomaly", "export", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vaekit",
-        description="Train variational autoencoders on your own data and use them: sample, reconstruct, encode, decode.",
+        description="Train variational autoencoders on your own data and use them: sample, reconstruct, encode, decode, "
+                    "evaluate log-likelihood, explore the latent space, score anomalies, export the decoder, "
+                    "serve it over HTTP with an explorer page.",
     )
     parser.add_argument("--version", action="version", version=f"vaekit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -46,9 +46,9 @@ def parse_hidden(text: str) -> tuple[int, ...] | None:
     try:
         sizes = tuple(int(p) for p in text.split(",") if p.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden takes comma-separated sizes such as 512,256, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes such as 512,256, got {text!r}") from None
     if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"--hidden takes positive sizes such as 512,256, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected positive sizes such as 512,256, got {text!r}")
     return sizes
 
 
@@ -91,6 +91,17 @@ def load_run_data(spec: str, vae: VAE, data_dir: str | None = None) -> tuple[np.
     return to_original_units(x, vae.config_.data), dataset.labels(split), dataset
 
 
+def load_run_data_or_own(spec: str | None, vae: VAE, run: str, data_dir: str | None = None,
+                         purpose: str = "") -> tuple[np.ndarray, np.ndarray | None, Dataset, str]:
+    """``load_run_data`` of ``spec``, or of the run's own data source (its test split) when ``spec`` is ``None``."""
+    if spec is None:
+        spec = vae.config_.data.source
+        if spec == "array":
+            raise DataError(f"{run} was trained from an in-memory array; name the DATA {purpose}".rstrip())
+    x, labels, dataset = load_run_data(spec, vae, data_dir)
+    return x, labels, dataset, spec
+
+
 def to_images(x: np.ndarray, vae: VAE) -> np.ndarray | None:
     """Examples as (n, c, h, w) images when the model's data are images, else ``None``."""
     return x.reshape(len(x), *vae.input_shape_) if len(vae.input_shape_) == 3 else None
@@ -127,6 +138,18 @@ def write_csv(path: Path, rows: np.ndarray, columns: list[str] | None = None, pr
     writer = csv.writer(buffer)
     writer.writerow(columns)
     writer.writerows([[f"{v:.7g}" for v in row] for row in rows])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def write_table(path: Path, columns: dict[str, np.ndarray]) -> None:
+    """A CSV file with one named column per array (integers as such, other numbers to 10 significant digits)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(list(columns))
+    arrays = [np.asarray(v) for v in columns.values()]
+    formats = ["{:d}" if a.dtype.kind in "iu" else "{:.10g}" for a in arrays]
+    for row in zip(*arrays):
+        writer.writerow([f.format(v.item()) for f, v in zip(formats, row)])
     atomic_write_text(path, buffer.getvalue())
 
 

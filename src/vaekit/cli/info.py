@@ -37,10 +37,15 @@ def info(args: argparse.Namespace) -> int:
     print(f"run          {args.run}")
     print(f"data         {d.source}  (kind {d.kind}, shape {tuple(m.input_shape)}, binarize {d.binarize}"
           + (", standardized" if d.standardize_mean is not None else "") + ")")
-    print(f"model        {m.arch} hidden {','.join(map(str, m.hidden))}, latent {m.latent_dim}, "
-          f"likelihood {m.likelihood}, {params:,} parameters")
-    print(f"training     {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} ({t.lr_schedule}), "
-          f"kl weight {t.kl_weight}, warm-up {t.warmup_epochs} epochs, seed {t.seed}")
+    upper = (f", upper layers {','.join(map(str, m.upper_latent_dims))} (hidden {','.join(map(str, m.upper_hidden))})"
+             if m.upper_latent_dims else "")
+    prior = f"vamp ({m.vamp_components} pseudo-inputs)" if m.prior == "vamp" else m.prior
+    print(f"model        {m.arch} hidden {','.join(map(str, m.hidden))}, latent {m.latent_dim}{upper}, "
+          f"likelihood {m.likelihood}, prior {prior}, {params:,} parameters")
+    print(f"training     {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} ({t.lr_schedule}), objective {t.objective}"
+          + (f" (k={t.objective_samples})" if t.objective_samples > 1 else "")
+          + f", kl weight {t.kl_weight}, warm-up {t.warmup_epochs} epochs"
+          + (f", free bits {t.free_bits}" if t.free_bits else "") + f", seed {t.seed}")
     if history:
         last = history[-1]
         print(f"progress     {len(history)}/{t.epochs} epochs, step {last['step']}")

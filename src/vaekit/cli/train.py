@@ -10,7 +10,9 @@ from pathlib import Path
 
 from .. import checkpoint as ckpt
 from ..api import make_run_config
-from ..config import ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, DEFAULT_BATCH_SIZE, LR_SCHEDULES, RunConfig
+from ..config import (ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, DEFAULT_BATCH_SIZE, LR_SCHEDULES,
+                      OBJECTIVE_NAMES,
+                      PRIOR_NAMES, RunConfig)
 from ..data import load_dataset, parse_spec
 from ..errors import ConfigError
 from ..likelihoods import LIKELIHOODS
@@ -25,7 +27,9 @@ DEFAULTS = {
     "latent_dim": 20, "hidden": None,
     "arch": "auto", "activation": "relu", "likelihood": "auto", "gaussian_std": 1.0, "binarize": "none",
     "binarize_threshold": None, "kl_weight": 1.0, "warmup_epochs": 0, "patience": None, "seed": 0,
-    "device": "auto", "checkpoint_every": None, "test_fraction": 0.1,
+    "device": "auto", "checkpoint_every": None, "test_fraction": 0.1, "upper_latent_dims": (),
+    "upper_hidden": (100, 100), "prior": "standard-normal", "vamp_components": 500, "objective": "elbo",
+    "objective_samples": None, "free_bits": 0.0,
 }
 
 
@@ -48,6 +52,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(one learned variance per output), gaussian-decoder (decoder outputs mean and variance); "
                         "default auto: bernoulli for [0, 1] data, gaussian-learned otherwise")
     g.add_argument("--gaussian-std", type=float, metavar="S", help="standard deviation of the fixed-variance gaussian (default 1)")
+    g.add_argument("--upper-latent-dims", type=parse_hidden, metavar="SIZES",
+                   help="stochastic layers above the first, bottom to top, e.g. 50 for Burda et al.'s two-layer model "
+                        "(--hidden 200,200 --latent-dim 100 --upper-latent-dims 50); default none")
+    g.add_argument("--upper-hidden", type=parse_hidden, metavar="SIZES",
+                   help="hidden sizes of the MLPs between stochastic layers, both directions (default 100,100)")
+    g.add_argument("--prior", choices=PRIOR_NAMES,
+                   help="p(z) of the top layer: standard-normal, or vamp (Tomczak and Welling's VampPrior, a mixture of "
+                        "posteriors of learned pseudo-inputs; its KL is estimated by sampling); default standard-normal")
+    g.add_argument("--vamp-components", type=positive_int, metavar="K", help="pseudo-inputs of the VampPrior (default 500)")
     g.add_argument("--binarize", choices=BINARIZATIONS,
                    help="for [0, 1] data: static (threshold, or one fixed random draw), dynamic (a fresh draw every epoch)")
     g.add_argument("--binarize-threshold", type=float, metavar="T", help="with --binarize static: threshold instead of a random draw")
@@ -63,6 +76,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
     t.add_argument("--kl-weight", type=float, help="weight of the KL term, beta (default 1)")
     t.add_argument("--warmup-epochs", type=int, help="epochs over which the KL weight rises linearly from 0 (default 0)")
+    t.add_argument("--free-bits", type=float, metavar="NATS",
+                   help="minimum KL per latent dimension (batch average) that the elbo objective counts, against "
+                        "posterior collapse (Kingma et al. 2016; default 0: off)")
+    t.add_argument("--objective", choices=OBJECTIVE_NAMES,
+                   help="elbo, or iwae: the importance-weighted bound of Burda et al. 2016 (default elbo)")
+    t.add_argument("--objective-samples", type=positive_int, metavar="K",
+                   help="posterior samples per example in the objective (default 1 for elbo, 5 for iwae)")
     t.add_argument("--patience", type=positive_int, help="stop after this many epochs without a better validation -ELBO, "
                    "keeping the best weights (default: no early stopping)")
     t.add_argument("--seed", type=int, help="seed for initialisation, data order and sampling (default 0)")
@@ -93,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         conflicts = [f"--{k.replace('_', '-')} {v} (the run has {_option_value(config, k)})"
                      for k, v in _given(args).items()
                      if k not in RESUMABLE_OPTIONS and _option_value(config, k) not in (None, v)
-                     and not (k == "hidden" and tuple(v) == tuple(config.model.hidden))]
+                     and not (isinstance(v, tuple) and tuple(v) == tuple(_option_value(config, k)))]
         if conflicts:
             raise ConfigError(f"{out} was trained with other settings: {'; '.join(conflicts)}. "
                               "Drop these options to resume it, or train into a new --out")
@@ -120,16 +140,22 @@ def run(args: argparse.Namespace) -> int:
             dataset, latent_dim=opts["latent_dim"], hidden=opts["hidden"], arch=opts["arch"],
             likelihood=opts["likelihood"], activation=opts["activation"], gaussian_std=opts["gaussian_std"],
             epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"], lr_schedule=opts["lr_schedule"],
-            weight_decay=opts["weight_decay"], kl_weight=opts["kl_weight"], warmup_epochs=opts["warmup_epochs"],
-            patience=opts["patience"],
-            seed=opts["seed"], device=opts["device"], checkpoint_every=opts["checkpoint_every"])
+            weight_decay=opts["weight_decay"],
+            kl_weight=opts["kl_weight"], warmup_epochs=opts["warmup_epochs"], patience=opts["patience"],
+            seed=opts["seed"], device=opts["device"], checkpoint_every=opts["checkpoint_every"],
+            upper_latent_dims=opts["upper_latent_dims"], upper_hidden=opts["upper_hidden"], prior=opts["prior"],
+            vamp_components=opts["vamp_components"], objective=opts["objective"],
+            objective_samples=opts["objective_samples"], free_bits=opts["free_bits"])
 
     log = _logger(args.progress)
     m = config.model
     log(f"data: {dataset}")
-    log(f"model: {m.arch} {','.join(map(str, m.hidden))} -> latent {m.latent_dim}, likelihood {m.likelihood}; "
-        f"training {config.train.epochs} epochs, batch {config.train.batch_size}, lr {config.train.lr:g} "
-        f"({config.train.lr_schedule})")
+    t = config.train
+    latents = ",".join(map(str, (m.latent_dim, *m.upper_latent_dims)))
+    log(f"model: {m.arch} {','.join(map(str, m.hidden))} -> latent {latents}, likelihood {m.likelihood}, prior {m.prior}; "
+        f"training {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} ({t.lr_schedule}), objective {t.objective}"
+        + (f" (k={t.objective_samples})" if t.objective_samples > 1 else "")
+        + (f", free bits {t.free_bits}" if t.free_bits else ""))
     started = time.perf_counter()
     model, history = train(config, dataset, run_dir=out, resume=args.resume, progress=args.progress, log=log)
     _write_pictures(out, dataset)

@@ -1,0 +1,254 @@
+"""Test log-likelihood of a fixed set of VAEs, estimated as the literature does it.
+
+Trains and evaluates one- and two-stochastic-layer models (the architectures of Burda et al. 2016),
+with the ELBO and the IWAE objectives, with and without a VampPrior, on dynamically binarized
+Fashion-MNIST, plus two models of ``digits`` and one 8-bit (discretized logistic) Fashion-MNIST model.
+Every model is evaluated on the full test set with K = 5000 importance samples (the test split is
+binarized with one fixed, seeded draw). Prints a Markdown table and writes JSON (``--json``) and the
+table (``--markdown``).
+
+    python benchmarks/likelihood.py --quick                  # smoke test: a few minutes on 2 cores
+    python benchmarks/likelihood.py                          # full mode: about 5 hours on 2 cores (see below)
+    python benchmarks/likelihood.py --only fm-1l-elbo        # one configuration (repeatable option)
+    python benchmarks/likelihood.py --max-minutes 25         # stop starting new work after 25 minutes
+
+The full mode runs for hours on a 2-core CPU, so it works in pieces: each configuration's result is
+cached in the JSON file (keyed by its settings) and skipped on the next run, and training resumes from
+its run directory (``runs/likelihood/...``), where it stopped. With ``--max-minutes`` an invocation
+trains in segments and stops when its time is up; run the same command again to continue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import vaekit
+from vaekit import checkpoint as ckpt
+from vaekit.api import make_run_config
+from vaekit.evaluate import evaluate
+from vaekit.fileio import atomic_write_json, atomic_write_text
+from vaekit.train import train
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = Path("runs") / "likelihood"
+
+BURDA_1L = dict(hidden=(200, 200), latent_dim=50, activation="tanh")
+BURDA_2L = dict(hidden=(200, 200), latent_dim=100, upper_latent_dims=(50,), upper_hidden=(100, 100), activation="tanh")
+DIGITS_1L = dict(hidden=(128,), latent_dim=8, activation="tanh")
+DIGITS_2L = dict(hidden=(128,), latent_dim=16, upper_latent_dims=(8,), upper_hidden=(64,), activation="tanh")
+
+
+@dataclass
+class Setup:
+    """One configuration: data, model and training options, and the evaluation."""
+
+    name: str
+    description: str
+    data: str
+    binarize: str
+    model: dict[str, Any]
+    train: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 100
+    quick_epochs: int = 1
+
+    def fingerprint(self, mode: dict[str, Any]) -> str:
+        settings = {"data": self.data, "binarize": self.binarize, "model": self.model, "train": self.train,
+                    "epochs": self.epochs, **mode}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+SETUPS = [
+    Setup("fm-1l-elbo", "1 layer (784-200-200-50), ELBO", "fashion-mnist", "dynamic", BURDA_1L),
+    Setup("fm-1l-iwae", "1 layer, IWAE k=5", "fashion-mnist", "dynamic", BURDA_1L, dict(objective="iwae", objective_samples=5)),
+    Setup("fm-2l-elbo", "2 layers (784-200-200-100, 100-100-50), ELBO", "fashion-mnist", "dynamic", BURDA_2L),
+    Setup("fm-2l-iwae", "2 layers, IWAE k=5", "fashion-mnist", "dynamic", BURDA_2L, dict(objective="iwae", objective_samples=5)),
+    # Tomczak and Welling train the VampPrior with a KL warm-up; without it the posterior collapses early on.
+    Setup("fm-1l-elbo-vamp", "1 layer, ELBO, VampPrior (500 pseudo-inputs), KL warm-up 10 epochs", "fashion-mnist",
+          "dynamic", {**BURDA_1L, "prior": "vamp", "vamp_components": 500}, dict(warmup_epochs=10)),
+    Setup("fm-2l-iwae-vamp", "2 layers, IWAE k=5, VampPrior (500), KL warm-up 10 epochs", "fashion-mnist", "dynamic",
+          {**BURDA_2L, "prior": "vamp", "vamp_components": 500},
+          dict(objective="iwae", objective_samples=5, warmup_epochs=10)),
+    Setup("fm8-1l-elbo-dlogistic", "8-bit images, 1 layer, ELBO, discretized logistic", "fashion-mnist", "none",
+          {**BURDA_1L, "likelihood": "discretized-logistic"}),
+    Setup("digits-1l-elbo", "digits: 1 layer (64-128-8), ELBO", "digits", "dynamic", DIGITS_1L, epochs=1000,
+          quick_epochs=20),
+    Setup("digits-2l-iwae-vamp", "digits: 2 layers (64-128-16, 16-64-8), IWAE k=5, VampPrior (100)", "digits",
+          "dynamic", {**DIGITS_2L, "prior": "vamp", "vamp_components": 100},
+          dict(objective="iwae", objective_samples=5, warmup_epochs=10), epochs=1000, quick_epochs=20),
+]
+
+FULL = {"importance_samples": 5000, "train_subset": None, "test_subset": None}
+QUICK = {"importance_samples": 100, "train_subset": 3000, "test_subset": 500}
+SEGMENT_SECONDS = 120.0  # training runs in segments of about this long, so --max-minutes can stop between them
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "vaekit": vaekit.__version__, "python": platform.python_version(), "platform": platform.platform()}
+
+
+def load_data(setup: Setup, mode: dict[str, Any], seed: int = 0):
+    data = vaekit.load_dataset(setup.data, binarize=setup.binarize, split_seed=seed)
+    if mode["train_subset"]:
+        data.x_train = data.x_train[:mode["train_subset"]]
+        data.x_test = data.x_test[:mode["test_subset"]]
+        data.y_train = data.y_train[:mode["train_subset"]] if data.y_train is not None else None
+        data.y_test = data.y_test[:mode["test_subset"]] if data.y_test is not None else None
+    return data
+
+
+def run_setup(setup: Setup, mode: dict[str, Any], quick: bool, run_dir: Path, deadline: float,
+              log) -> dict[str, Any] | None:
+    """Train (resuming where a previous piece stopped) and evaluate one configuration; ``None`` when time ran out."""
+    data = load_data(setup, mode)
+    epochs = setup.quick_epochs if quick else setup.epochs
+    options = dict(arch="mlp", batch_size=128, lr=1e-3, seed=0, device="cpu", **setup.model, **setup.train)
+    done = len(ckpt.read_metrics(run_dir)) if ckpt.is_run_dir(run_dir) else 0
+    while done < epochs:
+        if time.time() > deadline:
+            log(f"{setup.name}: out of time after {done}/{epochs} epochs; run the same command again to continue")
+            return None
+        history = ckpt.read_metrics(run_dir) if done else []
+        per_epoch = history[-1]["seconds"] if history else None
+        segment = max(1, int(SEGMENT_SECONDS / per_epoch)) if per_epoch else 1
+        target = min(epochs, done + segment)
+        config = make_run_config(data, **{**options, "epochs": target})
+        _, history = train(config, data, run_dir=run_dir, resume=done > 0, progress=False)
+        done = len(history)
+        last = history[-1]
+        log(f"{setup.name}: epoch {done}/{epochs}, validation -ELBO {last['val_neg_elbo']:.2f}, "
+            f"{last['seconds']:.1f} s/epoch")
+    if time.time() > deadline:
+        log(f"{setup.name}: trained; out of time before the evaluation; run the same command again")
+        return None
+    model, config = ckpt.load_model(run_dir)
+    history = ckpt.read_metrics(run_dir)
+    x_test = data.split("test")
+    log(f"{setup.name}: evaluating {len(x_test)} test examples with K={mode['importance_samples']}")
+    result = evaluate(model, x_test, num_importance_samples=mode["importance_samples"], seed=0)
+    return {
+        "name": setup.name, "description": setup.description, "data": setup.data, "binarize": setup.binarize,
+        "model": {k: list(v) if isinstance(v, tuple) else v for k, v in setup.model.items()},
+        "train": {**setup.train, "epochs": epochs, "batch_size": 128, "lr": 1e-3},
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": sum(h["seconds"] for h in history),
+        "train_examples": len(data.x_train), "test_examples": len(x_test),
+        "final_val_neg_elbo": history[-1]["val_neg_elbo"],
+        "eval_seconds": result.seconds,
+        **{k: v for k, v in result.to_dict().items() if k not in ("posterior_mean_variance",)},
+    }
+
+
+def markdown_table(results: dict[str, dict[str, Any]], names: list[str], mode_name: str, k: int) -> str:
+    lines = [f"| configuration | test -log p(x) (K={k}) | test -ELBO | KL | active units | bits/dim | "
+             "training time | epochs |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name in names:
+        r = results.get(name)
+        if r is None:
+            lines.append(f"| {name} | (not run yet) | | | | | | |")
+            continue
+        units = f"{r['active_units']} of {len(r['kl_per_dim'])}"
+        if len(r["active_units_per_layer"]) > 1:
+            units += " (" + "+".join(map(str, r["active_units_per_layer"])) + ")"
+        bits = f"{r['bits_per_dim']:.4f}" if r.get("bits_per_dim") is not None else ""
+        seconds = r["train_seconds"]
+        duration = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+        lines.append(f"| {name}: {r['description']} | {r['nll']:.2f} ± {r['nll_stderr']:.2f} | "
+                     f"{r['neg_elbo']:.2f} ± {r['neg_elbo_stderr']:.2f} | {r['kl']:.2f} | {units} | {bits} | "
+                     f"{duration} | {r['train']['epochs']} |")
+    return "\n".join(lines) + (f"\n\nnats per example, mean ± standard error over the test set ({mode_name} mode)\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke test: {QUICK['train_subset']} training and {QUICK['test_subset']} test examples, "
+                             f"1 epoch (digits 20), K={QUICK['importance_samples']}")
+    parser.add_argument("--only", action="append", metavar="NAME", choices=[s.name for s in SETUPS],
+                        help="run only this configuration (repeat for more)")
+    parser.add_argument("--force", action="store_true", help="recompute cached results")
+    parser.add_argument("--max-minutes", type=float, default=math.inf,
+                        help="start no new training segment or evaluation after this many minutes")
+    parser.add_argument("--json", type=Path, help="results file (default benchmarks/results/likelihood[-quick].json)")
+    parser.add_argument("--markdown", type=Path, help="table file (default: the JSON path with .md)")
+    parser.add_argument("--runs", type=Path, default=RUNS, help=f"where the run directories go (default {RUNS})")
+    parser.add_argument("--list", action="store_true", help="list the configurations and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for s in SETUPS:
+            print(f"{s.name:22s} {s.description}")
+        return 0
+    mode_name = "quick" if args.quick else "full"
+    mode = QUICK if args.quick else FULL
+    json_path = args.json or RESULTS / f"likelihood{'-quick' if args.quick else ''}.json"
+    md_path = args.markdown or json_path.with_suffix(".md")
+    started = time.time()
+    deadline = started + args.max_minutes * 60
+
+    def log(message: str) -> None:
+        print(f"[{time.time() - started:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+    stored = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    results: dict[str, dict[str, Any]] = stored.get("results", {})
+    selected = [s for s in SETUPS if not args.only or s.name in args.only]
+    for setup in selected:
+        key = setup.fingerprint({**mode, "mode": mode_name})
+        cached = results.get(setup.name)
+        if cached and cached.get("fingerprint") == key and not args.force:
+            log(f"{setup.name}: cached ({cached['nll']:.2f} nats)")
+            continue
+        run_dir = args.runs / mode_name / setup.name
+        if args.force and run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)
+        if setup.data == "fashion-mnist":
+            try:
+                vaekit.load_dataset("fashion-mnist")
+            except vaekit.DataError as err:
+                log(f"{setup.name}: skipped: {err}")
+                continue
+        result = run_setup(setup, mode, args.quick, run_dir, deadline, log)
+        if result is None:
+            break
+        result["fingerprint"] = key
+        results[setup.name] = result
+        log(f"{setup.name}: -log p(x) {result['nll']:.2f} ± {result['nll_stderr']:.2f}, -ELBO {result['neg_elbo']:.2f}, "
+            f"{result['active_units']} active units, trained {result['train_seconds'] / 60:.1f} min, "
+            f"evaluated in {result['eval_seconds']:.0f} s")
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(json_path, {"benchmark": "likelihood", "mode": mode_name, "machine": machine(),
+                                      "settings": mode, "results": results})
+    table = markdown_table(results, [s.name for s in SETUPS], mode_name, mode["importance_samples"])
+    print(table)
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(md_path, f"# Test log-likelihood ({mode_name} mode)\n\nMachine: {machine()['cpu']}, "
+                               f"{machine()['cores']} cores, torch {torch.__version__}\n\n{table}")
+    log(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

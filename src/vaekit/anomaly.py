@@ -1,0 +1,508 @@
+"""Anomaly scores from a trained VAE, their evaluation, and a calibrated detector.
+
+Every score is per example and **higher means more anomalous**:
+
+    neg_elbo              -ELBO, nats (one seeded posterior sample)
+    neg_log_likelihood    importance-weighted -log p(x), nats (Burda et al. 2016; ``num_importance_samples``)
+    reconstruction_error  mean squared error between x and the decoded latent mean
+    input_complexity      -log2 p(x) - L(x), bits: the input-complexity correction of Serra et al. (2020),
+                          "Input complexity and out-of-distribution detection with likelihood-based generative
+                          models", where L(x) is the code length of x under a lossless compressor (PNG or zlib)
+    likelihood_ratio      -log p(x) + log p_bg(x), nats: the likelihood ratio of Ren et al. (2019) against a
+                          background model trained on perturbed inputs (needs ``background=``; see ``perturb``)
+
+Raw likelihood is known to fail as an anomaly score: images with less detail get a higher likelihood
+even when they come from another distribution (Nalisnick et al. 2019). Both corrections divide out the
+part of the likelihood that measures generic complexity. ``DEFAULT_SCORE`` is the best-performing
+score in ``benchmarks/anomaly.py`` (see the README for the table).
+
+Inputs are prepared as the model's training data was: when the run binarized its data, examples are
+binarized with a fixed, seeded draw (already binary inputs pass through unchanged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, OutlierMixin
+
+from . import __version__
+from .api import VAE, load
+from .config import dataclass_from_dict
+from .data.transforms import binarize
+from .errors import CheckpointError, ConfigError, DataError
+from .fileio import atomic_write_json
+from .plots import new_figure
+
+SCORE_DESCRIPTIONS = {
+    "neg_elbo": "negative ELBO, nats (one posterior sample)",
+    "neg_log_likelihood": "importance-weighted -log p(x), nats",
+    "reconstruction_error": "mean squared error of the reconstruction from the latent mean",
+    "input_complexity": "-log2 p(x) minus the compressed size of x, bits (Serra et al. 2020)",
+    "likelihood_ratio": "-log p(x) + log p_background(x), nats (Ren et al. 2019)",
+}
+SCORE_NAMES = tuple(SCORE_DESCRIPTIONS)
+DEFAULT_SCORE = "input_complexity"
+FALLBACK_SCORE = "neg_log_likelihood"  # the default where input complexity is undefined (data that are not images)
+COMPRESSORS = ("png", "zlib")
+DETECTOR_FILE = "anomaly_detector.json"
+DETECTOR_FORMAT_VERSION = 1
+
+
+# --- preparing inputs ----------------------------------------------------------------------------
+
+def prepare_inputs(vae: VAE, X: Any, seed: int = 0) -> np.ndarray:
+    """``X`` as float32 examples of the model's shape, binarized as the run's data were (a seeded draw)."""
+    # The estimator's own validation (shape, layout, dtype, uint8 scaling, finiteness); values stay in original units.
+    x = vae._as_model_input(X, units="model").numpy()
+    data = vae.config_.data
+    if data.binarize == "none":
+        return x
+    if x.size and (x.min() < 0 or x.max() > 1):
+        raise DataError("the model was trained on binarized [0, 1] data, but these values lie outside [0, 1]")
+    generator = torch.Generator().manual_seed(seed)
+    return binarize(torch.from_numpy(x), data.binarize_threshold, generator=generator).numpy()
+
+
+def is_image_model(vae: VAE) -> bool:
+    return len(vae.input_shape_) == 3
+
+
+def complexity_problem(vae: VAE, x: np.ndarray | None = None) -> str | None:
+    """Why input complexity does not apply to this model (and data), or ``None`` when it does.
+
+    The score subtracts two code lengths of the same object, so the model must be a distribution over
+    what the compressor codes: a Bernoulli likelihood over binary images, or a density over [0, 1]
+    intensities (coded as 8-bit images).
+    """
+    if not is_image_model(vae):
+        return (f"input_complexity needs image data (it compresses each example as an image); this model's "
+                f"examples have shape {vae.input_shape_}")
+    if vae.config_.data.kind != "unit":
+        return "input_complexity needs images with values in [0, 1]; this model was trained on real-valued data"
+    if vae.config_.model.likelihood == "bernoulli":
+        if x is None and vae.config_.data.binarize == "none":
+            return ("input_complexity with a Bernoulli likelihood needs binary images; this run did not binarize "
+                    "its data (train with --binarize dynamic or static)")
+        if x is not None and not np.isin(x, (0.0, 1.0)).all():
+            return ("input_complexity with a Bernoulli likelihood needs binary images (the likelihood of grey "
+                    "values is not a code length); train with --binarize dynamic or static")
+    return None
+
+
+def default_score(vae: VAE) -> str:
+    """``DEFAULT_SCORE`` where it applies to the model, else ``FALLBACK_SCORE``."""
+    return DEFAULT_SCORE if complexity_problem(vae) is None else FALLBACK_SCORE
+
+
+# --- the scores ----------------------------------------------------------------------------------
+
+def compressed_bits(images: np.ndarray, compressor: str = "png") -> np.ndarray:
+    """Lossless code length in bits of each image (n, c, h, w) with values in [0, 1].
+
+    Binary images (every value 0 or 1) are coded with one bit per pixel before compression, others are
+    quantized to 8 bits per value. ``png`` is Pillow's PNG writer at compression level 9 (whole file,
+    so a constant header overhead is included); ``zlib`` compresses the raw pixel bytes at level 9.
+    """
+    if compressor not in COMPRESSORS:
+        raise ConfigError(f"compressor must be one of {', '.join(COMPRESSORS)}, got {compressor!r}")
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise DataError(f"compression needs images of shape (n, 1 or 3, height, width), got {images.shape}")
+    if images.size and (images.min() < 0 or images.max() > 1):
+        raise DataError("compression needs image values in [0, 1]")
+    binary = bool(np.isin(images, (0.0, 1.0)).all())
+    bits = np.empty(len(images), dtype=np.float64)
+    for i, image in enumerate(images):
+        bits[i] = 8 * len(compress_image(image, binary, compressor))
+    return bits
+
+
+def compress_image(image: np.ndarray, binary: bool, compressor: str = "png") -> bytes:
+    """The compressed bytes of one image (c, h, w) in [0, 1]: 1 bit per pixel when ``binary``, else 8 bits per value."""
+    channels = image.shape[0]
+    if binary and channels == 1:
+        pixels = image[0] > 0.5
+        if compressor == "zlib":
+            return zlib.compress(np.packbits(pixels, axis=-1).tobytes(), 9)
+        from PIL import Image
+
+        return _png_bytes(Image.fromarray(pixels))  # mode "1": a 1-bit PNG
+    values = np.rint(image * 255.0).astype(np.uint8)
+    if compressor == "zlib":
+        return zlib.compress(values.tobytes(), 9)
+    from PIL import Image
+
+    # uint8 arrays of shape (h, w) and (h, w, 3) become "L" and "RGB" images.
+    return _png_bytes(Image.fromarray(values[0] if channels == 1 else np.ascontiguousarray(values.transpose(1, 2, 0))))
+
+
+def _png_bytes(img) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG", compress_level=9)
+    return buffer.getvalue()
+
+
+def model_bits(vae: VAE, neg_log_likelihood: np.ndarray) -> np.ndarray:
+    """-log2 P(x) in bits from -log p(x) in nats.
+
+    For a discrete likelihood (Bernoulli) this is the model's code length of x itself. For a continuous
+    density on [0, 1] intensities, the probability of x's 8-bit bin is about p(x) * (1/255)^D, so
+    D log2(255) bits are added, putting both terms of the input-complexity score in the same units.
+    """
+    bits = np.asarray(neg_log_likelihood, dtype=np.float64) / math.log(2.0)
+    if vae.config_.model.likelihood != "bernoulli":
+        bits = bits + vae.n_features_in_ * math.log2(255.0)
+    return bits
+
+
+def perturb(X: Any, rate: float = 0.2, seed: int = 0) -> np.ndarray:
+    """Copies of ``X`` (values in [0, 1]) with each value replaced by a uniform random one with probability ``rate``.
+
+    Train a background model on these (same settings as the main model) for the likelihood ratio of
+    Ren et al. (2019): the background model learns the generic statistics that dominate the likelihood.
+    """
+    if not 0.0 < rate < 1.0:
+        raise ConfigError(f"the perturbation rate must lie strictly between 0 and 1, got {rate}")
+    x = np.array(X, dtype=np.float32, copy=True)
+    if x.size and (x.min() < 0 or x.max() > 1):
+        raise DataError("perturbation needs values in [0, 1]")
+    rng = np.random.default_rng(seed)
+    mask = rng.random(x.shape) < rate
+    x[mask] = rng.random(int(mask.sum()), dtype=np.float32)
+    return x
+
+
+def available_scores(vae: VAE, background: VAE | None = None, x: np.ndarray | None = None) -> tuple[str, ...]:
+    """The scores that apply: input complexity needs suitable images, the likelihood ratio a background model."""
+    names = [n for n in SCORE_NAMES if n != "input_complexity" or complexity_problem(vae, x) is None]
+    return tuple(n for n in names if n != "likelihood_ratio" or background is not None)
+
+
+def anomaly_scores(vae: VAE, X: Any, scores: tuple[str, ...] | list[str] | None = None, *,
+                   num_importance_samples: int = 100, compressor: str = "png", seed: int = 0,
+                   background: VAE | None = None) -> dict[str, np.ndarray]:
+    """Per-example anomaly scores (higher = more anomalous), one array per name in ``scores`` (default: all that apply)."""
+    if num_importance_samples < 1:
+        raise ConfigError(f"num_importance_samples must be at least 1, got {num_importance_samples}")
+    x = prepare_inputs(vae, X, seed=seed)
+    names = list(available_scores(vae, background, x) if scores is None else scores)
+    _check_score_names(vae, names, background, x)
+    result: dict[str, np.ndarray] = {}
+    need_nll = {"neg_log_likelihood", "input_complexity", "likelihood_ratio"} & set(names)
+    nll = -vae.score_samples(x, num_importance_samples=num_importance_samples, seed=seed) if need_nll else None
+    for name in names:
+        if name == "neg_elbo":
+            result[name] = vae.elbo(x, seed=seed)["neg_elbo"].astype(np.float64) + _log_scale(vae)
+        elif name == "neg_log_likelihood":
+            result[name] = nll
+        elif name == "reconstruction_error":
+            diff = (x - vae.reconstruct(x)).reshape(len(x), -1).astype(np.float64)
+            result[name] = (diff**2).mean(axis=1)
+        elif name == "input_complexity":
+            result[name] = model_bits(vae, nll) - compressed_bits(x, compressor)
+        elif name == "likelihood_ratio":
+            x_bg = prepare_inputs(background, x, seed=seed)
+            result[name] = nll + background.score_samples(x_bg, num_importance_samples=num_importance_samples, seed=seed)
+    return result
+
+
+def _log_scale(vae: VAE) -> float:
+    """log |d(model units)/d(original units)|: turns densities of standardized data into the data's own units."""
+    std = vae.config_.data.standardize_std
+    return 0.0 if std is None else float(np.log(np.asarray(std)).sum())
+
+
+def _check_score_names(vae: VAE, names: list[str], background: VAE | None, x: np.ndarray | None = None) -> None:
+    if not names:
+        raise ConfigError("ask for at least one score")
+    unknown = [n for n in names if n not in SCORE_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown score(s) {', '.join(unknown)}; choose from {', '.join(SCORE_NAMES)}")
+    problem = complexity_problem(vae, x) if "input_complexity" in names else None
+    if problem is not None:
+        raise ConfigError(problem)
+    if "likelihood_ratio" in names:
+        if background is None:
+            raise ConfigError("likelihood_ratio needs a background model (a run trained on perturbed data)")
+        if background.input_shape_ != vae.input_shape_:
+            raise ConfigError(f"the background model takes examples of shape {background.input_shape_}, "
+                              f"the model {vae.input_shape_}")
+
+
+# --- evaluation with known anomalies ---------------------------------------------------------------
+
+def detection_metrics(scores: dict[str, np.ndarray], is_anomaly: Any) -> dict[str, dict[str, float]]:
+    """AUROC and AUPRC (average precision, anomalies as the positive class) of every score."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    truth = _check_truth(is_anomaly, scores)
+    return {name: {"auroc": float(roc_auc_score(truth, s)), "auprc": float(average_precision_score(truth, s))}
+            for name, s in scores.items()}
+
+
+def _check_truth(is_anomaly: Any, scores: dict[str, np.ndarray]) -> np.ndarray:
+    truth = np.asarray(is_anomaly)
+    if truth.dtype.kind not in "biuf" or not np.isin(truth, (0, 1)).all():
+        raise DataError("anomaly labels must be 0/1 or true/false, one per example")
+    truth = truth.astype(bool)
+    for name, s in scores.items():
+        if len(s) != len(truth):
+            raise DataError(f"{len(truth)} anomaly labels for {len(s)} examples ({name}); give one label per example")
+    if truth.all() or not truth.any():
+        raise DataError("AUROC needs both normal examples and anomalies among the labels; "
+                        f"found {int(truth.sum())} anomalies in {len(truth)} examples")
+    return truth
+
+
+def roc_figure(scores: dict[str, np.ndarray], is_anomaly: Any, title: str = "ROC curves"):
+    """ROC curves of every score on one set of axes, AUROC in the legend."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    truth = _check_truth(is_anomaly, scores)
+    fig = new_figure((6.0, 5.5))
+    ax = fig.add_subplot(1, 1, 1)
+    for name, s in scores.items():
+        fpr, tpr, _ = roc_curve(truth, s)
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(truth, s):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{title} ({int(truth.sum())} anomalies, {int((~truth).sum())} normal)")
+    return fig
+
+
+# --- thresholds ----------------------------------------------------------------------------------
+
+def threshold_for_contamination(scores: np.ndarray, contamination: float) -> float:
+    """The score above which a fraction ``contamination`` of ``scores`` lies (PyOD's rule)."""
+    if not 0.0 < contamination <= 0.5:
+        raise ConfigError(f"contamination must lie in (0, 0.5], got {contamination}")
+    return float(np.quantile(np.asarray(scores, dtype=np.float64), 1.0 - contamination))
+
+
+def threshold_for_false_positive_rate(clean_scores: np.ndarray, target_fpr: float) -> float:
+    """A threshold that flags at most a fraction ``target_fpr`` of new clean data, in expectation.
+
+    The split-conformal quantile: the k-th smallest of n clean scores with k = ceil((n + 1)(1 - target_fpr)).
+    For a new example exchangeable with the clean ones, P(score > threshold) <= target_fpr (Vovk et al. 2005).
+    """
+    if not 0.0 < target_fpr < 1.0:
+        raise ConfigError(f"the target false-positive rate must lie strictly between 0 and 1, got {target_fpr}")
+    s = np.sort(np.asarray(clean_scores, dtype=np.float64))
+    n = len(s)
+    k = math.ceil((n + 1) * (1.0 - target_fpr))
+    if k > n:
+        raise DataError(f"{n} clean examples are too few to guarantee a false-positive rate of {target_fpr}: "
+                        f"it needs at least {math.ceil(1.0 / target_fpr) - 1}")
+    return float(s[k - 1])
+
+
+# --- the detector --------------------------------------------------------------------------------
+
+@dataclass
+class DetectorState:
+    """What a fitted detector saves beside the model (``anomaly_detector.json``)."""
+
+    score: str
+    threshold: float
+    rule: str                    # "contamination" or "target_fpr"
+    rate: float
+    num_importance_samples: int
+    compressor: str
+    seed: int
+    calibration_size: int
+    model_fingerprint: str
+
+
+class AnomalyDetector(OutlierMixin, BaseEstimator):
+    """A VAE-based outlier detector with scikit-learn's conventions.
+
+    ``vae`` is a fitted ``VAE`` or a run directory (an unfitted ``VAE`` is trained on ``X`` in ``fit``).
+    ``fit(X)`` scores ``X`` and sets ``threshold_``: with ``target_fpr`` (the default, 0.05) ``X`` should be
+    clean data and the threshold flags at most that fraction of new clean data; with ``contamination``
+    the threshold flags that fraction of ``X`` itself (PyOD's rule).
+
+    Sign conventions, as in scikit-learn's ``IsolationForest``:
+
+    - ``anomaly_score(X)``: the chosen score, **higher = more anomalous** (the ``score`` column of ``vaekit score``)
+    - ``score_samples(X)`` = -anomaly_score: **higher = more normal**
+    - ``decision_function(X)`` = threshold_ - anomaly_score: **negative = anomaly**
+    - ``predict(X)``: **-1 for anomalies, +1 for normal examples**
+
+    PyOD's ``decision_function`` is higher-for-anomalous; use ``anomaly_score`` for that direction.
+    """
+
+    def __init__(self, vae: VAE | str | Path, score: str | None = None, *, target_fpr: float | None = None,
+                 contamination: float | None = None, num_importance_samples: int = 100, compressor: str = "png",
+                 seed: int = 0, background: VAE | str | Path | None = None) -> None:
+        self.vae = vae
+        self.score = score
+        self.target_fpr = target_fpr
+        self.contamination = contamination
+        self.num_importance_samples = num_importance_samples
+        self.compressor = compressor
+        self.seed = seed
+        self.background = background
+
+    def fit(self, X: Any, y: Any = None) -> "AnomalyDetector":
+        """Score ``X`` and set the threshold (training the VAE on ``X`` first if it is not fitted)."""
+        if self.target_fpr is not None and self.contamination is not None:
+            raise ConfigError("give either target_fpr or contamination, not both")
+        self._resolve_models(train_on=X)
+        scores = self.anomaly_score(X)
+        if self.contamination is not None:
+            rule, rate = "contamination", self.contamination
+            threshold = threshold_for_contamination(scores, rate)
+        else:
+            rule, rate = "target_fpr", 0.05 if self.target_fpr is None else self.target_fpr
+            threshold = threshold_for_false_positive_rate(scores, rate)
+        self.threshold_ = threshold
+        self.offset_ = -threshold  # scikit-learn: decision_function = score_samples - offset_
+        self.rule_, self.rate_ = rule, rate
+        self.calibration_scores_ = scores
+        return self
+
+    def _resolve_models(self, train_on: Any = None) -> None:
+        if isinstance(self.vae, (str, Path)):
+            self.vae_, self.run_dir_ = load(self.vae), Path(self.vae)
+        else:
+            self.vae_, self.run_dir_ = self.vae, None
+            if not hasattr(self.vae_, "model_"):
+                if train_on is None:
+                    raise ConfigError("the VAE is not fitted; fit the detector on data first")
+                self.vae_.fit(train_on)
+        if self.background is None:
+            self.background_ = None
+        else:
+            self.background_ = load(self.background) if isinstance(self.background, (str, Path)) else self.background
+        self.score_ = self.score or default_score(self.vae_)
+        if self.score_ not in SCORE_NAMES:
+            raise ConfigError(f"unknown score {self.score_!r}; choose from {', '.join(SCORE_NAMES)}")
+        if self.compressor not in COMPRESSORS:
+            raise ConfigError(f"compressor must be one of {', '.join(COMPRESSORS)}, got {self.compressor!r}")
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "vae_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError("this AnomalyDetector is not fitted yet; call fit(clean_data) or AnomalyDetector.load(run)")
+
+    def anomaly_score(self, X: Any) -> np.ndarray:
+        """The detector's score of every example: higher = more anomalous."""
+        if not hasattr(self, "vae_"):
+            self._resolve_models()
+        return anomaly_scores(self.vae_, X, [self.score_], num_importance_samples=self.num_importance_samples,
+                              compressor=self.compressor, seed=self.seed, background=self.background_)[self.score_]
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Negated anomaly score: higher = more normal (scikit-learn's convention)."""
+        return -self.anomaly_score(X)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """threshold_ - anomaly score: negative for anomalies, positive for normal examples."""
+        self._check_fitted_threshold()
+        return self.threshold_ - self.anomaly_score(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """-1 for anomalies (score above the threshold), +1 for normal examples."""
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def _check_fitted_threshold(self) -> None:
+        if not hasattr(self, "threshold_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError("this AnomalyDetector has no threshold yet; call fit(clean_data) first")
+
+    # --- persistence -------------------------------------------------------------------------
+    def state(self) -> DetectorState:
+        self._check_fitted_threshold()
+        return DetectorState(score=self.score_, threshold=float(self.threshold_), rule=self.rule_,
+                             rate=float(self.rate_), num_importance_samples=int(self.num_importance_samples),
+                             compressor=self.compressor, seed=int(self.seed),
+                             calibration_size=int(len(self.calibration_scores_)),
+                             model_fingerprint=model_fingerprint(self.vae_))
+
+    def save(self, run_dir: str | Path | None = None) -> Path:
+        """Write ``anomaly_detector.json`` into the run directory (atomically); returns its path.
+
+        A detector whose VAE came from memory writes the VAE into ``run_dir`` as well when it has none.
+        """
+        state = self.state()
+        if self.background_ is not None:
+            raise ConfigError("a detector with a background model cannot be saved yet; save the two runs and "
+                              "recompute the likelihood ratio with vaekit score --background")
+        target = Path(run_dir) if run_dir is not None else self.run_dir_
+        if target is None:
+            raise ConfigError("name the run directory to save the detector in")
+        if not (target / "config.json").is_file():
+            self.vae_.save(target)
+        path = target / DETECTOR_FILE
+        atomic_write_json(path, {"format_version": DETECTOR_FORMAT_VERSION, "vaekit_version": __version__,
+                                 "detector": asdict(state)})
+        return path
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "cpu") -> "AnomalyDetector":
+        """The detector saved in a run directory, with its VAE; refuses one calibrated for other weights."""
+        vae = load(run_dir, device=device)
+        state = read_detector_state(run_dir)
+        if state.model_fingerprint != model_fingerprint(vae):
+            raise CheckpointError(f"{Path(run_dir) / DETECTOR_FILE} was calibrated for other weights than the run's "
+                                  "model.safetensors; fit the detector again (vaekit fit-detector)")
+        kwargs = {"target_fpr": state.rate} if state.rule == "target_fpr" else {"contamination": state.rate}
+        detector = cls(vae, score=state.score, num_importance_samples=state.num_importance_samples,
+                       compressor=state.compressor, seed=state.seed, **kwargs)
+        detector._resolve_models()
+        detector.run_dir_ = Path(run_dir)
+        detector.threshold_, detector.offset_ = state.threshold, -state.threshold
+        detector.rule_, detector.rate_ = state.rule, state.rate
+        detector.calibration_scores_ = np.full(state.calibration_size, np.nan)  # sizes only; scores are not saved
+        return detector
+
+
+def read_detector_state(run_dir: str | Path) -> DetectorState:
+    """Read and validate ``anomaly_detector.json`` (plain JSON, every field checked; nothing is executed)."""
+    path = Path(run_dir) / DETECTOR_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} has no anomaly detector ({DETECTOR_FILE}); create one with vaekit fit-detector")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    try:
+        if not isinstance(raw, dict) or raw.get("format_version") != DETECTOR_FORMAT_VERSION:
+            raise ConfigError(f"format_version must be {DETECTOR_FORMAT_VERSION}")
+        state = dataclass_from_dict(DetectorState, raw.get("detector"), "detector")
+        if state.score not in SCORE_NAMES:
+            raise ConfigError(f"unknown score {state.score!r}")
+        if state.rule not in ("contamination", "target_fpr") or not 0 < state.rate < 1:
+            raise ConfigError(f"rule {state.rule!r} with rate {state.rate} is not valid")
+        if state.compressor not in COMPRESSORS or state.num_importance_samples < 1:
+            raise ConfigError("compressor or num_importance_samples is not valid")
+    except ConfigError as err:
+        raise CheckpointError(f"{path} is not a valid vaekit anomaly detector: {err}") from None
+    return state
+
+
+def model_fingerprint(vae: VAE) -> str:
+    """SHA-256 over the model's tensors (names, shapes, values): ties a detector to the weights it was calibrated on."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vae.model_.state_dict().items()):
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}:{array.dtype}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()

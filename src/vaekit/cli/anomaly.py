@@ -1,0 +1,213 @@
+"""Anomaly detection: ``score`` (per-example scores, AUROC/AUPRC with labels) and ``fit-detector`` (a threshold)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .. import anomaly
+from ..errors import CheckpointError, ConfigError, DataError
+from ..fileio import atomic_write_text
+from ..plots import save_figure
+from .common import add_data_options, check_output, load_run, load_run_data, load_run_data_or_own, positive_int
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("score", help="anomaly scores of every example (higher = more anomalous)",
+                              description="Write one row per example of DATA with a column per anomaly score and a "
+                                          "column 'score' holding the default one; higher means more anomalous. "
+                                          f"Scores: {'; '.join(f'{k}: {v}' for k, v in anomaly.SCORE_DESCRIPTIONS.items())}. "
+                                          "With labels marking the anomalies, print AUROC and AUPRC and write a ROC curve. "
+                                          "When the run holds a fitted detector (vaekit fit-detector), its score is the "
+                                          "default and a column 'is_anomaly' holds its verdict.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("data", metavar="DATA", help="the examples to score")
+    p.add_argument("-o", "--output", required=True, help="output: .csv")
+    p.add_argument("--score", choices=anomaly.SCORE_NAMES,
+                   help=f"the default score, written to column 'score' (default: the run's detector's, else "
+                        f"{anomaly.DEFAULT_SCORE} for images, {anomaly.FALLBACK_SCORE} otherwise)")
+    p.add_argument("--scores", type=_parse_scores, metavar="A,B",
+                   help="only these scores (default: every score that applies); importance sampling is the slow one")
+    p.add_argument("--num-importance-samples", type=positive_int, metavar="K",
+                   help="importance samples for -log p(x) (default: the detector's, else 100)")
+    p.add_argument("--compressor", choices=anomaly.COMPRESSORS, help="for input_complexity (default: png)")
+    p.add_argument("--background", metavar="RUN2", help="a run trained on perturbed data: adds likelihood_ratio")
+    p.add_argument("--seed", type=int, help="seed of the binarization draw and the posterior samples (default 0)")
+    labels = p.add_argument_group("known anomalies (for AUROC, AUPRC and a ROC curve)")
+    labels.add_argument("--labels", metavar="FILE",
+                        help="one 0/1 (or true/false) per example, 1 = anomaly: .npy, .csv or .txt")
+    labels.add_argument("--anomaly-classes", metavar="A,B",
+                        help="the data's own labels (or class names) that count as anomalies, e.g. 3,7")
+    labels.add_argument("--roc", metavar="PNG", help="where to write the ROC curves (default: beside the output, *_roc.png)")
+    p.add_argument("--device", default="cpu")
+    add_data_options(p)
+    p.set_defaults(func=score)
+
+    p = subparsers.add_parser("fit-detector", help="set an anomaly threshold on clean data and store it with the run",
+                              description="Score clean examples and store a threshold in RUN/anomaly_detector.json: "
+                                          "with --target-fpr F at most a fraction F of new clean data is flagged "
+                                          "(split-conformal quantile); with --contamination C the fraction C of DATA "
+                                          "itself is flagged. vaekit score and AnomalyDetector.load then use it.")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("data", metavar="DATA", nargs="?",
+                   help="clean examples not used in training (default: the run's own data, its test split)")
+    rule = p.add_mutually_exclusive_group()
+    rule.add_argument("--target-fpr", type=float, metavar="F", help="false-positive rate on clean data (default 0.05)")
+    rule.add_argument("--contamination", type=float, metavar="C", help="fraction of DATA to flag (PyOD's rule)")
+    p.add_argument("--score", choices=anomaly.SCORE_NAMES,
+                   help=f"the score to threshold (default {anomaly.DEFAULT_SCORE} for images, {anomaly.FALLBACK_SCORE} otherwise)")
+    p.add_argument("--num-importance-samples", type=positive_int, default=100, metavar="K")
+    p.add_argument("--compressor", choices=anomaly.COMPRESSORS, default="png")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    add_data_options(p)
+    p.set_defaults(func=fit_detector)
+
+
+def _parse_scores(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in anomaly.SCORE_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown score(s) {', '.join(unknown) or '(none)'}; "
+                                         f"choose from {', '.join(anomaly.SCORE_NAMES)}")
+    return names
+
+
+def _saved_detector(run: str):
+    try:
+        return anomaly.read_detector_state(run)
+    except CheckpointError:
+        if (Path(run) / anomaly.DETECTOR_FILE).is_file():
+            raise  # present but damaged: say so rather than ignore it
+        return None
+
+
+def score(args: argparse.Namespace) -> int:
+    out = check_output(args.output, (".csv",))
+    roc_path = check_output(args.roc, (".png",)) if args.roc else None
+    if args.labels and args.anomaly_classes:
+        raise ConfigError("give either --labels or --anomaly-classes, not both")
+    vae = load_run(args.run, args.device)
+    background = load_run(args.background, args.device) if args.background else None
+    detector = _saved_detector(args.run)
+    if detector is not None and detector.model_fingerprint != anomaly.model_fingerprint(vae):
+        raise CheckpointError(f"the detector in {args.run} was calibrated for other weights; run vaekit fit-detector again")
+    k = args.num_importance_samples or (detector.num_importance_samples if detector else 100)
+    compressor = args.compressor or (detector.compressor if detector else "png")
+    seed = args.seed if args.seed is not None else (detector.seed if detector else 0)
+    default = args.score or (detector.score if detector else anomaly.default_score(vae))
+
+    x, labels, dataset = load_run_data(args.data, vae, args.data_dir)
+    truth = _anomaly_truth(args, labels, dataset, len(x))
+    names = args.scores or None
+    if names is not None and default not in names:
+        names = [*names, default]
+    scores = anomaly.anomaly_scores(vae, x, names, num_importance_samples=k, compressor=compressor, seed=seed,
+                                    background=background)
+    columns = {**scores, "score": scores[default]}
+    if detector is not None and detector.score == default:
+        columns["is_anomaly"] = (scores[default] > detector.threshold).astype(int)
+    _write_scores(out, columns, labels, truth)
+    print(f"wrote {len(scores)} scores of {len(x)} examples to {out} (column 'score' = {default})", file=sys.stderr)
+    if truth is not None:
+        metrics = anomaly.detection_metrics(scores, truth)
+        print(f"{int(truth.sum())} anomalies among {len(truth)} examples")
+        rows = {name + (" (default)" if name == default else ""): m for name, m in metrics.items()}
+        width = max(len(r) for r in rows) + 2
+        print(f"{'score':<{width}}{'AUROC':>8}{'AUPRC':>8}")
+        for row, m in rows.items():
+            print(f"{row:<{width}}{m['auroc']:>8.4f}{m['auprc']:>8.4f}")
+        roc_path = roc_path or out.with_name(out.stem + "_roc.png")
+        save_figure(anomaly.roc_figure(scores, truth, title=f"ROC curves on {args.data}"), roc_path)
+        print(f"wrote the ROC curves to {roc_path}", file=sys.stderr)
+    return 0
+
+
+def _anomaly_truth(args: argparse.Namespace, labels: np.ndarray | None, dataset, n: int) -> np.ndarray | None:
+    """Which examples are known anomalies: from --labels, from --anomaly-classes, or from a 0/1 --label-column."""
+    if args.labels:
+        truth = read_anomaly_labels(args.labels)
+        if len(truth) != n:
+            raise DataError(f"{args.labels} holds {len(truth)} labels but DATA has {n} examples")
+        return truth
+    if args.anomaly_classes:
+        if labels is None:
+            raise DataError("--anomaly-classes needs data with labels (built-in sets, labelled .npz, image subfolders, "
+                            "--label-column); otherwise use --labels FILE")
+        wanted = {c.strip() for c in args.anomaly_classes.split(",") if c.strip()}
+        names = dataset.class_names
+        as_text = np.array([str(v) for v in labels])
+        as_name = np.array([names[int(v)] if names is not None and str(v).lstrip("-").isdigit() and 0 <= int(v) < len(names)
+                            else str(v) for v in labels])
+        truth = np.isin(as_text, list(wanted)) | np.isin(as_name, list(wanted))
+        if not truth.any():
+            raise DataError(f"no example of DATA has a label in {sorted(wanted)}; its labels are "
+                            f"{', '.join(sorted(set(as_text.tolist()))[:20])}")
+        return truth
+    if args.label_column and labels is not None:
+        return _as_binary(labels, f"column {args.label_column}")
+    return None
+
+
+def read_anomaly_labels(path: str) -> np.ndarray:
+    """0/1 anomaly markers from .npy or a text/CSV file with one value per line (a header line is skipped)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path} does not exist")
+    if p.suffix.lower() == ".npy":
+        try:
+            values = np.load(p, allow_pickle=False).reshape(-1)
+        except (ValueError, OSError) as err:
+            raise DataError(f"cannot read {path}: {err}") from None
+        return _as_binary(values, path)
+    rows = [r for r in csv.reader(io.StringIO(p.read_text(encoding="utf-8"))) if r and r[0].strip()]
+    if len(rows) > 0 and any(len(r) > 1 for r in rows):
+        raise DataError(f"{path} must hold one value per line (0/1 or true/false)")
+    cells = [r[0].strip().lower() for r in rows]
+    if cells and cells[0] not in ("0", "1", "true", "false", "0.0", "1.0"):
+        cells = cells[1:]  # a header
+    return _as_binary(np.array(cells), path)
+
+
+def _as_binary(values: np.ndarray, where: str) -> np.ndarray:
+    text = np.array([str(v).strip().lower() for v in np.asarray(values).reshape(-1)])
+    mapping = {"0": False, "1": True, "0.0": False, "1.0": True, "false": False, "true": True}
+    bad = sorted(set(text.tolist()) - set(mapping))
+    if bad:
+        raise DataError(f"{where} must mark anomalies with 0/1 or true/false; found {', '.join(bad[:5])}")
+    return np.array([mapping[t] for t in text], dtype=bool)
+
+
+def _write_scores(path: Path, columns: dict[str, np.ndarray], labels: np.ndarray | None,
+                  truth: np.ndarray | None) -> None:
+    n = len(next(iter(columns.values())))
+    header = ["index"] + (["label"] if labels is not None else []) + (["known_anomaly"] if truth is not None else [])
+    header += list(columns)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    for i in range(n):
+        row = [str(i)] + ([str(labels[i])] if labels is not None else []) + ([str(int(truth[i]))] if truth is not None else [])
+        row += [str(int(v[i])) if v.dtype.kind in "iub" else f"{v[i]:.7g}" for v in columns.values()]
+        writer.writerow(row)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def fit_detector(args: argparse.Namespace) -> int:
+    vae = load_run(args.run, args.device)
+    x, _, _, spec = load_run_data_or_own(args.data, vae, args.run, args.data_dir, "of clean examples to calibrate on")
+    detector = anomaly.AnomalyDetector(vae, score=args.score, target_fpr=args.target_fpr,
+                                       contamination=args.contamination, num_importance_samples=args.num_importance_samples,
+                                       compressor=args.compressor, seed=args.seed).fit(x)
+    path = detector.save(args.run)
+    rule = f"target false-positive rate {detector.rate_}" if detector.rule_ == "target_fpr" else f"contamination {detector.rate_}"
+    flagged = float((detector.calibration_scores_ > detector.threshold_).mean())
+    print(f"{detector.score_} threshold {detector.threshold_:.6g} ({rule}, {len(x)} examples of {spec}, "
+          f"{flagged:.1%} of them above it)")
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
