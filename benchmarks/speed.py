@@ -35,6 +35,7 @@ alternate, and the table gives medians over the repeats:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -354,7 +355,7 @@ def measure_training(args, workdir: Path) -> dict[str, Any]:
         order = ("reference", "vaekit") if repeat % 2 == 0 else ("vaekit", "reference")
         for side in order:
             spec = {"seed": repeat, "epochs": args.reference_epochs if side == "reference" else args.vaekit_epochs}
-            if side == "vaekit" and repeat == 0:
+            if side == "vaekit" and repeat == 0 and not (workdir / "vaekit-run").exists():
                 spec["save"] = str(workdir / "vaekit-run")
             result = run_worker(f"train-{side}", spec)
             runs[side].append(result)
@@ -593,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="alternating repeats per measurement (default 3; quick 1)")
     parser.add_argument("--no-iwae-full", action="store_true",
                         help="skip the K=5000 run over all 10,000 test images (its time is then estimated)")
+    parser.add_argument("--workdir", metavar="DIR",
+                        help="keep the trained vaekit model here, so that parts run separately share it")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="print one table from earlier --json files")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -632,8 +635,10 @@ def main(argv: list[str] | None = None) -> int:
         "iwae_examples", "iwae_reference_examples", "iwae_full", "use_examples")}
     results = {"machine": machine(), "settings": settings}
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="vaekit-speed-") as tmp:
+    with (contextlib.nullcontext(args.workdir) if args.workdir else tempfile.TemporaryDirectory(prefix="vaekit-speed-")
+          ) as tmp:
         workdir = Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         if "train" in parts:
             results.update(measure_training(args, workdir))
         if "ablation" in parts:
