@@ -39,7 +39,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -485,17 +484,11 @@ def measure_use(args, run: str) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
-            "platform": platform.platform()}
+    """``benchmarks/common.py``'s description of the machine, with torch's CPU capability (AVX2, AVX512, ...)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import machine as describe  # benchmarks/common.py
+
+    return {**describe(), "threads": torch.get_num_threads(), "capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def fmt(value: Any, digits: int = 0) -> str:
