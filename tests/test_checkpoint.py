@@ -80,6 +80,7 @@ def test_missing_extra_and_misshapen_tensors_are_named(run_copy):
     (lambda c: c["model"].update(likelihood="poisson"), "likelihood must be one of"),
     (lambda c: c["model"].update(secret=1), "unknown field\\(s\\) in 'model': secret"),
     (lambda c: c["train"].update(lr=-1), "lr must be a positive number"),
+    (lambda c: c["train"].update(lr_schedule="step"), "lr_schedule must be one of cosine, constant"),
     (lambda c: c.pop("model"), "no 'model' section"),
 ])
 def test_invalid_config_is_refused_with_the_field_named(run_copy, edit, match):

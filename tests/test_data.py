@@ -114,6 +114,19 @@ def test_static_and_dynamic_binarization(digits):
     torch.testing.assert_close(dynamic.x_train, digits.x_train)  # intensities kept for fresh draws
 
 
+def test_random_binarization_is_a_bernoulli_draw_of_the_intensities():
+    from vaekit.data.transforms import binarize
+
+    p = torch.linspace(0, 1, 11).repeat(20_000, 1)
+    drawn = binarize(p, generator=torch.Generator().manual_seed(1))
+    assert drawn.dtype == p.dtype and set(torch.unique(drawn).tolist()) == {0.0, 1.0}
+    frequency = drawn.mean(0)
+    assert frequency[0] == 0 and frequency[-1] == 1
+    assert ((frequency - p[0]).abs() <= 5 * (p[0] * (1 - p[0]) / len(p)).sqrt() + 1e-9).all()
+    # On the CPU it is the very draw torch.bernoulli makes from the same generator state.
+    torch.testing.assert_close(drawn, torch.bernoulli(p, generator=torch.Generator().manual_seed(1)), rtol=0, atol=0)
+
+
 def test_binarizing_real_data_is_refused(tmp_path):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(10, 3)))
     with pytest.raises(DataError, match="binarization needs data in \\[0, 1\\]"):

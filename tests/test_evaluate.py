@@ -27,7 +27,7 @@ def binary_digits():
 def two_d_model(binary_digits):
     """A model with a 2-D latent space, trained briefly: small enough to integrate p(x) on a grid."""
     config = make_run_config(binary_digits, latent_dim=2, hidden=(32,), arch="mlp", epochs=15, batch_size=64,
-                             lr=3e-3, seed=0, device="cpu")
+                             lr=3e-3, lr_schedule="constant", seed=0, device="cpu")
     model, _ = train(config, binary_digits, progress=False)
     return model.eval()
 
@@ -141,6 +141,29 @@ def test_fused_decoder_path_equals_the_distribution(hidden, activation):
     fast = BernoulliMLPLogProb(model.decoder, 64)
     with torch.no_grad():
         torch.testing.assert_close(fast(z, x), model.decode(z).log_prob(x), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_collapsed_relu_decoder_equals_the_distribution_in_float64(compile):
+    """The one-hidden-layer path: units active for every draw (folded into a latent-sized matrix), for none
+    (dropped) and for some, with binary and [0, 1] data, against torch.distributions in float64."""
+    torch.manual_seed(1)
+    model = VAEModel(ModelConfig(input_shape=(1, 8, 8), latent_dim=5, hidden=(48,)))
+    first = model.decoder[0][0]
+    with torch.no_grad():
+        first.bias[:16] += 50.0   # active for every draw
+        first.bias[16:32] -= 50.0  # active for none
+    x = torch.rand(7, 1, 8, 8)
+    x[:4] = (x[:4] > 0.5).float()
+    z = torch.randn(300, 7, 5)
+    fast = BernoulliMLPLogProb(model.decoder, 64, compile=compile)
+    assert fast.collapse
+    with torch.no_grad():
+        pre = first(z)
+        assert ((pre > 0).all(0).sum(-1) >= 16).all() and ((pre <= 0).all(0).sum(-1) >= 16).all()
+        assert (((pre > 0).any(0) & (pre <= 0).any(0)).sum(-1) > 0).all()  # and some mixed units
+        reference = model.double().decode(z.double()).log_prob(x.double())
+        torch.testing.assert_close(fast(z, x).double(), reference, rtol=1e-6, atol=2e-4)
 
 
 @pytest.mark.slow

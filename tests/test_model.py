@@ -67,6 +67,28 @@ def test_likelihood_log_prob_matches_torch_distributions(name):
     torch.testing.assert_close(got, reference.flatten(1).sum(-1))
 
 
+@pytest.mark.parametrize("name", sorted(LIKELIHOODS))
+def test_negative_log_prob_equals_the_distributions_log_prob_with_its_gradient(name):
+    """The training loss (a fused formula for Bernoulli) against torch.distributions, broadcasting x over samples."""
+    shape = (1, 3, 4)
+    lik = LIKELIHOODS[name](shape).double()
+    params = torch.randn(7, 5, lik.params_per_value, *shape, dtype=torch.float64, requires_grad=True)
+    x = torch.rand(5, *shape, dtype=torch.float64)
+    if name == "bernoulli":
+        x[:3] = (x[:3] > 0.5).double()  # binary examples and [0, 1] intensities
+    fused = lik.negative_log_prob(params, x)
+    reference = -lik(params).log_prob(x)
+    assert fused.shape == (7, 5)
+    torch.testing.assert_close(fused, reference)
+    (fused_grad,) = torch.autograd.grad(fused.sum(), params)
+    (reference_grad,) = torch.autograd.grad(reference.sum(), params)
+    torch.testing.assert_close(fused_grad, reference_grad)
+    if name == "bernoulli":  # and the textbook formula, -sum x log p + (1 - x) log(1 - p), p = sigmoid(logit)
+        p = torch.sigmoid(params[:, :, 0].detach())
+        textbook = -(x * p.log() + (1 - x) * (1 - p).log()).sum((-3, -2, -1))
+        torch.testing.assert_close(fused.detach(), textbook)
+
+
 def discretized_logistic_reference(loc, scale, x, levels=256):
     """Bin masses from the CDF of torch's logistic distribution (a sigmoid-transformed uniform)."""
     from torch.distributions import AffineTransform, SigmoidTransform, TransformedDistribution, Uniform

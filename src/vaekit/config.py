@@ -25,6 +25,14 @@ OBJECTIVE_NAMES = ("elbo", "iwae")
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "silu")
 BINARIZATIONS = ("none", "static", "dynamic")
 DATA_KINDS = ("unit", "real")  # unit: every value in [0, 1] (intensities); real: any real number
+LR_SCHEDULES = ("cosine", "constant")
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_LR = 6e-3  # at DEFAULT_BATCH_SIZE; tuned for time to a test ELBO on Fashion-MNIST (benchmarks/speed.py)
+
+
+def default_lr(batch_size: int) -> float:
+    """The learning rate used unless one is given: 6e-3 at batch 256, scaled by sqrt(batch / 256) for Adam."""
+    return DEFAULT_LR * math.sqrt(batch_size / DEFAULT_BATCH_SIZE)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -122,8 +130,9 @@ class TrainConfig:
     """Optimisation settings. Epoch-level settings are counted in full passes over the training split."""
 
     epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
+    batch_size: int = DEFAULT_BATCH_SIZE
+    lr: float | None = None  # None: default_lr(batch_size), resolved on construction
+    lr_schedule: str = "cosine"  # cosine: warm-up, then from lr down to 0 over the run's steps; constant: lr throughout
     weight_decay: float = 0.0
     kl_weight: float = 1.0
     warmup_epochs: int = 0
@@ -141,7 +150,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        if self.lr is None:
+            self.lr = default_lr(self.batch_size)
         _check(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}")
+        _check(self.lr_schedule in LR_SCHEDULES,
+               f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
                f"weight_decay must be zero or positive, got {self.weight_decay}")
         _check(math.isfinite(self.kl_weight) and self.kl_weight >= 0,

@@ -10,6 +10,16 @@ pass to add the bias); the log-likelihood is one compiled loop over the logits, 
 with the last sum taken as the log of products of eight factors in (1, 2] (no overflow, no
 underflow): one logarithm per eight values instead of one each, 2.3 times faster than a softplus.
 It equals the plain formula up to float rounding (tested).
+
+For a decoder with one ReLU hidden layer, h = relu(W1 z + b1), the K draws of one example lie close
+together, so most hidden units are either active for every draw or for none. Units inactive for
+all draws contribute nothing; units active for all draws are linear in z, so their part of the
+logits collapses into one (latent x values) matrix per example, W2_A W1_A. Only the mixed units
+need the full product: logits = [z, relu(h_M)] @ [W1_A^T W2_A^T; W2_M^T] + (b2 + W2_A b1_A). On the
+784-400-20 Fashion-MNIST model about 75 units are always active and 220 never, of 400, so the last
+product shrinks by half. The term sum_d x_d l_d needs no logits at all: it is [z, relu(h_M)] times
+the weights applied to x, a matrix-vector product per example; only the softplus sum is elementwise.
+Exact arithmetic in another order (tested against the distribution in float64).
 """
 
 from __future__ import annotations
@@ -69,6 +79,41 @@ def bernoulli_kernel(values_per_example: int, compile: bool) -> Any:
     return _compiled("plain", bernoulli_log_prob, (logits, target, torch.zeros(16)), compile)
 
 
+def softplus_sum(logits: Tensor, bias: Tensor) -> Tensor:
+    """sum_d log(1 + e^l_d) over the last axis, l = logits + bias: the plain formula."""
+    return F.softplus(logits + bias).sum(-1)
+
+
+def softplus_sum_grouped(logits: Tensor, bias: Tensor) -> Tensor:
+    """The same sum as relu(l) plus the log of products of 8 factors in (1, 2]; the last axis a multiple of 8."""
+    logits = logits + bias  # fused into the loop: no separate pass over the logits to add the bias
+    factors = 1 + torch.exp(-logits.abs())
+    products = torch.prod(factors.reshape(*logits.shape[:-1], 8, logits.shape[-1] // 8), dim=-2)
+    return logits.clamp_min(0).sum(-1) + torch.log(products).sum(-1)
+
+
+def softplus_sum_kernel(values_per_example: int, compile: bool) -> Any:
+    """The fastest available form of ``softplus_sum`` (compiled and grouped where possible)."""
+    if not compile or values_per_example % 8:
+        return softplus_sum
+    # Static shapes: the compiler vectorizes the fixed-size reduction 1.4 times better than with dynamic ones.
+    name = "softplus_sum_grouped"
+    if name not in _COMPILED:
+        try:
+            compiled = torch.compile(softplus_sum_grouped, dynamic=False)
+            probe = torch.randn(3, 16) * 5, torch.randn(16)
+            torch.testing.assert_close(compiled(*probe), softplus_sum(*probe), rtol=1e-5, atol=1e-4)
+            _COMPILED[name] = compiled
+        except Exception:  # noqa: BLE001 - any failure of the compiler stack means: stay eager
+            _COMPILED[name] = softplus_sum
+    return _COMPILED[name]
+
+
+def _single_relu_layer(layers: list[nn.Module]) -> bool:
+    return (len(layers) == 3 and isinstance(layers[0], nn.Linear) and isinstance(layers[1], nn.ReLU)
+            and isinstance(layers[2], nn.Linear))
+
+
 class BernoulliMLPLogProb:
     """log p(x|z) for draws z of shape (samples, batch, latent) under a Bernoulli MLP decoder, shape (samples, batch)."""
 
@@ -77,11 +122,47 @@ class BernoulliMLPLogProb:
         self.body = nn.Sequential(*layers[:-1])
         self.weight_t = layers[-1].weight.detach().t().contiguous()  # (hidden, values)
         self.bias = layers[-1].bias.detach()
-        self.kernel = bernoulli_kernel(data_values, compile)
+        self.collapse = _single_relu_layer(layers)
+        if self.collapse:
+            self.first_weight = layers[0].weight.detach()  # (hidden, latent)
+            self.first_bias = layers[0].bias.detach()
+            self.softplus_sum = softplus_sum_kernel(data_values, compile)
+        else:
+            self.kernel = bernoulli_kernel(data_values, compile)
 
     def __call__(self, z: Tensor, x: Tensor) -> Tensor:
         samples, batch = z.shape[:2]
-        x = x.reshape(batch, -1)
+        x = x.reshape(batch, -1).to(z.dtype)
+        if self.collapse:
+            return self._collapsed(z, x)
         hidden = self.body(z.reshape(samples * batch, -1))
         logits = (hidden @ self.weight_t).view(samples, batch, -1)
         return self.kernel(logits, x, self.bias)
+
+    def _collapsed(self, z: Tensor, x: Tensor) -> Tensor:
+        """One example at a time: always-active units folded into a latent-sized matrix, inactive ones dropped."""
+        samples, batch, latent = z.shape
+        w1, b1, w2t, b2 = self.first_weight, self.first_bias, self.weight_t, self.bias
+        hidden = len(b1)
+        z_t = z.permute(1, 2, 0).contiguous()  # (batch, latent, samples): hidden units become rows
+        pre_t = torch.baddbmm(b1[:, None].expand(batch, hidden, samples), w1.expand(batch, hidden, latent), z_t)
+        lowest, highest = pre_t.amin(-1), pre_t.amax(-1)
+        inputs = z.new_empty(latent + hidden, samples)
+        weights = z.new_empty(latent + hidden, w2t.shape[1])
+        out = z.new_empty(batch, samples)
+        for b in range(batch):
+            always = lowest[b] > 0
+            active = torch.nonzero(always).squeeze(1)
+            mixed = torch.nonzero((highest[b] > 0) & ~always).squeeze(1)
+            width = latent + len(mixed)
+            w2_active = w2t[active]
+            torch.mm(w1[active].t(), w2_active, out=weights[:latent])
+            torch.index_select(w2t, 0, mixed, out=weights[latent:width])
+            offset = torch.addmv(b2, w2_active.t(), b1[active])  # b2 + W2_A b1_A
+            inputs[:latent] = z_t[b]
+            torch.index_select(pre_t[b], 0, mixed, out=inputs[latent:width]).clamp_(min=0)
+            used_inputs, used_weights = inputs[:width], weights[:width]
+            logits = used_inputs.t() @ used_weights  # (samples, values), without the offset
+            x_term = (used_weights @ x[b]) @ used_inputs + offset @ x[b]  # sum_d x_d l_d without the logits
+            out[b] = x_term - self.softplus_sum(logits, offset)
+        return out.t()

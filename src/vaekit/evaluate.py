@@ -15,7 +15,9 @@ Where the time goes (784-400-20 MLP, Bernoulli, on a CPU): the decoder's last ma
 (K x 400 x 784 multiply-adds per example), then the log-likelihood of its K x 784 logits. Both run on
 chunks as large as the memory budget allows; for a Bernoulli MLP decoder the log-likelihood is one
 fused loop over the logits (``decoder_kernels``), compiled with ``torch.compile`` when the work is
-large enough to repay the compilation.
+large enough to repay the compilation. With one ReLU hidden layer, the hidden units that are active
+for all of an example's draws are folded into a latent-sized matrix and those active for none are
+dropped, which halves the last product (exact; see ``decoder_kernels``).
 """
 
 from __future__ import annotations

@@ -184,10 +184,14 @@ class VAEModel(nn.Module):
         return means
 
     # --- generative network ------------------------------------------------------------------
+    def decoder_params(self, z: Tensor) -> Tensor:
+        """The likelihood's parameters for latent vectors of shape (..., latent_dim), batch axes kept."""
+        params = self.decoder(z.reshape(-1, z.shape[-1]))
+        return params.reshape(*z.shape[:-1], *params.shape[1:])
+
     def decode(self, z: Tensor) -> Distribution:
         """p(x|z_1) for latent vectors of shape (..., latent_dim); batch axes before the last are kept."""
-        params = self.decoder(z.reshape(-1, z.shape[-1]))
-        return self.likelihood(params.reshape(*z.shape[:-1], *params.shape[1:]))
+        return self.likelihood(self.decoder_params(z))
 
     def prior_distribution(self) -> Distribution:
         """p(z_L) over the top layer. For the VampPrior its components are encodings of the pseudo-inputs
@@ -224,7 +228,7 @@ class VAEModel(nn.Module):
         """
         drawn = self.infer(x, num_samples=num_samples, generator=generator)
         zs = [z for z, _ in drawn]
-        reconstruction = -self.decode(zs[0]).log_prob(x)
+        reconstruction = self.likelihood.negative_log_prob(self.decoder_params(zs[0]), x)  # = -decode(z).log_prob(x)
         prior = self.prior_distribution() if prior is None else prior
         # Layers below the top: single-sample Monte Carlo, since q(z_i|z_{i-1}) and p(z_i|z_{i+1}) depend on
         # different draws and have no closed-form KL.

@@ -42,7 +42,7 @@ def info(args: argparse.Namespace) -> int:
     prior = f"vamp ({m.vamp_components} pseudo-inputs)" if m.prior == "vamp" else m.prior
     print(f"model        {m.arch} hidden {','.join(map(str, m.hidden))}, latent {m.latent_dim}{upper}, "
           f"likelihood {m.likelihood}, prior {prior}, {params:,} parameters")
-    print(f"training     {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, objective {t.objective}"
+    print(f"training     {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} ({t.lr_schedule}), objective {t.objective}"
           + (f" (k={t.objective_samples})" if t.objective_samples > 1 else "")
           + f", kl weight {t.kl_weight}, warm-up {t.warmup_epochs} epochs"
           + (f", free bits {t.free_bits}" if t.free_bits else "") + f", seed {t.seed}")

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from .. import checkpoint as ckpt
 from ..api import make_run_config
-from ..config import ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, OBJECTIVE_NAMES, PRIOR_NAMES, RunConfig
+from ..config import (ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, DEFAULT_BATCH_SIZE, LR_SCHEDULES,
+                      OBJECTIVE_NAMES,
+                      PRIOR_NAMES, RunConfig)
 from ..data import load_dataset, parse_spec
 from ..errors import ConfigError
 from ..likelihoods import LIKELIHOODS
@@ -21,7 +23,8 @@ from .common import add_data_options, parse_hidden, positive_int
 RESUMABLE_OPTIONS = {"epochs", "device", "checkpoint_every", "progress", "data_dir"}
 
 DEFAULTS = {
-    "epochs": 10, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0, "latent_dim": 20, "hidden": None,
+    "epochs": 10, "batch_size": DEFAULT_BATCH_SIZE, "lr": None, "lr_schedule": "cosine", "weight_decay": 0.0,
+    "latent_dim": 20, "hidden": None,
     "arch": "auto", "activation": "relu", "likelihood": "auto", "gaussian_std": 1.0, "binarize": "none",
     "binarize_threshold": None, "kl_weight": 1.0, "warmup_epochs": 0, "patience": None, "seed": 0,
     "device": "auto", "checkpoint_every": None, "test_fraction": 0.1, "upper_latent_dims": (),
@@ -63,8 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--binarize-threshold", type=float, metavar="T", help="with --binarize static: threshold instead of a random draw")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=positive_int, help="passes over the training data (default 10)")
-    t.add_argument("--batch-size", type=positive_int, help="examples per step (default 128)")
-    t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--batch-size", type=positive_int, help="examples per step (default 256)")
+    t.add_argument("--lr", type=float, help="Adam learning rate, the peak of the cosine schedule "
+                   "(default 6e-3 * sqrt(batch size / 256))")
+    t.add_argument("--lr-schedule", choices=LR_SCHEDULES,
+                   help="cosine: the learning rate rises to --lr over the first 5%% of the steps, then falls to 0 "
+                        "over the run's --epochs (resuming with more epochs stretches it); constant: --lr throughout "
+                        "(default cosine)")
     t.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0)")
     t.add_argument("--kl-weight", type=float, help="weight of the KL term, beta (default 1)")
     t.add_argument("--warmup-epochs", type=int, help="epochs over which the KL weight rises linearly from 0 (default 0)")
@@ -131,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         config = make_run_config(
             dataset, latent_dim=opts["latent_dim"], hidden=opts["hidden"], arch=opts["arch"],
             likelihood=opts["likelihood"], activation=opts["activation"], gaussian_std=opts["gaussian_std"],
-            epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"], weight_decay=opts["weight_decay"],
+            epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"], lr_schedule=opts["lr_schedule"],
+            weight_decay=opts["weight_decay"],
             kl_weight=opts["kl_weight"], warmup_epochs=opts["warmup_epochs"], patience=opts["patience"],
             seed=opts["seed"], device=opts["device"], checkpoint_every=opts["checkpoint_every"],
             upper_latent_dims=opts["upper_latent_dims"], upper_hidden=opts["upper_hidden"], prior=opts["prior"],
@@ -144,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     t = config.train
     latents = ",".join(map(str, (m.latent_dim, *m.upper_latent_dims)))
     log(f"model: {m.arch} {','.join(map(str, m.hidden))} -> latent {latents}, likelihood {m.likelihood}, prior {m.prior}; "
-        f"training {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, objective {t.objective}"
+        f"training {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} ({t.lr_schedule}), objective {t.objective}"
         + (f" (k={t.objective_samples})" if t.objective_samples > 1 else "")
         + (f", free bits {t.free_bits}" if t.free_bits else ""))
     started = time.perf_counter()

@@ -68,6 +68,13 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
     return None
 
 
+def _unit_intensities(images: np.ndarray) -> np.ndarray:
+    """8-bit images (n, h, w) as float32 intensities in [0, 1], shape (n, 1, h, w), without a second full-size copy."""
+    x = images.astype(np.float32)[:, None, :, :]
+    x /= 255.0
+    return x
+
+
 def load_fashion_mnist_data(data_dir: str | Path | None = None) -> RawData:
     """Fashion-MNIST from its four IDX files (60,000 train / 10,000 test, 28x28 grayscale, 10 classes)."""
     directory = Path(data_dir) if data_dir is not None else Path(os.environ.get("VAEKIT_FASHION_MNIST_DIR", FASHION_MNIST_DIR))
@@ -87,9 +94,8 @@ def load_fashion_mnist_data(data_dir: str | Path | None = None) -> RawData:
     for xk, yk in (("x", "y"), ("x_test", "y_test")):
         if len(arrays[xk]) != len(arrays[yk]):
             raise DataError(f"{paths[xk]} holds {len(arrays[xk])} images but {paths[yk]} {len(arrays[yk])} labels")
-    to_unit = lambda a: (a.astype(np.float32) / 255.0)[:, None, :, :]  # noqa: E731
-    return RawData(x=to_unit(arrays["x"]), y=arrays["y"].astype(np.int64),
-                   x_test=to_unit(arrays["x_test"]), y_test=arrays["y_test"].astype(np.int64),
+    return RawData(x=_unit_intensities(arrays["x"]), y=arrays["y"].astype(np.int64),
+                   x_test=_unit_intensities(arrays["x_test"]), y_test=arrays["y_test"].astype(np.int64),
                    unit_range=True, class_names=list(FASHION_MNIST_CLASSES))
 
 
