@@ -137,6 +137,11 @@ class TrainConfig:
     device: str = "auto"
     checkpoint_every: int | None = None
     eval_batch_size: int = 1024
+    # Gradients are scaled down to this total 2-norm when it is exceeded (None: no clipping).
+    clip_grad_norm: float | None = None
+    # NaN/inf loss or gradient: roll back to the last good state with half the learning rate, at most this
+    # many times in a row before giving up (0: give up at the first one).
+    max_rollbacks: int = 3
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
@@ -159,6 +164,9 @@ class TrainConfig:
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
                f"checkpoint_every must be at least 1 step, got {self.checkpoint_every}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
+        _check(self.clip_grad_norm is None or (math.isfinite(self.clip_grad_norm) and self.clip_grad_norm > 0),
+               f"clip_grad_norm must be a positive number, got {self.clip_grad_norm}")
+        _check(self.max_rollbacks >= 0, f"max_rollbacks must be zero or positive, got {self.max_rollbacks}")
 
 
 @dataclass
