@@ -71,6 +71,8 @@ class VAE(TransformerMixin, BaseEstimator):
     ``prior="vamp"`` a VampPrior with ``vamp_components`` pseudo-inputs, ``objective="iwae"`` the
     importance-weighted bound with ``objective_samples`` samples (default 5), ``free_bits`` a minimum KL
     per latent dimension (nats), ``likelihood="discretized-logistic"`` for 8-bit images.
+    ``clip_grad_norm`` clips the total gradient norm; a NaN or infinite loss or gradient rolls training
+    back to the last good state with half the learning rate, at most ``max_rollbacks`` times in a row.
     """
 
     def __init__(self, latent_dim: int = 20, hidden: tuple[int, ...] | None = None, arch: str = "auto",
@@ -81,7 +83,8 @@ class VAE(TransformerMixin, BaseEstimator):
                  device: str = "auto", num_importance_samples: int = 100, progress: bool = False,
                  upper_latent_dims: tuple[int, ...] = (), upper_hidden: tuple[int, ...] = (100, 100),
                  prior: str = "standard-normal", vamp_components: int = 500, objective: str = "elbo",
-                 objective_samples: int | None = None, free_bits: float = 0.0) -> None:
+                 objective_samples: int | None = None, free_bits: float = 0.0,
+                 clip_grad_norm: float | None = None, max_rollbacks: int = 3) -> None:
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.arch = arch
@@ -109,6 +112,8 @@ class VAE(TransformerMixin, BaseEstimator):
         self.objective = objective
         self.objective_samples = objective_samples
         self.free_bits = free_bits
+        self.clip_grad_norm = clip_grad_norm
+        self.max_rollbacks = max_rollbacks
 
     # --- training ---------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, run_dir: str | Path | None = None, resume: bool = False) -> "VAE":
@@ -123,7 +128,7 @@ class VAE(TransformerMixin, BaseEstimator):
             warmup_epochs=self.warmup_epochs, patience=self.patience, seed=self.seed, device=self.device,
             upper_latent_dims=self.upper_latent_dims, upper_hidden=self.upper_hidden, prior=self.prior,
             vamp_components=self.vamp_components, objective=self.objective, objective_samples=self.objective_samples,
-            free_bits=self.free_bits)
+            free_bits=self.free_bits, clip_grad_norm=self.clip_grad_norm, max_rollbacks=self.max_rollbacks)
         model, history = train(config, dataset, run_dir=run_dir, resume=resume, progress=self.progress)
         self._set_fitted(model, config, history)
         return self
@@ -299,7 +304,8 @@ class VAE(TransformerMixin, BaseEstimator):
                         test_fraction=config.data.test_fraction, seed=t.seed, device=device,
                         upper_latent_dims=m.upper_latent_dims, upper_hidden=m.upper_hidden, prior=m.prior,
                         vamp_components=m.vamp_components, objective=t.objective,
-                        objective_samples=t.objective_samples, free_bits=t.free_bits)
+                        objective_samples=t.objective_samples, free_bits=t.free_bits,
+                        clip_grad_norm=t.clip_grad_norm, max_rollbacks=t.max_rollbacks)
         estimator._set_fitted(model, config, ckpt.read_metrics(path))
         return estimator
 
