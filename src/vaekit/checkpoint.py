@@ -242,10 +242,23 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
         state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"checkpoint {directory} is incomplete or damaged: {err}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{directory / 'state.json'} is not a JSON object; the checkpoint is damaged")
+    version = state.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {directory} is in format version {version!r}; this vaekit reads version "
+                              f"{FORMAT_VERSION} (train into a new --out, or use the vaekit that wrote it)")
+    missing = [key for key in ("optimizer", "global_step", "epoch", "step_in_epoch") if key not in state]
+    if missing:
+        raise CheckpointError(f"{directory / 'state.json'} lacks {', '.join(missing)}; the checkpoint is damaged")
     opt_meta = state.pop("optimizer")
+    try:
+        optimizer = _optimizer_from_files(load_tensors(directory / "optimizer.safetensors"), opt_meta)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"the optimizer state in {directory} is damaged ({type(err).__name__}: {err})") from None
     return {
         "model": load_tensors(directory / "model.safetensors"),
-        "optimizer": _optimizer_from_files(load_tensors(directory / "optimizer.safetensors"), opt_meta),
+        "optimizer": optimizer,
         "tensors": load_tensors(directory / "state.safetensors"),
         "state": state,
     }

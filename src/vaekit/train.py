@@ -312,8 +312,12 @@ class Trainer:
             self.log(f"{self.run_dir} holds no complete checkpoint yet; starting from the beginning")
             return
         ckpt.check_state_dict(self.model.state_dict(), saved["model"], self.run_dir / ckpt.POINTER_FILE)
-        self._load_training_state(saved)
-        self.guard.load_state_dict(saved["state"].get("numerics", {}))
+        try:
+            self._load_training_state(saved)
+            self.guard.load_state_dict(saved["state"].get("numerics", {}))
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+            raise CheckpointError(f"the training state in {self.run_dir / ckpt.POINTER_FILE}'s checkpoint is damaged "
+                                  f"or was written by another program ({type(err).__name__}: {err})") from None
         ckpt.write_metrics(self.run_dir, self.history)  # drop epochs logged after the checkpoint
         self.log(f"resuming {self.run_dir} at epoch {self.epoch + 1}, step {self.global_step}")
 
