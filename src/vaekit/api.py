@@ -157,7 +157,7 @@ class VAE(TransformerMixin, BaseEstimator):
     def _as_model_input(self, X: Any, units: str = "original") -> torch.Tensor:
         """``X`` as a float32 tensor of shape (n, *input_shape) in model units, validated."""
         self._check_fitted()
-        array = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+        array = _as_array(X, "X")
         if array.dtype.kind not in "buif":
             raise DataError(f"X has dtype {array.dtype}; it must hold numbers")
         shape = self.input_shape_
@@ -172,6 +172,8 @@ class VAE(TransformerMixin, BaseEstimator):
         if array.shape[1:] != shape:
             raise DataError(f"X has examples of shape {array.shape[1:]} but the model expects {shape} "
                             f"({self.n_features_in_} values per example)")
+        if len(array) == 0:
+            raise DataError("X holds no examples; pass at least one")
         array = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
         check_finite(array, "X")
         if units == "original":
@@ -202,7 +204,9 @@ class VAE(TransformerMixin, BaseEstimator):
     def sample_posterior(self, X: Any, num_samples: int = 1, seed: int | None = None) -> np.ndarray:
         """Draws z ~ q(z|x), shape (num_samples, n, latent_dim)."""
         mean, var = self.encode(X)
-        generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        if not _is_count(num_samples) or num_samples < 1:
+            raise DataError(f"num_samples must be a whole number of at least 1, got {num_samples!r}")
+        generator = _seeded(torch.device("cpu"), self.seed if seed is None else seed)
         eps = torch.randn((num_samples, *mean.shape), generator=generator).numpy()
         return mean[None] + np.sqrt(var)[None] * eps
 
@@ -210,14 +214,17 @@ class VAE(TransformerMixin, BaseEstimator):
     def decode(self, Z: Any, *, sample: bool = False, seed: int | None = None) -> np.ndarray:
         """The mean of p(x|z) (or a draw from it with ``sample=True``) in the data's original units."""
         self._check_fitted()
-        z = torch.as_tensor(np.asarray(Z, dtype=np.float32))
+        array = _as_array(Z, "the latent vectors")
+        if array.dtype.kind not in "buif":
+            raise DataError(f"the latent vectors have dtype {array.dtype}; they must be numbers")
+        z = torch.as_tensor(array.astype(np.float32))
         if z.ndim == 1:
             z = z[None]
         if z.ndim != 2 or z.shape[1] != self.latent_dim_:
             raise DataError(f"latent vectors must have shape (n, {self.latent_dim_}), got {tuple(z.shape)}")
         if not torch.isfinite(z).all():
             raise DataError("the latent vectors hold NaN or infinite values")
-        generator = torch.Generator(device=self._device()).manual_seed(self.seed if seed is None else seed)
+        generator = _seeded(self._device(), self.seed if seed is None else seed)
         outputs = []
         for batch in self._batches(z):
             dist = self.model_.decode(batch)
@@ -234,9 +241,9 @@ class VAE(TransformerMixin, BaseEstimator):
     def sample(self, n: int = 1, *, seed: int | None = None, sample_output: bool = False) -> np.ndarray:
         """Generate ``n`` examples by decoding z ~ N(0, I); the encoder is not used."""
         self._check_fitted()
-        if n < 1:
-            raise DataError(f"the number of samples must be at least 1, got {n}")
-        generator = torch.Generator(device=self._device()).manual_seed(self.seed if seed is None else seed)
+        if not _is_count(n) or n < 1:
+            raise DataError(f"the number of samples must be a whole number of at least 1, got {n!r}")
+        generator = _seeded(self._device(), self.seed if seed is None else seed)
         with torch.no_grad():
             z = self.model_.sample_latent(n, generator=generator).float().cpu()
         return self.decode(z.numpy(), sample=sample_output, seed=seed)
@@ -308,6 +315,25 @@ class VAE(TransformerMixin, BaseEstimator):
                         clip_grad_norm=t.clip_grad_norm, max_rollbacks=t.max_rollbacks)
         estimator._set_fitted(model, config, ckpt.read_metrics(path))
         return estimator
+
+
+def _as_array(X: Any, name: str) -> np.ndarray:
+    """``X`` (array, tensor, nested lists) as a NumPy array; ragged or non-numeric input is a DataError."""
+    try:
+        return X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+    except (ValueError, TypeError) as err:
+        raise DataError(f"{name} cannot be read as an array of numbers: {err}") from None
+
+
+def _is_count(n: Any) -> bool:
+    return isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_))
+
+
+def _seeded(device: torch.device, seed: Any) -> torch.Generator:
+    """A generator seeded with ``seed``, which must be a whole number in [0, 2**64)."""
+    if not _is_count(seed) or not 0 <= int(seed) < 2**64:
+        raise DataError(f"a seed must be a whole number in [0, 2**64), got {seed!r}")
+    return torch.Generator(device=device).manual_seed(int(seed))
 
 
 def _sample(dist, generator: torch.Generator) -> torch.Tensor:

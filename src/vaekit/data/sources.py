@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import os
+import tokenize
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +101,12 @@ _X_KEYS = ("x", "X", "data", "images", "features", "arr_0")
 _Y_KEYS = ("y", "labels", "label", "targets", "target")
 
 
+# What numpy's readers raise on a damaged .npy/.npz: a header that does not parse (SyntaxError,
+# tokenize.TokenError), a shape larger than memory (MemoryError), a corrupt zip member (zlib.error), ...
+_DAMAGED_FILE_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError, tokenize.TokenError,
+                        MemoryError, TypeError, KeyError, RecursionError, NotImplementedError, zlib.error)
+
+
 def load_array_file(path: Path) -> RawData:
     """A ``.npy`` array, or an ``.npz`` archive (keys x/y, or x_train/x_test with y_train/y_test)."""
     try:
@@ -107,8 +115,8 @@ def load_array_file(path: Path) -> RawData:
         if "allow_pickle" in str(err) or "pickle" in str(err).lower():
             raise DataError(f"{path} holds Python objects, which vaekit never unpickles; save a plain numeric array") from None
         raise DataError(f"cannot read {path} as a NumPy file: {err}") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"cannot read {path} as a NumPy file: {err}") from None
+    except _DAMAGED_FILE_ERRORS as err:
+        raise DataError(f"cannot read {path} as a NumPy file ({type(err).__name__}: {err}); it may be damaged") from None
     if isinstance(loaded, np.ndarray):
         return _array_to_raw(loaded, None, str(path))
     with loaded as archive:
@@ -131,8 +139,8 @@ def load_array_file(path: Path) -> RawData:
                 x_key = next(iter(keys))
             y_key = next((k for k in _Y_KEYS if k in keys), None)
             return _array_to_raw(archive[x_key], archive[y_key] if y_key else None, f"{path}[{x_key}]")
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-            raise DataError(f"cannot read {path}: {err}") from None
+        except _DAMAGED_FILE_ERRORS as err:
+            raise DataError(f"cannot read {path} ({type(err).__name__}: {err}); it may be damaged") from None
 
 
 def _get(archive, key: str):
@@ -149,7 +157,8 @@ def _array_to_raw(array: np.ndarray, labels: np.ndarray | None, name: str) -> Ra
     if 0 in array.shape[1:]:
         raise DataError(f"{name} has shape {array.shape}: its examples are empty")
     unit = array.dtype == np.uint8 or array.dtype == np.bool_
-    x = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused by check_finite with their position
+        x = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
     if array.ndim == 3:
         x = x[:, None]
     elif array.ndim == 4:
