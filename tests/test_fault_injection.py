@@ -30,6 +30,7 @@ def test_random_sigkills_then_resume_end_bit_identical_to_an_uninterrupted_run(f
     result = fault_injection.run_kill_loop(12, seed=1, train_args=train_args, workdir=tmp_path, time_limit=90.0,
                                            log=lambda message: None)
     assert result["kills"] >= 8, result  # the time limit is a safety net, not the expected end
+    assert result["kills_before_first_checkpoint"] < result["kills"]  # most kills resume from a checkpoint
     assert result["audit_problems"] == [], result["audit_problems"]
     assert result["rounds"] >= 1 and result["all_identical"], result["rounds_detail"]
     # Every kill's run was finished and compared: no kill is left out of the verdict.
