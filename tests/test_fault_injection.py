@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "fault_injection.py"
+from conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def fault_injection():
-    sys.path.insert(0, str(BENCHMARK.parent))
-    spec = importlib.util.spec_from_file_location("fault_injection", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # the forked training processes find their entry point there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
-    sys.path.remove(str(BENCHMARK.parent))
+    with benchmark_module("fault_injection") as module:  # forked training processes find their entry point there
+        yield module
 
 
 @pytest.mark.slow
