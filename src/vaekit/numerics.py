@@ -79,7 +79,7 @@ class NumericalGuard:
         loss_ok = torch.isfinite(loss.detach())
         bad = ~(loss_ok & torch.isfinite(norm))
         new = bad & (self.first_bad_step < 0)
-        self.first_bad_step = torch.where(new, torch.tensor(step, device=self.device), self.first_bad_step)
+        self.first_bad_step = torch.where(new, step, self.first_bad_step)  # a Python scalar: no host-to-device copy
         kind = torch.where(loss_ok, _GRADIENT, _LOSS)
         self.bad_kind = torch.where(new, kind, self.bad_kind)
 
