@@ -163,8 +163,9 @@ class Trainer:
                     if bar is not None and (self.step_in_epoch % refresh == 0 or self.step_in_epoch == steps_per_epoch):
                         bar.n = self.step_in_epoch
                         bar.set_postfix_str(f"loss {self.sums[0].item() / self.count:.3f}", refresh=True)
-                    checkpoint_due = self._stop_requested or (cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
-                                                              and self.step_in_epoch < steps_per_epoch)
+                    checkpoint_due = self._stop_requested or bool(
+                        cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
+                        and self.step_in_epoch < steps_per_epoch)
                     if (checkpoint_due or self.step_in_epoch == steps_per_epoch or self.guard.due(self.global_step)) \
                             and self._rolled_back_after_a_fault():
                         rolled_back = True  # the epoch goes on from the restored position
