@@ -120,3 +120,22 @@ def test_an_intact_copy_resumes(run_copy, digits):
     """The refusals above come from the damage: the same copy, undamaged, resumes and trains on."""
     _, history = resume(run_copy, digits, epochs=4)
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+
+
+def test_saving_the_same_step_again_never_touches_the_complete_checkpoint(run_copy):
+    """A checkpoint of the step checkpoint.json names goes to a new directory; leftovers of cut writes are cleared."""
+    complete = ckpt.read_pointer(run_copy)
+    saved = ckpt.load_checkpoint(run_copy)
+    model = vaekit.load(run_copy).model_
+    optimizer = torch.optim.Adam(model.parameters())
+    step = complete["global_step"]
+    stale = run_copy / "checkpoints" / f"step-{step + 7:09d}"  # a later checkpoint whose write a crash cut short
+    stale.mkdir()
+    (run_copy / ".model.safetensors.abc123.tmp").write_bytes(b"half a file")
+    (run_copy / "checkpoints" / ".state.json.x.tmp").write_bytes(b"{")
+    directory = ckpt.save_checkpoint(run_copy, model=model, optimizer=optimizer, tensors=saved["tensors"],
+                                     state={**saved["state"], "global_step": step})
+    assert directory.name == f"step-{step:09d}-1" and ckpt.read_pointer(run_copy)["latest"].endswith("-1")
+    assert sorted(p.name for p in (run_copy / "checkpoints").iterdir() if p.is_dir()) == [directory.name]
+    assert ckpt.remove_stale_temp_files(run_copy) == 2
+    assert not list(run_copy.rglob("*.tmp")) and ckpt.load_checkpoint(run_copy)["state"]["global_step"] == step
