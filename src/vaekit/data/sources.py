@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import struct
 import tokenize
 import zipfile
 import zlib
@@ -186,9 +187,13 @@ def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+_DAMAGED_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError,
+                         ZeroDivisionError, MemoryError, zlib.error)
+
+
 def load_image_folder(root: Path, image_size: tuple[int, int] | None = None, channels: int | None = None) -> RawData:
     """Every image under ``root`` (recursively), resized to one size; subfolder names become labels."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     files = list_images(root)
     if not files:
@@ -199,8 +204,10 @@ def load_image_folder(root: Path, image_size: tuple[int, int] | None = None, cha
             with Image.open(path) as img:
                 img.load()
                 images.append(img.copy())
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-            raise DataError(f"cannot read image {path}: {err}") from None
+        except Image.DecompressionBombError as err:
+            raise DataError(f"image {path} is too large to read safely: {err}") from None
+        except _DAMAGED_IMAGE_ERRORS as err:  # Pillow's decoders raise many types on damaged files
+            raise DataError(f"cannot read image {path} ({type(err).__name__}: {err}); it may be damaged") from None
     if channels is None:
         channels = 1 if all(img.mode in ("1", "L", "LA", "I", "I;16", "F") for img in images) else 3
     if image_size is None:
@@ -261,7 +268,10 @@ def load_csv(path: Path, label_column: str | None = None) -> RawData:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t") if text.strip() else csv.excel
     except csv.Error:
         dialect = csv.excel
-    rows = [row for row in csv.reader(io.StringIO(text), dialect) if any(cell.strip() for cell in row)]
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text), dialect) if any(cell.strip() for cell in row)]
+    except csv.Error as err:
+        raise DataError(f"cannot read {path} as CSV: {err}") from None
     if not rows:
         raise DataError(f"{path} is empty")
     has_header = not all(_is_number(cell) for cell in rows[0])
@@ -298,7 +308,8 @@ def load_csv(path: Path, label_column: str | None = None) -> RawData:
     y = None
     if label_index is not None:
         y = np.array(labels)
-        if all(_is_number(v) and float(v).is_integer() for v in labels):
+        # Whole numbers become integer labels (those beyond int64 stay text labels).
+        if all(_is_number(v) and float(v).is_integer() and abs(float(v)) < 2**63 for v in labels):
             y = np.array([int(float(v)) for v in labels], dtype=np.int64)
     return RawData(x=x.astype(np.float32), y=y, columns=[header[i] for i in feature_idx], standardize=True)
 
