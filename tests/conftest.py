@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,3 +46,21 @@ def trained_run(tmp_path_factory, digits):
     run = tmp_path_factory.mktemp("runs") / "digits"
     vaekit.VAE(latent_dim=4, hidden=(64,), epochs=3, seed=0, device="cpu").fit(digits, run_dir=run)
     return run
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@contextlib.contextmanager
+def benchmark_module(name: str) -> Iterator:
+    """Import ``benchmarks/NAME.py`` (which imports its shared helpers from that folder) for a test."""
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and forked processes look the module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+        sys.path.remove(str(BENCHMARKS))

@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from conftest import benchmark_module
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'vaekit[serve]'")
 pytest.importorskip("psutil", reason="psutil (a dev dependency) measures the server's memory")
 pytest.importorskip("httpx2", reason="httpx2 (a dev dependency) is the load test's client")
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_load.py"
-
 
 @pytest.fixture(scope="module")
 def serve_load():
-    sys.path.insert(0, str(BENCHMARK.parent))  # the benchmarks import their shared helpers from there
-    spec = importlib.util.spec_from_file_location("serve_load", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
-    sys.path.remove(str(BENCHMARK.parent))
+    with benchmark_module("serve_load") as module:
+        yield module
 
 
 @pytest.mark.slow

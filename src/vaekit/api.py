@@ -71,6 +71,8 @@ class VAE(TransformerMixin, BaseEstimator):
     ``prior="vamp"`` a VampPrior with ``vamp_components`` pseudo-inputs, ``objective="iwae"`` the
     importance-weighted bound with ``objective_samples`` samples (default 5), ``free_bits`` a minimum KL
     per latent dimension (nats), ``likelihood="discretized-logistic"`` for 8-bit images.
+    ``clip_grad_norm`` clips the total gradient norm; a NaN or infinite loss or gradient rolls training
+    back to the last good state with half the learning rate, at most ``max_rollbacks`` times in a row.
     """
 
     def __init__(self, latent_dim: int = 20, hidden: tuple[int, ...] | None = None, arch: str = "auto",
@@ -82,7 +84,8 @@ class VAE(TransformerMixin, BaseEstimator):
                  device: str = "auto", num_importance_samples: int = 100, progress: bool = False,
                  upper_latent_dims: tuple[int, ...] = (), upper_hidden: tuple[int, ...] = (100, 100),
                  prior: str = "standard-normal", vamp_components: int = 500, objective: str = "elbo",
-                 objective_samples: int | None = None, free_bits: float = 0.0) -> None:
+                 objective_samples: int | None = None, free_bits: float = 0.0,
+                 clip_grad_norm: float | None = None, max_rollbacks: int = 3) -> None:
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.arch = arch
@@ -111,6 +114,8 @@ class VAE(TransformerMixin, BaseEstimator):
         self.objective = objective
         self.objective_samples = objective_samples
         self.free_bits = free_bits
+        self.clip_grad_norm = clip_grad_norm
+        self.max_rollbacks = max_rollbacks
 
     # --- training ---------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, run_dir: str | Path | None = None, resume: bool = False) -> "VAE":
@@ -125,7 +130,8 @@ class VAE(TransformerMixin, BaseEstimator):
             kl_weight=self.kl_weight, warmup_epochs=self.warmup_epochs, patience=self.patience, seed=self.seed,
             device=self.device, upper_latent_dims=self.upper_latent_dims, upper_hidden=self.upper_hidden,
             prior=self.prior, vamp_components=self.vamp_components, objective=self.objective,
-            objective_samples=self.objective_samples, free_bits=self.free_bits)
+            objective_samples=self.objective_samples, free_bits=self.free_bits, clip_grad_norm=self.clip_grad_norm,
+            max_rollbacks=self.max_rollbacks)
         model, history = train(config, dataset, run_dir=run_dir, resume=resume, progress=self.progress)
         self._set_fitted(model, config, history)
         return self
@@ -154,7 +160,7 @@ class VAE(TransformerMixin, BaseEstimator):
     def _as_model_input(self, X: Any, units: str = "original") -> torch.Tensor:
         """``X`` as a float32 tensor of shape (n, *input_shape) in model units, validated."""
         self._check_fitted()
-        array = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+        array = _as_array(X, "X")
         if array.dtype.kind not in "buif":
             raise DataError(f"X has dtype {array.dtype}; it must hold numbers")
         shape = self.input_shape_
@@ -169,6 +175,8 @@ class VAE(TransformerMixin, BaseEstimator):
         if array.shape[1:] != shape:
             raise DataError(f"X has examples of shape {array.shape[1:]} but the model expects {shape} "
                             f"({self.n_features_in_} values per example)")
+        if len(array) == 0:
+            raise DataError("X holds no examples; pass at least one")
         array = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
         check_finite(array, "X")
         if units == "original":
@@ -199,7 +207,9 @@ class VAE(TransformerMixin, BaseEstimator):
     def sample_posterior(self, X: Any, num_samples: int = 1, seed: int | None = None) -> np.ndarray:
         """Draws z ~ q(z|x), shape (num_samples, n, latent_dim)."""
         mean, var = self.encode(X)
-        generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        if not _is_count(num_samples) or num_samples < 1:
+            raise DataError(f"num_samples must be a whole number of at least 1, got {num_samples!r}")
+        generator = _seeded(torch.device("cpu"), self.seed if seed is None else seed)
         eps = torch.randn((num_samples, *mean.shape), generator=generator).numpy()
         return mean[None] + np.sqrt(var)[None] * eps
 
@@ -207,14 +217,17 @@ class VAE(TransformerMixin, BaseEstimator):
     def decode(self, Z: Any, *, sample: bool = False, seed: int | None = None) -> np.ndarray:
         """The mean of p(x|z) (or a draw from it with ``sample=True``) in the data's original units."""
         self._check_fitted()
-        z = torch.as_tensor(np.asarray(Z, dtype=np.float32))
+        array = _as_array(Z, "the latent vectors")
+        if array.dtype.kind not in "buif":
+            raise DataError(f"the latent vectors have dtype {array.dtype}; they must be numbers")
+        z = torch.as_tensor(array.astype(np.float32))
         if z.ndim == 1:
             z = z[None]
         if z.ndim != 2 or z.shape[1] != self.latent_dim_:
             raise DataError(f"latent vectors must have shape (n, {self.latent_dim_}), got {tuple(z.shape)}")
         if not torch.isfinite(z).all():
             raise DataError("the latent vectors hold NaN or infinite values")
-        generator = torch.Generator(device=self._device()).manual_seed(self.seed if seed is None else seed)
+        generator = _seeded(self._device(), self.seed if seed is None else seed)
         outputs = []
         for batch in self._batches(z):
             dist = self.model_.decode(batch)
@@ -231,9 +244,9 @@ class VAE(TransformerMixin, BaseEstimator):
     def sample(self, n: int = 1, *, seed: int | None = None, sample_output: bool = False) -> np.ndarray:
         """Generate ``n`` examples by decoding z ~ N(0, I); the encoder is not used."""
         self._check_fitted()
-        if n < 1:
-            raise DataError(f"the number of samples must be at least 1, got {n}")
-        generator = torch.Generator(device=self._device()).manual_seed(self.seed if seed is None else seed)
+        if not _is_count(n) or n < 1:
+            raise DataError(f"the number of samples must be a whole number of at least 1, got {n!r}")
+        generator = _seeded(self._device(), self.seed if seed is None else seed)
         with torch.no_grad():
             z = self.model_.sample_latent(n, generator=generator).float().cpu()
         return self.decode(z.numpy(), sample=sample_output, seed=seed)
@@ -302,9 +315,29 @@ class VAE(TransformerMixin, BaseEstimator):
                         test_fraction=config.data.test_fraction, seed=t.seed, device=device,
                         upper_latent_dims=m.upper_latent_dims, upper_hidden=m.upper_hidden, prior=m.prior,
                         vamp_components=m.vamp_components, objective=t.objective,
-                        objective_samples=t.objective_samples, free_bits=t.free_bits)
+                        objective_samples=t.objective_samples, free_bits=t.free_bits,
+                        clip_grad_norm=t.clip_grad_norm, max_rollbacks=t.max_rollbacks)
         estimator._set_fitted(model, config, ckpt.read_metrics(path))
         return estimator
+
+
+def _as_array(X: Any, name: str) -> np.ndarray:
+    """``X`` (array, tensor, nested lists) as a NumPy array; ragged or non-numeric input is a DataError."""
+    try:
+        return X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+    except (ValueError, TypeError) as err:
+        raise DataError(f"{name} cannot be read as an array of numbers: {err}") from None
+
+
+def _is_count(n: Any) -> bool:
+    return isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_))
+
+
+def _seeded(device: torch.device, seed: Any) -> torch.Generator:
+    """A generator seeded with ``seed``, which must be a whole number in [0, 2**64)."""
+    if not _is_count(seed) or not 0 <= int(seed) < 2**64:
+        raise DataError(f"a seed must be a whole number in [0, 2**64), got {seed!r}")
+    return torch.Generator(device=device).manual_seed(int(seed))
 
 
 def _sample(dist, generator: torch.Generator) -> torch.Tensor:

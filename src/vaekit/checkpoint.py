@@ -17,6 +17,7 @@ tensors are safetensors files and the rest is JSON: loading a run never unpickle
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -29,7 +30,7 @@ from safetensors.torch import save as st_save
 
 from .config import FORMAT_VERSION, RunConfig
 from .errors import CheckpointError, ConfigError
-from .fileio import atomic_write_bytes, atomic_write_json
+from .fileio import atomic_write_bytes, atomic_write_json, fsync_dir
 from .model import VAEModel
 
 CONFIG_FILE = "config.json"
@@ -165,10 +166,21 @@ def save_checkpoint(run_dir: str | Path, *, model: torch.nn.Module, optimizer: t
     """
     run_dir = Path(run_dir)
     name = f"step-{int(state['global_step']):09d}"
+    try:
+        current = (read_pointer(run_dir) or {}).get("latest")
+    except CheckpointError:
+        current = None
+    # A directory of this name is either left over from a write cut short (removed) or the complete
+    # checkpoint checkpoint.json names (kept until the new one is complete: the new one gets another name).
+    suffix = 0
+    while (run_dir / CHECKPOINTS_DIR / name).exists() and current == f"{CHECKPOINTS_DIR}/{name}":
+        suffix += 1
+        name = f"step-{int(state['global_step']):09d}-{suffix}"
     directory = run_dir / CHECKPOINTS_DIR / name
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
+    fsync_dir(directory.parent)
     opt_tensors, opt_meta = _optimizer_to_files(optimizer)
     save_tensors(directory / "model.safetensors", model.state_dict())
     save_tensors(directory / "optimizer.safetensors", opt_tensors)
@@ -176,11 +188,24 @@ def save_checkpoint(run_dir: str | Path, *, model: torch.nn.Module, optimizer: t
     atomic_write_json(directory / "state.json", {"format_version": FORMAT_VERSION, "optimizer": opt_meta, **state})
     atomic_write_json(run_dir / POINTER_FILE, {"format_version": FORMAT_VERSION, "latest": f"{CHECKPOINTS_DIR}/{name}",
                                                 "global_step": state["global_step"], "epoch": state.get("epoch")})
-    kept = sorted(p for p in (run_dir / CHECKPOINTS_DIR).iterdir() if p.is_dir())
-    for old in kept[:-keep] if keep > 0 else []:
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
+    # Keep the new checkpoint and the keep - 1 before it; anything named after it is left over from a
+    # stretch of training that a crash cut short and that was then done again.
+    older = sorted(p for p in (run_dir / CHECKPOINTS_DIR).iterdir() if p.is_dir() and p.name < name)
+    stale = [p for p in (run_dir / CHECKPOINTS_DIR).iterdir() if p.is_dir() and p.name > name]
+    for old in (older[:len(older) - (keep - 1)] if keep > 1 else older) + stale:
+        shutil.rmtree(old, ignore_errors=True)
     return directory
+
+
+def remove_stale_temp_files(run_dir: str | Path) -> int:
+    """Delete temporary files that writes cut short by a crash left behind (``.NAME.*.tmp``); returns how many."""
+    removed = 0
+    for path in Path(run_dir).rglob(".*.tmp"):
+        if path.is_file():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
 
 
 def read_pointer(run_dir: str | Path) -> dict[str, Any] | None:
@@ -217,10 +242,23 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
         state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"checkpoint {directory} is incomplete or damaged: {err}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{directory / 'state.json'} is not a JSON object; the checkpoint is damaged")
+    version = state.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {directory} is in format version {version!r}; this vaekit reads version "
+                              f"{FORMAT_VERSION} (train into a new --out, or use the vaekit that wrote it)")
+    missing = [key for key in ("optimizer", "global_step", "epoch", "step_in_epoch") if key not in state]
+    if missing:
+        raise CheckpointError(f"{directory / 'state.json'} lacks {', '.join(missing)}; the checkpoint is damaged")
     opt_meta = state.pop("optimizer")
+    try:
+        optimizer = _optimizer_from_files(load_tensors(directory / "optimizer.safetensors"), opt_meta)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"the optimizer state in {directory} is damaged ({type(err).__name__}: {err})") from None
     return {
         "model": load_tensors(directory / "model.safetensors"),
-        "optimizer": _optimizer_from_files(load_tensors(directory / "optimizer.safetensors"), opt_meta),
+        "optimizer": optimizer,
         "tensors": load_tensors(directory / "state.safetensors"),
         "state": state,
     }

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from .errors import ConfigError
 
@@ -63,6 +66,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         from .likelihoods import LIKELIHOODS
 
+        _check_field_types(self, "model")
         self.input_shape = tuple(self.input_shape)
         self.hidden = tuple(self.hidden)
         self.upper_latent_dims = tuple(self.upper_latent_dims)
@@ -107,6 +111,7 @@ class DataConfig:
     standardize_std: list[float] | None = None
 
     def __post_init__(self) -> None:
+        _check_field_types(self, "data")
         if self.image_size is not None:
             self.image_size = tuple(self.image_size)
             _check(len(self.image_size) == 2 and all(s >= 1 for s in self.image_size),
@@ -146,8 +151,14 @@ class TrainConfig:
     device: str = "auto"
     checkpoint_every: int | None = None
     eval_batch_size: int = 1024
+    # Gradients are scaled down to this total 2-norm when it is exceeded (None: no clipping).
+    clip_grad_norm: float | None = None
+    # NaN/inf loss or gradient: roll back to the last good state with half the learning rate, at most this
+    # many times in a row before giving up (0: give up at the first one).
+    max_rollbacks: int = 3
 
     def __post_init__(self) -> None:
+        _check_field_types(self, "train")
         _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         if self.lr is None:
@@ -172,6 +183,9 @@ class TrainConfig:
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
                f"checkpoint_every must be at least 1 step, got {self.checkpoint_every}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
+        _check(self.clip_grad_norm is None or (math.isfinite(self.clip_grad_norm) and self.clip_grad_norm > 0),
+               f"clip_grad_norm must be a positive number, got {self.clip_grad_norm}")
+        _check(self.max_rollbacks >= 0, f"max_rollbacks must be zero or positive, got {self.max_rollbacks}")
 
 
 @dataclass
@@ -214,6 +228,17 @@ class RunConfig:
         )
 
 
+def _check_field_types(config: Any, where: str) -> None:
+    """Check (and normalize: tuples, floats) every field's type, as ``from_dict`` does for JSON, so that a
+    config built in Python (``VAE(latent_dim="3")``) is refused with the field named, not by a TypeError later."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        plain = list(value) if isinstance(value, tuple) else value
+        # NaN and inf pass here: each field's range check names them in its own words.
+        setattr(config, f.name, _coerce(plain, hints[f.name], f"{where}.{f.name}", require_finite=False))
+
+
 def _to_plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}
@@ -242,7 +267,7 @@ def dataclass_from_dict(cls: type, raw: Any, where: str) -> Any:
         raise ConfigError(f"in '{where}': {err}") from None
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def _coerce(value: Any, hint: Any, where: str, require_finite: bool = True) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -250,16 +275,18 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             _check(type(None) in args, f"'{where}' must not be null")
             return None
         non_null = [a for a in args if a is not type(None)]
-        return _coerce(value, non_null[0], where)
+        return _coerce(value, non_null[0], where, require_finite)
     if hint is bool:
         _check(isinstance(value, bool), f"'{where}' must be true or false, got {value!r}")
         return value
     if hint is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), f"'{where}' must be an integer, got {value!r}")
-        return value
+        _check(isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)),
+               f"'{where}' must be an integer, got {value!r}")
+        return int(value)
     if hint is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"'{where}' must be a number, got {value!r}")
-        _check(math.isfinite(value), f"'{where}' must be finite, got {value!r}")
+        _check(isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)),
+               f"'{where}' must be a number, got {value!r}")
+        _check(not require_finite or math.isfinite(value), f"'{where}' must be finite, got {value!r}")
         return float(value)
     if hint is str:
         _check(isinstance(value, str), f"'{where}' must be a string, got {value!r}")
@@ -267,6 +294,6 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin in (tuple, list):
         _check(isinstance(value, list), f"'{where}' must be a list, got {value!r}")
         item = args[0] if args else Any
-        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [_coerce(v, item, f"{where}[{i}]", require_finite) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     return value

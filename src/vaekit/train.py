@@ -36,6 +36,7 @@ from .data.transforms import binarize
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import elbo
 from .model import VAEModel
+from .numerics import NumericalGuard
 from .objectives import elbo_objective, make_objective  # noqa: F401  (elbo_objective: re-exported)
 
 
@@ -146,6 +147,10 @@ class Trainer:
         self.best_state: dict[str, Tensor] | None = None
         self._plotted_at = time.perf_counter()
         self._stop_requested = False
+        # NaN/inf losses and gradients: detected at the step, rolled back to the last good state (numerics.py).
+        self.guard = NumericalGuard(self.model.parameters(), device=self.device, capture=self._training_state,
+                                    restore=self._load_training_state, clip_grad_norm=config.train.clip_grad_norm,
+                                    max_rollbacks=config.train.max_rollbacks)
 
     # --- the loop --------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> list[dict[str, Any]]:
@@ -154,6 +159,7 @@ class Trainer:
             self._restore()
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_stale_temp_files(self.run_dir)
             ckpt.save_config(self.run_dir, self.config)
         dynamic = self.dynamic_binarization
         x_train = self.x_train.to(self.device)
@@ -166,9 +172,11 @@ class Trainer:
         self.model.train()
         with self._stop_on_ctrl_c():
             while self.epoch < cfg.epochs and not self.stopped_early:
+                self.guard.take_snapshot(self.global_step, force=self.step_in_epoch == 0)
                 perm = _epoch_permutation(cfg.seed, self.epoch, n).to(self.device)
                 bar = self._progress_bar(steps_per_epoch)
                 started = time.perf_counter() - self.epoch_seconds
+                rolled_back = False
                 for step in range(self.step_in_epoch, steps_per_epoch):
                     x = x_train[perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
                     if dynamic:
@@ -177,8 +185,11 @@ class Trainer:
                     loss, rec_sum, kl_sum = self.objective(self.model, x, kl_weight, self.noise)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    self.guard.after_backward(loss, self.global_step + 1)
+                    # The schedule's rate, times the guard's reduction after NaN/inf rollbacks (1 until one happens).
+                    lr = learning_rate(cfg, self.global_step, total_steps) * self.guard.lr_scale
                     for group in self.optimizer.param_groups:
-                        group["lr"] = learning_rate(cfg, self.global_step, total_steps)
+                        group["lr"] = lr
                     self.optimizer.step()
                     self.sums += torch.stack([loss.detach() * len(x), rec_sum, kl_sum])  # float64 sums, no host sync
                     self.count += len(x)
@@ -187,8 +198,14 @@ class Trainer:
                     if bar is not None and (self.step_in_epoch % refresh == 0 or self.step_in_epoch == steps_per_epoch):
                         bar.n = self.step_in_epoch
                         bar.set_postfix_str(f"loss {self.sums[0].item() / self.count:.3f}", refresh=True)
-                    if self._stop_requested or (cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
-                                                and self.step_in_epoch < steps_per_epoch):
+                    checkpoint_due = self._stop_requested or bool(
+                        cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
+                        and self.step_in_epoch < steps_per_epoch)
+                    if (checkpoint_due or self.step_in_epoch == steps_per_epoch or self.guard.due(self.global_step)) \
+                            and self._rolled_back_after_a_fault():
+                        rolled_back = True  # the epoch goes on from the restored position
+                        break
+                    if checkpoint_due:
                         _synchronize(self.device)
                         self.epoch_seconds = time.perf_counter() - started
                         if self.run_dir is not None:
@@ -201,6 +218,8 @@ class Trainer:
                             raise KeyboardInterrupt
                 if bar is not None:
                     bar.close()
+                if rolled_back:
+                    continue
                 _synchronize(self.device)
                 self.epoch_seconds = time.perf_counter() - started
                 self._end_epoch(x_val, kl_weight)
@@ -208,6 +227,18 @@ class Trainer:
             self.model.load_state_dict(self.best_state)
         self.model.eval()
         return self.history
+
+    def _rolled_back_after_a_fault(self) -> bool:
+        """Read the guard's record; after a NaN/inf step restore the last good state with a lower learning rate."""
+        fault = self.guard.fault()
+        if fault is None:
+            self.guard.take_snapshot(self.global_step)
+            return False
+        lr = self.guard.roll_back(fault, self.optimizer, where=f"epoch {self.epoch + 1}")
+        self.log(f"the {'loss' if fault[1] == 'loss' else 'gradient norm'} became NaN or infinite at step {fault[0]}; "
+                 f"rolled back to step {self.global_step} and lowered the learning rate to {lr:.3g} "
+                 f"(rollback {self.guard.rollbacks_in_a_row} of at most {self.guard.max_rollbacks} in a row)")
+        return True
 
     @contextlib.contextmanager
     def _stop_on_ctrl_c(self):
@@ -294,7 +325,8 @@ class Trainer:
                 self._plotted_at = time.perf_counter()
 
     # --- checkpoints -----------------------------------------------------------------------------
-    def _save_checkpoint(self) -> None:
+    def _training_state(self) -> dict[str, Any]:
+        """Everything a checkpoint holds (references, not copies): model, optimizer, extra tensors, bookkeeping."""
         tensors = {"noise_rng": self.noise.get_state(), "sums": self.sums}
         if self.best_state is not None:
             tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
@@ -304,7 +336,13 @@ class Trainer:
             "best_val": self.best_val if math.isfinite(self.best_val) else None, "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
         }
-        ckpt.save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer, tensors=tensors, state=state)
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "tensors": tensors,
+                "state": state}
+
+    def _save_checkpoint(self) -> None:
+        saved = self._training_state()
+        ckpt.save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer, tensors=saved["tensors"],
+                             state={**saved["state"], "numerics": self.guard.state_dict()})
 
     def _restore(self) -> None:
         saved = ckpt.load_checkpoint(self.run_dir)
@@ -312,6 +350,17 @@ class Trainer:
             self.log(f"{self.run_dir} holds no complete checkpoint yet; starting from the beginning")
             return
         ckpt.check_state_dict(self.model.state_dict(), saved["model"], self.run_dir / ckpt.POINTER_FILE)
+        try:
+            self._load_training_state(saved)
+            self.guard.load_state_dict(saved["state"].get("numerics", {}))
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+            raise CheckpointError(f"the training state in {self.run_dir / ckpt.POINTER_FILE}'s checkpoint is damaged "
+                                  f"or was written by another program ({type(err).__name__}: {err})") from None
+        ckpt.write_metrics(self.run_dir, self.history)  # drop epochs logged after the checkpoint
+        self.log(f"resuming {self.run_dir} at epoch {self.epoch + 1}, step {self.global_step}")
+
+    def _load_training_state(self, saved: dict[str, Any]) -> None:
+        """Put back what ``_training_state`` (or a checkpoint on disk) holds."""
         self.model.load_state_dict(saved["model"])
         try:
             self.optimizer.load_state_dict(saved["optimizer"])
@@ -326,8 +375,6 @@ class Trainer:
         self.count, self.epoch_seconds, self.history = state["count"], state["epoch_seconds"], state["history"]
         self.best_val = state["best_val"] if state["best_val"] is not None else math.inf
         self.best_epoch, self.bad_epochs, self.stopped_early = state["best_epoch"], state["bad_epochs"], state["stopped_early"]
-        ckpt.write_metrics(self.run_dir, self.history)  # drop epochs logged after the checkpoint
-        self.log(f"resuming {self.run_dir} at epoch {self.epoch + 1}, step {self.global_step}")
 
 
 def train(config: RunConfig, dataset: Dataset, *, run_dir: str | Path | None = None, resume: bool = False,

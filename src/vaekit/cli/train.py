@@ -20,7 +20,7 @@ from ..train import train
 from .common import add_data_options, parse_hidden, positive_int
 
 # Options that may differ on --resume (everything else must match the saved run).
-RESUMABLE_OPTIONS = {"epochs", "device", "checkpoint_every", "progress", "data_dir"}
+RESUMABLE_OPTIONS = {"epochs", "device", "checkpoint_every", "progress", "data_dir", "max_rollbacks"}
 
 DEFAULTS = {
     "epochs": 10, "batch_size": DEFAULT_BATCH_SIZE, "lr": None, "lr_schedule": "cosine", "weight_decay": 0.0,
@@ -29,7 +29,7 @@ DEFAULTS = {
     "binarize_threshold": None, "kl_weight": 1.0, "warmup_epochs": 0, "patience": None, "seed": 0,
     "device": "auto", "checkpoint_every": None, "test_fraction": 0.1, "upper_latent_dims": (),
     "upper_hidden": (100, 100), "prior": "standard-normal", "vamp_components": 500, "objective": "elbo",
-    "objective_samples": None, "free_bits": 0.0,
+    "objective_samples": None, "free_bits": 0.0, "clip_grad_norm": None, "max_rollbacks": 3,
 }
 
 
@@ -89,6 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     t.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS",
                    help="also checkpoint every this many steps (default: at the end of every epoch)")
+    t.add_argument("--clip-grad-norm", type=float, metavar="NORM",
+                   help="scale the gradients down to this total 2-norm when it is larger (default: no clipping)")
+    t.add_argument("--max-rollbacks", type=int, metavar="N",
+                   help="when a loss or gradient becomes NaN or infinite, roll back to the last good state and halve "
+                        "the learning rate, at most N times in a row before stopping with an error (default 3; 0: stop "
+                        "at once)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_data_options(p)
@@ -120,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         if args.data is not None and parse_spec(args.data)[0] != config.data.source:
             raise ConfigError(f"{out} was trained on {config.data.source}, not {parse_spec(args.data)[0]}")
         train_cfg = dataclasses.replace(config.train, **{k: v for k, v in _given(args).items()
-                                                         if k in ("epochs", "device", "checkpoint_every")})
+                                                         if k in ("epochs", "device", "checkpoint_every", "max_rollbacks")})
         config = dataclasses.replace(config, train=train_cfg)
         dataset = load_dataset(config.data.source, data_dir=args.data_dir, like=config.data)
     else:
@@ -145,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
             seed=opts["seed"], device=opts["device"], checkpoint_every=opts["checkpoint_every"],
             upper_latent_dims=opts["upper_latent_dims"], upper_hidden=opts["upper_hidden"], prior=opts["prior"],
             vamp_components=opts["vamp_components"], objective=opts["objective"],
-            objective_samples=opts["objective_samples"], free_bits=opts["free_bits"])
+            objective_samples=opts["objective_samples"], free_bits=opts["free_bits"],
+            clip_grad_norm=opts["clip_grad_norm"], max_rollbacks=opts["max_rollbacks"])
 
     log = _logger(args.progress)
     m = config.model

@@ -10,7 +10,10 @@ from __future__ import annotations
 import csv
 import io
 import os
+import struct
+import tokenize
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +108,12 @@ _X_KEYS = ("x", "X", "data", "images", "features", "arr_0")
 _Y_KEYS = ("y", "labels", "label", "targets", "target")
 
 
+# What numpy's readers raise on a damaged .npy/.npz: a header that does not parse (SyntaxError,
+# tokenize.TokenError), a shape larger than memory (MemoryError), a corrupt zip member (zlib.error), ...
+_DAMAGED_FILE_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError, tokenize.TokenError,
+                        MemoryError, TypeError, KeyError, RecursionError, NotImplementedError, zlib.error)
+
+
 def load_array_file(path: Path) -> RawData:
     """A ``.npy`` array, or an ``.npz`` archive (keys x/y, or x_train/x_test with y_train/y_test)."""
     try:
@@ -113,8 +122,8 @@ def load_array_file(path: Path) -> RawData:
         if "allow_pickle" in str(err) or "pickle" in str(err).lower():
             raise DataError(f"{path} holds Python objects, which vaekit never unpickles; save a plain numeric array") from None
         raise DataError(f"cannot read {path} as a NumPy file: {err}") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"cannot read {path} as a NumPy file: {err}") from None
+    except _DAMAGED_FILE_ERRORS as err:
+        raise DataError(f"cannot read {path} as a NumPy file ({type(err).__name__}: {err}); it may be damaged") from None
     if isinstance(loaded, np.ndarray):
         return _array_to_raw(loaded, None, str(path))
     with loaded as archive:
@@ -137,8 +146,8 @@ def load_array_file(path: Path) -> RawData:
                 x_key = next(iter(keys))
             y_key = next((k for k in _Y_KEYS if k in keys), None)
             return _array_to_raw(archive[x_key], archive[y_key] if y_key else None, f"{path}[{x_key}]")
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-            raise DataError(f"cannot read {path}: {err}") from None
+        except _DAMAGED_FILE_ERRORS as err:
+            raise DataError(f"cannot read {path} ({type(err).__name__}: {err}); it may be damaged") from None
 
 
 def _get(archive, key: str):
@@ -155,7 +164,8 @@ def _array_to_raw(array: np.ndarray, labels: np.ndarray | None, name: str) -> Ra
     if 0 in array.shape[1:]:
         raise DataError(f"{name} has shape {array.shape}: its examples are empty")
     unit = array.dtype == np.uint8 or array.dtype == np.bool_
-    x = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused by check_finite with their position
+        x = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
     if array.ndim == 3:
         x = x[:, None]
     elif array.ndim == 4:
@@ -183,9 +193,13 @@ def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+_DAMAGED_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError,
+                         ZeroDivisionError, MemoryError, zlib.error)
+
+
 def load_image_folder(root: Path, image_size: tuple[int, int] | None = None, channels: int | None = None) -> RawData:
     """Every image under ``root`` (recursively), resized to one size; subfolder names become labels."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     files = list_images(root)
     if not files:
@@ -196,8 +210,10 @@ def load_image_folder(root: Path, image_size: tuple[int, int] | None = None, cha
             with Image.open(path) as img:
                 img.load()
                 images.append(img.copy())
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-            raise DataError(f"cannot read image {path}: {err}") from None
+        except Image.DecompressionBombError as err:
+            raise DataError(f"image {path} is too large to read safely: {err}") from None
+        except _DAMAGED_IMAGE_ERRORS as err:  # Pillow's decoders raise many types on damaged files
+            raise DataError(f"cannot read image {path} ({type(err).__name__}: {err}); it may be damaged") from None
     if channels is None:
         channels = 1 if all(img.mode in ("1", "L", "LA", "I", "I;16", "F") for img in images) else 3
     if image_size is None:
@@ -258,7 +274,10 @@ def load_csv(path: Path, label_column: str | None = None) -> RawData:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t") if text.strip() else csv.excel
     except csv.Error:
         dialect = csv.excel
-    rows = [row for row in csv.reader(io.StringIO(text), dialect) if any(cell.strip() for cell in row)]
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text), dialect) if any(cell.strip() for cell in row)]
+    except csv.Error as err:
+        raise DataError(f"cannot read {path} as CSV: {err}") from None
     if not rows:
         raise DataError(f"{path} is empty")
     has_header = not all(_is_number(cell) for cell in rows[0])
@@ -295,7 +314,8 @@ def load_csv(path: Path, label_column: str | None = None) -> RawData:
     y = None
     if label_index is not None:
         y = np.array(labels)
-        if all(_is_number(v) and float(v).is_integer() for v in labels):
+        # Whole numbers become integer labels (those beyond int64 stay text labels).
+        if all(_is_number(v) and float(v).is_integer() and abs(float(v)) < 2**63 for v in labels):
             y = np.array([int(float(v)) for v in labels], dtype=np.int64)
     return RawData(x=x.astype(np.float32), y=y, columns=[header[i] for i in feature_idx], standardize=True)
 
