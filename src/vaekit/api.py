@@ -81,7 +81,7 @@ class VAE(TransformerMixin, BaseEstimator):
                  device: str = "auto", num_importance_samples: int = 100, progress: bool = False,
                  upper_latent_dims: tuple[int, ...] = (), upper_hidden: tuple[int, ...] = (100, 100),
                  prior: str = "standard-normal", vamp_components: int = 500, objective: str = "elbo",
-                 objective_samples: int | None = None, free_bits: float = 0.0) -> None:
+                 objective_samples: int | None = None, free_bits: float = 0.0, precision: str = "fp32") -> None:
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.arch = arch
@@ -109,6 +109,7 @@ class VAE(TransformerMixin, BaseEstimator):
         self.objective = objective
         self.objective_samples = objective_samples
         self.free_bits = free_bits
+        self.precision = precision
 
     # --- training ---------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, run_dir: str | Path | None = None, resume: bool = False) -> "VAE":
@@ -123,7 +124,7 @@ class VAE(TransformerMixin, BaseEstimator):
             warmup_epochs=self.warmup_epochs, patience=self.patience, seed=self.seed, device=self.device,
             upper_latent_dims=self.upper_latent_dims, upper_hidden=self.upper_hidden, prior=self.prior,
             vamp_components=self.vamp_components, objective=self.objective, objective_samples=self.objective_samples,
-            free_bits=self.free_bits)
+            free_bits=self.free_bits, precision=self.precision)
         model, history = train(config, dataset, run_dir=run_dir, resume=resume, progress=self.progress)
         self._set_fitted(model, config, history)
         return self
@@ -299,7 +300,7 @@ class VAE(TransformerMixin, BaseEstimator):
                         test_fraction=config.data.test_fraction, seed=t.seed, device=device,
                         upper_latent_dims=m.upper_latent_dims, upper_hidden=m.upper_hidden, prior=m.prior,
                         vamp_components=m.vamp_components, objective=t.objective,
-                        objective_samples=t.objective_samples, free_bits=t.free_bits)
+                        objective_samples=t.objective_samples, free_bits=t.free_bits, precision=t.precision)
         estimator._set_fitted(model, config, ckpt.read_metrics(path))
         return estimator
 

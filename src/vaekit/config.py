@@ -25,6 +25,10 @@ OBJECTIVE_NAMES = ("elbo", "iwae")
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "silu")
 BINARIZATIONS = ("none", "static", "dynamic")
 DATA_KINDS = ("unit", "real")  # unit: every value in [0, 1] (intensities); real: any real number
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+# fp32: everything in float32; bf16/fp16: the networks run under torch.autocast in that type (fp16 with
+# gradient scaling), densities and sums stay in float32.
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -135,6 +139,7 @@ class TrainConfig:
     patience: int | None = None
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"
     checkpoint_every: int | None = None
     eval_batch_size: int = 1024
 
@@ -158,6 +163,9 @@ class TrainConfig:
         _check(self.patience is None or self.patience >= 1, f"patience must be at least 1, got {self.patience}")
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
                f"checkpoint_every must be at least 1 step, got {self.checkpoint_every}")
+        _check(self.device == "auto" or self.device.split(":")[0] in DEVICE_TYPES,
+               f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        _check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
 
 
