@@ -189,10 +189,23 @@ def shutdown() -> None:
     _context = None
 
 
+def without_option(argv: Sequence[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` / ``option=VALUE`` (torchrun would read ``--nproc`` as its own option)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            kept.append(arg)
+    return kept
+
+
 def torchrun_command(nproc: int, argv: Sequence[str]) -> list[str]:
-    """The torchrun command line that runs ``vaekit <argv>`` in ``nproc`` processes on this machine."""
+    """The torchrun command line that runs ``vaekit <argv>`` (less ``--nproc``) in ``nproc`` processes here."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-            "--nproc-per-node", str(nproc), "-m", "vaekit", *argv]
+            "--nproc-per-node", str(nproc), "-m", "vaekit", *without_option(argv, "--nproc")]
 
 
 def threads_per_process(nproc: int) -> int:
