@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -98,15 +100,25 @@ def test_global_batch_smaller_than_the_processes_is_refused(digits):
 
 @pytest.mark.slow
 def test_two_processes_train_resume_exactly_and_match_one_process(tmp_path, digits):
-    """2 gloo ranks: the validation -ELBO is that of one process with the same global batch; resume is exact."""
-    epochs = ["--epochs", "6"]
-    torchrun(["--standalone", "--nproc-per-node", "2", "-m", "vaekit", "train", "digits", "--out",
-              str(tmp_path / "whole"), *SMALL, *epochs])
-    # Half the run, then resumed in a second launch.
-    torchrun(["--standalone", "--nproc-per-node", "2", "-m", "vaekit", "train", "digits", "--out",
-              str(tmp_path / "split"), *SMALL, "--epochs", "3"])
-    torchrun(["--standalone", "--nproc-per-node", "2", "-m", "vaekit", "train", "--out", str(tmp_path / "split"),
-              "--resume", "--no-progress", *epochs])
+    """2 gloo ranks: the validation -ELBO is that of one process with the same global batch; Ctrl-C sent to
+    torchrun stops both ranks at one step with a checkpoint, and the resumed run ends bit-identical."""
+    # Batches of 16: 90 steps an epoch, long enough for the signal to arrive well before the end.
+    args = ["-m", "vaekit", "train", "digits", *SMALL, "--batch-size", "16", "--epochs", "6", "--checkpoint-every", "5"]
+    torchrun(["--standalone", "--nproc-per-node", "2", *args, "--out", str(tmp_path / "whole")])
+    cut = tmp_path / "split"
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                                 *args, "--out", str(cut)], env=run_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (cut / ckpt.POINTER_FILE).is_file() and launcher.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    launcher.send_signal(signal.SIGINT)
+    _, err = launcher.communicate(timeout=240)
+    pointer = ckpt.read_pointer(cut)
+    assert pointer is not None and pointer["global_step"] < 6 * 90, err[-3000:]  # stopped early, with a checkpoint
+    assert "interrupted after step" in err
+    torchrun(["--standalone", "--nproc-per-node", "2", "-m", "vaekit", "train", "--out", str(cut), "--resume",
+              "--no-progress"])
     assert_same_weights(tmp_path / "whole", tmp_path / "split")
     history = ckpt.read_metrics(tmp_path / "whole")
     assert [r["epoch"] for r in history] == list(range(1, 7))
@@ -114,11 +126,12 @@ def test_two_processes_train_resume_exactly_and_match_one_process(tmp_path, digi
     assert (tmp_path / "whole" / "samples.png").is_file()  # rank 0 wrote the pictures
 
     # One process, same global batch and seed: the same examples in every step, other noise draws.
-    config = make_run_config(digits, latent_dim=4, hidden=(64,), batch_size=64, seed=3, epochs=6, device="cpu")
+    config = make_run_config(digits, latent_dim=4, hidden=(64,), batch_size=16, seed=3, epochs=6, device="cpu")
     _, single = train(config, digits, progress=False)
     two, one = history[-1]["val_neg_elbo"], single[-1]["val_neg_elbo"]
     first = single[0]["val_neg_elbo"]
-    assert abs(two - one) < 0.05 * (first - one), (two, one, first)  # within 5% of what training gained
+    # One process with seeds 3, 4, 5 ends at 26.27, 25.45, 25.39: runs differing only in their draws spread ~1 nat.
+    assert abs(two - one) < 1.5, (two, one, first)
     assert one < first - 3 and two < first - 3
 
 
