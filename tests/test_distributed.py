@@ -161,3 +161,14 @@ def test_nproc_one_trains_in_this_process(tmp_path):
     assert (tmp_path / "run" / ckpt.MODEL_FILE).is_file()
     assert np.isfinite(ckpt.read_metrics(tmp_path / "run")[0]["val_neg_elbo"])
     assert vaekit.load(tmp_path / "run").sample(2).shape == (2, 1, 8, 8)
+
+
+@pytest.mark.slow
+def test_two_processes_streaming_from_disk_train_as_in_memory(tmp_path, digits):
+    """Under torchrun each rank's DataLoader reads its share of the same global batches as the in-memory path."""
+    data = tmp_path / "digits.npy"
+    np.save(data, np.round(torch.cat([digits.x_train, digits.x_test]).numpy()[:, 0] * 255).astype(np.uint8))
+    for mode in ("yes", "no"):
+        torchrun(["--standalone", "--nproc-per-node", "2", "-m", "vaekit", "train", str(data), *SMALL, "--epochs", "2",
+                  "--binarize", "dynamic", "--data-in-memory", mode, "--out", str(tmp_path / mode)])
+    assert_same_weights(tmp_path / "yes", tmp_path / "no")

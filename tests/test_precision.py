@@ -65,6 +65,7 @@ def test_only_the_networks_run_in_bf16(digits):
     torch.testing.assert_close(terms.reconstruction, reference.reconstruction, rtol=0.01, atol=0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_training_learns_like_fp32_and_keeps_float32_weights(tmp_path, digits, precision):
     _, reference = train(small_config(digits, epochs=4), digits, progress=False)
