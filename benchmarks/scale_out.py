@@ -1,6 +1,8 @@
 """Scale-out measurements: bf16 against fp32 on this CPU, and 2 processes (DDP, gloo) against 1.
 
     python benchmarks/scale_out.py --json benchmarks/results/scale_out.json     # Fashion-MNIST, 3 epochs per run
+    python benchmarks/scale_out.py --part precision --epochs 1 --repeats 1 --json ...   # what the README reports
+    python benchmarks/scale_out.py --part processes --epochs 2 --json ...
     python benchmarks/scale_out.py --quick                                      # digits, seconds
 
 precision: the same seeded run (784-400-20 MLP, dynamically binarized Fashion-MNIST, batch 128, lr 1e-3)
