@@ -83,7 +83,7 @@ class NpyArray:
         try:
             mapped = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except ValueError as err:
-            if "pickle" in str(err).lower():
+            if "pickle" in str(err).lower() or "python objects" in str(err).lower():
                 raise DataError(f"{self.path} holds Python objects, which vaekit never unpickles; save a plain "
                                 "numeric array") from None
             raise DataError(f"cannot read {self.path} as a NumPy file: {err}") from None
