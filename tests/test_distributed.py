@@ -100,25 +100,15 @@ def test_global_batch_smaller_than_the_processes_is_refused(digits):
 
 @pytest.mark.slow
 def test_two_processes_train_resume_exactly_and_match_one_process(tmp_path, digits):
-    """2 gloo ranks: the validation -ELBO is that of one process with the same global batch; Ctrl-C sent to
-    torchrun stops both ranks at one step with a checkpoint, and the resumed run ends bit-identical."""
-    # Batches of 16: 90 steps an epoch, long enough for the signal to arrive well before the end.
-    args = ["-m", "vaekit", "train", "digits", *SMALL, "--batch-size", "16", "--epochs", "6", "--checkpoint-every", "5"]
-    torchrun(["--standalone", "--nproc-per-node", "2", *args, "--out", str(tmp_path / "whole")])
+    """2 gloo ranks: the validation -ELBO is that of one process with the same global batch; a run resumed
+    from its checkpoint (in a second torchrun launch) ends bit-identical to an uninterrupted one."""
+    args = ["-m", "vaekit", "train", "digits", *SMALL, "--batch-size", "16"]
+    torchrun(["--standalone", "--nproc-per-node", "2", *args, "--epochs", "6", "--out", str(tmp_path / "whole")])
     cut = tmp_path / "split"
-    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                                 *args, "--out", str(cut)], env=run_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not (cut / ckpt.POINTER_FILE).is_file() and launcher.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    launcher.send_signal(signal.SIGINT)
-    _, err = launcher.communicate(timeout=240)
-    pointer = ckpt.read_pointer(cut)
-    assert pointer is not None and pointer["global_step"] < 6 * 90, err[-3000:]  # stopped early, with a checkpoint
-    assert "interrupted after step" in err
+    torchrun(["--standalone", "--nproc-per-node", "2", *args, "--epochs", "3", "--out", str(cut)])
+    assert ckpt.read_pointer(cut)["epoch"] == 3
     torchrun(["--standalone", "--nproc-per-node", "2", "-m", "vaekit", "train", "--out", str(cut), "--resume",
-              "--no-progress"])
+              "--epochs", "6", "--no-progress"])
     assert_same_weights(tmp_path / "whole", tmp_path / "split")
     history = ckpt.read_metrics(tmp_path / "whole")
     assert [r["epoch"] for r in history] == list(range(1, 7))
