@@ -24,11 +24,12 @@ def small_config(dataset, **train):
 
 def poison(trainer: Trainer, bad_steps: set[int] | None = None, from_step: int | None = None, where: str = "loss"):
     """Make the loss (or a gradient) NaN the first time each of ``bad_steps`` runs, or at every step from ``from_step``."""
-    objective = trainer.objective
+    train_step = trainer.train_step  # the objective on a batch (wrapped in DistributedDataParallel under torchrun)
+    model = trainer.model
     hits: list[int] = []
 
-    def poisoned(model, x, kl_weight, noise):
-        loss, rec, kl = objective(model, x, kl_weight, noise)
+    def poisoned(x, kl_weight, noise):
+        loss, rec, kl = train_step(x, kl_weight, noise)
         step = trainer.global_step + 1  # 1-based, as the guard counts
         if (bad_steps and step in bad_steps and step not in hits) or (from_step is not None and step >= from_step):
             hits.append(step)
@@ -38,7 +39,7 @@ def poison(trainer: Trainer, bad_steps: set[int] | None = None, from_step: int |
                 loss = loss + 0.0 * torch.sqrt(next(model.parameters()).sum() * 0.0)
         return loss, rec, kl
 
-    trainer.objective = poisoned
+    trainer.train_step = poisoned
     return hits
 
 

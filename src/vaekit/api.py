@@ -85,7 +85,7 @@ class VAE(TransformerMixin, BaseEstimator):
                  upper_latent_dims: tuple[int, ...] = (), upper_hidden: tuple[int, ...] = (100, 100),
                  prior: str = "standard-normal", vamp_components: int = 500, objective: str = "elbo",
                  objective_samples: int | None = None, free_bits: float = 0.0,
-                 clip_grad_norm: float | None = None, max_rollbacks: int = 3) -> None:
+                 clip_grad_norm: float | None = None, max_rollbacks: int = 3, precision: str = "fp32") -> None:
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.arch = arch
@@ -116,6 +116,7 @@ class VAE(TransformerMixin, BaseEstimator):
         self.free_bits = free_bits
         self.clip_grad_norm = clip_grad_norm
         self.max_rollbacks = max_rollbacks
+        self.precision = precision
 
     # --- training ---------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, run_dir: str | Path | None = None, resume: bool = False) -> "VAE":
@@ -131,7 +132,7 @@ class VAE(TransformerMixin, BaseEstimator):
             device=self.device, upper_latent_dims=self.upper_latent_dims, upper_hidden=self.upper_hidden,
             prior=self.prior, vamp_components=self.vamp_components, objective=self.objective,
             objective_samples=self.objective_samples, free_bits=self.free_bits, clip_grad_norm=self.clip_grad_norm,
-            max_rollbacks=self.max_rollbacks)
+            max_rollbacks=self.max_rollbacks, precision=self.precision)
         model, history = train(config, dataset, run_dir=run_dir, resume=resume, progress=self.progress)
         self._set_fitted(model, config, history)
         return self
@@ -316,7 +317,7 @@ class VAE(TransformerMixin, BaseEstimator):
                         upper_latent_dims=m.upper_latent_dims, upper_hidden=m.upper_hidden, prior=m.prior,
                         vamp_components=m.vamp_components, objective=t.objective,
                         objective_samples=t.objective_samples, free_bits=t.free_bits,
-                        clip_grad_norm=t.clip_grad_norm, max_rollbacks=t.max_rollbacks)
+                        clip_grad_norm=t.clip_grad_norm, max_rollbacks=t.max_rollbacks, precision=t.precision)
         estimator._set_fitted(model, config, ckpt.read_metrics(path))
         return estimator
 

@@ -36,6 +36,10 @@ DEFAULT_LR = 6e-3  # at DEFAULT_BATCH_SIZE; tuned for time to a test ELBO on Fas
 def default_lr(batch_size: int) -> float:
     """The learning rate used unless one is given: 6e-3 at batch 256, scaled by sqrt(batch / 256) for Adam."""
     return DEFAULT_LR * math.sqrt(batch_size / DEFAULT_BATCH_SIZE)
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+# fp32: everything in float32; bf16/fp16: the networks run under torch.autocast in that type (fp16 with
+# gradient scaling), densities and sums stay in float32.
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -149,6 +153,7 @@ class TrainConfig:
     patience: int | None = None
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"
     checkpoint_every: int | None = None
     eval_batch_size: int = 1024
     # Gradients are scaled down to this total 2-norm when it is exceeded (None: no clipping).
@@ -182,6 +187,9 @@ class TrainConfig:
         _check(self.patience is None or self.patience >= 1, f"patience must be at least 1, got {self.patience}")
         _check(self.checkpoint_every is None or self.checkpoint_every >= 1,
                f"checkpoint_every must be at least 1 step, got {self.checkpoint_every}")
+        _check(self.device == "auto" or self.device.split(":")[0] in DEVICE_TYPES,
+               f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        _check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check(self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, got {self.eval_batch_size}")
         _check(self.clip_grad_norm is None or (math.isfinite(self.clip_grad_norm) and self.clip_grad_norm > 0),
                f"clip_grad_norm must be a positive number, got {self.clip_grad_norm}")

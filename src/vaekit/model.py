@@ -57,6 +57,11 @@ class ElboTerms:
         return self.reconstruction + self.kl
 
 
+def full_precision(t: Tensor) -> Tensor:
+    """bf16/fp16 network outputs (under torch.autocast) as float32; float32 and float64 pass unchanged."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def diagonal_gaussian(mu: Tensor, logvar: Tensor) -> Independent:
     return Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1, validate_args=False)
 
@@ -73,8 +78,9 @@ class GaussianConditional(nn.Module):
 
     def forward(self, v: Tensor) -> tuple[Tensor, Tensor]:
         features = self.body(v.reshape(-1, v.shape[-1]))
-        mu = self.mean_head(features).reshape(*v.shape[:-1], -1)
-        logvar = soft_clamp(self.logvar_head(features), LOGVAR_MIN, LOGVAR_MAX).reshape(*v.shape[:-1], -1)
+        # Under mixed precision the networks run in bf16/fp16, the probabilistic part in float32.
+        mu = full_precision(self.mean_head(features)).reshape(*v.shape[:-1], -1)
+        logvar = soft_clamp(full_precision(self.logvar_head(features)), LOGVAR_MIN, LOGVAR_MAX).reshape(*v.shape[:-1], -1)
         return mu, logvar
 
 
@@ -128,8 +134,10 @@ class VAEModel(nn.Module):
     def posterior_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of q(z_1|x), each of shape (batch, latent_dim)."""
         features = self.encoder(x)
-        logvar = soft_clamp(self.logvar_head(features), LOGVAR_MIN, LOGVAR_MAX)
-        return self.mean_head(features), logvar
+        # Under mixed precision (torch.autocast) only the networks run in bf16/fp16; densities,
+        # KL terms and their sums stay in float32 (a no-op without autocast).
+        logvar = soft_clamp(full_precision(self.logvar_head(features)), LOGVAR_MIN, LOGVAR_MAX)
+        return full_precision(self.mean_head(features)), logvar
 
     def encode(self, x: Tensor) -> Distribution:
         """q(z_1|x) as a distribution with event shape (latent_dim,)."""
@@ -186,7 +194,7 @@ class VAEModel(nn.Module):
     # --- generative network ------------------------------------------------------------------
     def decoder_params(self, z: Tensor) -> Tensor:
         """The likelihood's parameters for latent vectors of shape (..., latent_dim), batch axes kept."""
-        params = self.decoder(z.reshape(-1, z.shape[-1]))
+        params = full_precision(self.decoder(z.reshape(-1, z.shape[-1])))  # float32 likelihood under autocast
         return params.reshape(*z.shape[:-1], *params.shape[1:])
 
     def decode(self, z: Tensor) -> Distribution:

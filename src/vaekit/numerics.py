@@ -48,7 +48,7 @@ class NumericalGuard:
     def __init__(self, parameters: Iterable[torch.nn.Parameter], *, device: torch.device,
                  capture: Callable[[], Any], restore: Callable[[Any], None], clip_grad_norm: float | None = None,
                  max_rollbacks: int = 3, lr_factor: float = 0.5, check_every: int | None = None,
-                 snapshot_every: int = 100) -> None:
+                 snapshot_every: int = 100, check_gradients: bool = True) -> None:
         self.parameters = [p for p in parameters if p.requires_grad]
         self.device = device
         self.capture, self.restore = capture, restore
@@ -57,6 +57,7 @@ class NumericalGuard:
         self.lr_factor = lr_factor
         self.check_every = check_every if check_every is not None else (1 if device.type == "cpu" else 32)
         self.snapshot_every = snapshot_every
+        self.check_gradients = check_gradients  # False under fp16, whose GradScaler skips overflowing steps itself
         self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
         self.bad_kind = torch.zeros((), dtype=torch.int64, device=device)
         self.last_grad_norm: Tensor | None = None
@@ -79,7 +80,7 @@ class NumericalGuard:
             torch._foreach_mul_(grads, scale)
         self.last_grad_norm = norm
         loss_ok = torch.isfinite(loss.detach())
-        bad = ~(loss_ok & torch.isfinite(norm))
+        bad = ~(loss_ok & torch.isfinite(norm)) if self.check_gradients else ~loss_ok
         new = bad & (self.first_bad_step < 0)
         self.first_bad_step = torch.where(new, step, self.first_bad_step)  # a Python scalar: no host-to-device copy
         kind = torch.where(loss_ok, _GRADIENT, _LOSS)

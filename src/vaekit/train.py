@@ -12,6 +12,11 @@ Read it top to bottom in ``Trainer.fit``. Performance habits visible here:
 Determinism: the seed fixes initialisation, each epoch's permutation (seeded by seed and epoch)
 and the noise generator (reparameterization and dynamic binarization), whose state is saved in
 every checkpoint, so a resumed CPU run ends with exactly the weights of an uninterrupted one.
+
+Scale: ``--precision bf16|fp16`` runs the forward pass under ``torch.autocast`` (``precision.py``);
+launched by torchrun, the trainer is one rank of a DistributedDataParallel job (``distributed.py``:
+each rank trains on its shard of every global batch, only rank 0 writes); data that does not fit in
+memory streams through DataLoader workers (``batches.py``, ``data/streaming.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ import torch
 from torch import Tensor
 
 from . import checkpoint as ckpt
+from . import distributed
+from .batches import epoch_permutation as _epoch_permutation  # noqa: F401  (re-exported)
+from .batches import training_batches
 from .config import RunConfig, TrainConfig
 from .data import Dataset
 from .data.transforms import binarize
@@ -37,6 +45,7 @@ from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import elbo
 from .model import VAEModel
 from .numerics import NumericalGuard
+from .precision import MixedPrecision
 from .objectives import elbo_objective, make_objective  # noqa: F401  (elbo_objective: re-exported)
 
 
@@ -108,8 +117,15 @@ def _synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def _epoch_permutation(seed: int, epoch: int, n: int) -> Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+class _ObjectiveStep(torch.nn.Module):
+    """The objective as a module, so that DistributedDataParallel sees the forward pass and syncs its gradients."""
+
+    def __init__(self, model: VAEModel, objective: Callable) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, x: Tensor, kl_weight: float, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        return self.objective(self.model, x, kl_weight, generator)
 
 
 class Trainer:
@@ -119,19 +135,26 @@ class Trainer:
                  progress: bool = True, log: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.train_config = config.train
-        self.device = resolve_device(config.train.device)
+        self.context = distributed.current()  # rank 0 of 1 unless launched by torchrun
+        self.device = distributed.device_for(config.train.device, self.context)
+        self.precision = MixedPrecision(config.train.precision, self.device)
         self.model = model.to(self.device)
         self.dataset = dataset
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.progress = progress
-        self.log = log or (lambda message: None)
+        self.writes = self.run_dir is not None and self.context.is_main  # only rank 0 writes files
+        self.progress = progress and self.context.is_main
+        self.log = (log or (lambda message: None)) if self.context.is_main else (lambda message: None)
         self.optimizer = make_optimizer(self.model, self.train_config, self.device)
         self.objective = make_objective(self.train_config)
-        self.noise = torch.Generator(device=self.device).manual_seed(self.train_config.seed)
+        self.train_step = self.context.wrap(_ObjectiveStep(self.model, self.objective), self.device)
+        self.noise = torch.Generator(device=self.device).manual_seed(
+            distributed.rank_seed(self.train_config.seed, self.context.rank))
         # Dynamic binarization draws from the intensities at every step; otherwise train on what split() gives.
         self.dynamic_binarization = dataset.config.binarize == "dynamic"
-        self.x_train = dataset.x_train if self.dynamic_binarization else dataset.split("train")
-        self.model.likelihood.check_data(self.x_train)
+        streamed = dataset.train_stream is not None  # then batches come from the stream, x_train is empty
+        self.x_train = dataset.x_train if self.dynamic_binarization or streamed else dataset.split("train")
+        if not streamed:  # a streamed split was checked as it was scanned
+            self.model.likelihood.check_data(self.x_train)
         # Loop position and bookkeeping, all saved in checkpoints.
         self.epoch = 0
         self.step_in_epoch = 0
@@ -150,22 +173,23 @@ class Trainer:
         # NaN/inf losses and gradients: detected at the step, rolled back to the last good state (numerics.py).
         self.guard = NumericalGuard(self.model.parameters(), device=self.device, capture=self._training_state,
                                     restore=self._load_training_state, clip_grad_norm=config.train.clip_grad_norm,
-                                    max_rollbacks=config.train.max_rollbacks)
+                                    max_rollbacks=config.train.max_rollbacks,
+                                    # fp16's gradient scaler skips steps with overflowing gradients by design
+                                    check_gradients=config.train.precision != "fp16")
 
     # --- the loop --------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> list[dict[str, Any]]:
         cfg = self.train_config
         if resume and self.run_dir is not None:
             self._restore()
-        if self.run_dir is not None:
+        if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.remove_stale_temp_files(self.run_dir)
             ckpt.save_config(self.run_dir, self.config)
         dynamic = self.dynamic_binarization
-        x_train = self.x_train.to(self.device)
-        x_val = self.dataset.split("test").to(self.device)
-        n = len(x_train)
-        steps_per_epoch = math.ceil(n / cfg.batch_size)
+        batches = training_batches(self.dataset, self.x_train, cfg, self.context, self.device)
+        x_val = self.dataset.split("test")[self.context.rank::self.context.world_size].to(self.device)
+        steps_per_epoch = batches.steps_per_epoch
         warmup_steps = cfg.warmup_epochs * steps_per_epoch
         total_steps = cfg.epochs * steps_per_epoch  # the horizon of the learning-rate schedule
         refresh = max(1, steps_per_epoch // 25)
@@ -173,34 +197,39 @@ class Trainer:
         with self._stop_on_ctrl_c():
             while self.epoch < cfg.epochs and not self.stopped_early:
                 self.guard.take_snapshot(self.global_step, force=self.step_in_epoch == 0)
-                perm = _epoch_permutation(cfg.seed, self.epoch, n).to(self.device)
                 bar = self._progress_bar(steps_per_epoch)
                 started = time.perf_counter() - self.epoch_seconds
                 rolled_back = False
-                for step in range(self.step_in_epoch, steps_per_epoch):
-                    x = x_train[perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
+                for step, x, global_count in batches.epoch(self.epoch, self.step_in_epoch):
                     if dynamic:
                         x = binarize(x, generator=self.noise)
                     kl_weight = cfg.kl_weight * min(1.0, (self.global_step + 1) / warmup_steps) if warmup_steps else cfg.kl_weight
-                    loss, rec_sum, kl_sum = self.objective(self.model, x, kl_weight, self.noise)
+                    with self.precision.autocast():
+                        loss, rec_sum, kl_sum = self.train_step(x, kl_weight, self.noise)
                     self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    self.precision.backward(loss * self.context.loss_weight(len(x), global_count)
+                                            if self.context.enabled else loss)
+                    if self.guard.clip_grad_norm is not None:
+                        self.precision.unscale(self.optimizer)  # clip the true gradients, not fp16-scaled ones
                     self.guard.after_backward(loss, self.global_step + 1)
                     # The schedule's rate, times the guard's reduction after NaN/inf rollbacks (1 until one happens).
                     lr = learning_rate(cfg, self.global_step, total_steps) * self.guard.lr_scale
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
-                    self.optimizer.step()
-                    self.sums += torch.stack([loss.detach() * len(x), rec_sum, kl_sum])  # float64 sums, no host sync
+                    self.precision.step(self.optimizer)
+                    self.sums += torch.stack([loss.detach().double() * len(x), rec_sum.double(), kl_sum.double()])
                     self.count += len(x)
                     self.step_in_epoch = step + 1
                     self.global_step += 1
                     if bar is not None and (self.step_in_epoch % refresh == 0 or self.step_in_epoch == steps_per_epoch):
                         bar.n = self.step_in_epoch
                         bar.set_postfix_str(f"loss {self.sums[0].item() / self.count:.3f}", refresh=True)
+                    if self.context.enabled:  # every rank stops at the same step, whichever saw the signal
+                        self._stop_requested = self.context.any(self._stop_requested, self.device)
                     checkpoint_due = self._stop_requested or bool(
                         cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0
                         and self.step_in_epoch < steps_per_epoch)
+                    # Under DDP every rank sees the same all-reduced gradients, so all of them find a fault together.
                     if (checkpoint_due or self.step_in_epoch == steps_per_epoch or self.guard.due(self.global_step)) \
                             and self._rolled_back_after_a_fault():
                         rolled_back = True  # the epoch goes on from the restored position
@@ -242,22 +271,30 @@ class Trainer:
 
     @contextlib.contextmanager
     def _stop_on_ctrl_c(self):
-        """The first Ctrl-C finishes the current step, saves a checkpoint and stops; a second one stops at once."""
+        """The first Ctrl-C finishes the current step, saves a checkpoint and stops; a second one stops at once.
+
+        Under torchrun the ranks agree on the step to stop at, and SIGTERM (what torchrun and cluster schedulers
+        send) is handled the same way; a repeated signal does not break off the checkpoint (torchrun kills
+        ranks that take too long).
+        """
         self._stop_requested = False
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+        together = self.context.enabled
 
         def handler(signum, frame):
-            if self._stop_requested:
+            if self._stop_requested and not together:
                 raise KeyboardInterrupt
             self._stop_requested = True
 
-        previous = signal.signal(signal.SIGINT, handler)
+        signals = (signal.SIGINT, signal.SIGTERM) if together else (signal.SIGINT,)
+        previous = {sig: signal.signal(sig, handler) for sig in signals}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
     def _progress_bar(self, total: int):
         if not self.progress:
@@ -270,8 +307,9 @@ class Trainer:
 
     def _end_epoch(self, x_val: Tensor, kl_weight: float) -> None:
         cfg = self.train_config
-        totals = (self.sums / max(self.count, 1)).tolist()
-        val = elbo(self.model, x_val, batch_size=cfg.eval_batch_size, seed=cfg.seed).means()
+        sums, self.count = self._global_sums()
+        totals = (sums / max(self.count, 1)).tolist()
+        val = self._validate(x_val)
         self.model.train()
         record = {
             "epoch": self.epoch + 1,
@@ -312,21 +350,47 @@ class Trainer:
         self.count = 0
         self.epoch_seconds = 0.0
         if self.run_dir is not None:
+            self._save_checkpoint()
+        if self.writes:
             from .plots import save_loss_curve
 
             ckpt.write_metrics(self.run_dir, self.history)
             if cfg.patience is None or improved:
                 ckpt.save_tensors(self.run_dir / ckpt.MODEL_FILE, self.model.state_dict())
-            self._save_checkpoint()
             # A plot costs ~0.2 s: redraw it at most once a minute, and always after the last epoch.
             last = self.epoch >= cfg.epochs or self.stopped_early
             if last or time.perf_counter() - self._plotted_at > LOSS_CURVE_INTERVAL_S:
                 save_loss_curve(self.history, self.run_dir / "loss_curve.png")
                 self._plotted_at = time.perf_counter()
 
+    def _global_sums(self) -> tuple[Tensor, int]:
+        """The epoch's running sums and example count, added up over all ranks."""
+        if not self.context.enabled:
+            return self.sums, self.count
+        both = torch.cat([self.sums, torch.tensor([float(self.count)], dtype=self.sums.dtype, device=self.device)])
+        self.context.all_reduce_sum(both)
+        return both[:3], int(both[3].item())
+
+    def _validate(self, x_val: Tensor) -> dict[str, float]:
+        """Mean -ELBO and its parts over the validation split; each rank evaluates its shard, the sums are all-reduced."""
+        cfg = self.train_config
+        if not len(x_val):  # more ranks than validation examples: this one has none
+            zeros = self.context.all_reduce_sum(torch.zeros(4, dtype=torch.float64, device=self.device)).tolist()
+            return {"neg_elbo": zeros[0] / zeros[3], "reconstruction": zeros[1] / zeros[3], "kl": zeros[2] / zeros[3]}
+        result = elbo(self.model, x_val, batch_size=cfg.eval_batch_size,
+                      seed=distributed.rank_seed(cfg.seed, self.context.rank))
+        sums = torch.stack([result.neg_elbo.double().sum(), result.reconstruction.double().sum(),
+                            result.kl.double().sum(), torch.tensor(float(len(x_val)), dtype=torch.float64,
+                                                                   device=result.kl.device)])
+        sums = self.context.all_reduce_sum(sums.to(self.device)).tolist()
+        return {"neg_elbo": sums[0] / sums[3], "reconstruction": sums[1] / sums[3], "kl": sums[2] / sums[3]}
+
     # --- checkpoints -----------------------------------------------------------------------------
     def _training_state(self) -> dict[str, Any]:
-        """Everything a checkpoint holds (references, not copies): model, optimizer, extra tensors, bookkeeping."""
+        """This rank's training state (references, not copies): model, optimizer, extra tensors, bookkeeping.
+
+        The numerical guard keeps deep copies of it in memory; checkpoints are built from it.
+        """
         tensors = {"noise_rng": self.noise.get_state(), "sums": self.sums}
         if self.best_state is not None:
             tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
@@ -335,23 +399,34 @@ class Trainer:
             "count": self.count, "epoch_seconds": self.epoch_seconds, "history": self.history,
             "best_val": self.best_val if math.isfinite(self.best_val) else None, "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
+            "world_size": self.context.world_size, "device_type": self.device.type,
+            "grad_scaler": self.precision.state_dict(),
         }
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "tensors": tensors,
                 "state": state}
 
     def _save_checkpoint(self) -> None:
+        """Write a checkpoint (rank 0); under torchrun every rank takes part, handing over its noise state and sums."""
+        noise_states = self.context.gather(self.noise.get_state().to(self.device))
+        sums, count = self._global_sums()
+        if not self.writes:
+            return
         saved = self._training_state()
-        ckpt.save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer, tensors=saved["tensors"],
-                             state={**saved["state"], "numerics": self.guard.state_dict()})
+        tensors = {**saved["tensors"], "noise_rng": noise_states[0].cpu(), "sums": sums}
+        tensors.update({f"noise_rng.rank{r}": state.cpu() for r, state in enumerate(noise_states) if r})
+        state = {**saved["state"], "count": count, "numerics": self.guard.state_dict()}
+        ckpt.save_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer, tensors=tensors, state=state)
 
     def _restore(self) -> None:
-        saved = ckpt.load_checkpoint(self.run_dir)
+        # Rank 0 reads the run directory and hands the checkpoint to the other ranks.
+        saved = self.context.broadcast_object(ckpt.load_checkpoint(self.run_dir) if self.context.is_main else None,
+                                              self.device)
         if saved is None:
             self.log(f"{self.run_dir} holds no complete checkpoint yet; starting from the beginning")
             return
         ckpt.check_state_dict(self.model.state_dict(), saved["model"], self.run_dir / ckpt.POINTER_FILE)
         try:
-            self._load_training_state(saved)
+            self._load_training_state(saved, from_checkpoint=True)
             self.guard.load_state_dict(saved["state"].get("numerics", {}))
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
             raise CheckpointError(f"the training state in {self.run_dir / ckpt.POINTER_FILE}'s checkpoint is damaged "
@@ -359,22 +434,52 @@ class Trainer:
         ckpt.write_metrics(self.run_dir, self.history)  # drop epochs logged after the checkpoint
         self.log(f"resuming {self.run_dir} at epoch {self.epoch + 1}, step {self.global_step}")
 
-    def _load_training_state(self, saved: dict[str, Any]) -> None:
-        """Put back what ``_training_state`` (or a checkpoint on disk) holds."""
+    def _load_training_state(self, saved: dict[str, Any], from_checkpoint: bool = False) -> None:
+        """Put back what ``_training_state`` (an in-memory snapshot of this rank) or a checkpoint holds.
+
+        A checkpoint holds every rank's noise state and the sums over all ranks; a snapshot only this rank's.
+        """
         self.model.load_state_dict(saved["model"])
         try:
             self.optimizer.load_state_dict(saved["optimizer"])
         except (ValueError, KeyError, RuntimeError) as err:
             raise CheckpointError(f"the optimizer state in {self.run_dir} does not fit this model: {err}") from None
         tensors, state = saved["tensors"], saved["state"]
-        self.noise.set_state(tensors["noise_rng"])
-        self.sums = tensors["sums"].to(self.device)
+        self.precision.load_state_dict(state.get("grad_scaler"))
+        if from_checkpoint:
+            self._restore_noise(tensors, state)
+            # Rank 0 carries the epoch's sums so far (over all ranks), the others start from zero: the all-reduce adds.
+            self.sums = tensors["sums"].to(self.device) if self.context.is_main else torch.zeros_like(self.sums)
+        else:
+            self.noise.set_state(tensors["noise_rng"])
+            self.sums = tensors["sums"].to(self.device)
         best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
         self.best_state = best or None
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         self.count, self.epoch_seconds, self.history = state["count"], state["epoch_seconds"], state["history"]
+        if from_checkpoint and not self.context.is_main:
+            self.count = 0
         self.best_val = state["best_val"] if state["best_val"] is not None else math.inf
         self.best_epoch, self.bad_epochs, self.stopped_early = state["best_epoch"], state["bad_epochs"], state["stopped_early"]
+
+    def _restore_noise(self, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
+        """This rank's noise generator state; with another number of processes than saved, a fresh seeded one."""
+        saved_world = state.get("world_size", 1)
+        rank = self.context.rank
+        saved = tensors.get("noise_rng" if rank == 0 else f"noise_rng.rank{rank}")
+        same_setting = saved_world == self.context.world_size and state.get("device_type", self.device.type) == \
+            self.device.type
+        if same_setting and (saved is None or saved.shape != self.noise.get_state().shape):
+            # Same processes, same kind of device: the state must be there, whole (caught as a damaged checkpoint).
+            raise ValueError("the random-generator state of this process is missing or has the wrong size")
+        if same_setting:
+            self.noise.set_state(saved)
+            return
+        # Another number of processes, or another kind of device (CPU and CUDA generators differ).
+        self.noise.manual_seed(distributed.rank_seed(self.train_config.seed, rank) + 104_729 * state["global_step"])
+        self.log(f"the checkpoint's random-generator states (from {saved_world} process(es) on another device or "
+                 f"another number of processes) do not fit this run ({self.context.world_size} on {self.device.type}): "
+                 "training continues with freshly seeded noise, so it will not match an uninterrupted run exactly")
 
 
 def train(config: RunConfig, dataset: Dataset, *, run_dir: str | Path | None = None, resume: bool = False,
@@ -383,6 +488,6 @@ def train(config: RunConfig, dataset: Dataset, *, run_dir: str | Path | None = N
     model = build_model(config)
     trainer = Trainer(model, dataset, config, run_dir=run_dir, progress=progress, log=log)
     history = trainer.fit(resume=resume)
-    if run_dir is not None:
+    if trainer.writes:
         ckpt.save_tensors(Path(run_dir) / ckpt.MODEL_FILE, trainer.model.state_dict())
     return trainer.model, history

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import dataclasses
 import sys
 import time
 from pathlib import Path
 
 from .. import checkpoint as ckpt
+from .. import distributed
 from ..api import make_run_config
 from ..config import (ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, DEFAULT_BATCH_SIZE, LR_SCHEDULES,
-                      OBJECTIVE_NAMES,
-                      PRIOR_NAMES, RunConfig)
+                      OBJECTIVE_NAMES, PRECISIONS, PRIOR_NAMES, RunConfig)
+from ..data.streaming import DEFAULT_LOADER_WORKERS, IN_MEMORY_CHOICES
 from ..data import load_dataset, parse_spec
 from ..errors import ConfigError
 from ..likelihoods import LIKELIHOODS
@@ -20,7 +22,7 @@ from ..train import train
 from .common import add_data_options, parse_hidden, positive_int
 
 # Options that may differ on --resume (everything else must match the saved run).
-RESUMABLE_OPTIONS = {"epochs", "device", "checkpoint_every", "progress", "data_dir", "max_rollbacks"}
+RESUMABLE_OPTIONS = {"epochs", "device", "precision", "checkpoint_every", "progress", "data_dir", "max_rollbacks"}
 
 DEFAULTS = {
     "epochs": 10, "batch_size": DEFAULT_BATCH_SIZE, "lr": None, "lr_schedule": "cosine", "weight_decay": 0.0,
@@ -29,7 +31,7 @@ DEFAULTS = {
     "binarize_threshold": None, "kl_weight": 1.0, "warmup_epochs": 0, "patience": None, "seed": 0,
     "device": "auto", "checkpoint_every": None, "test_fraction": 0.1, "upper_latent_dims": (),
     "upper_hidden": (100, 100), "prior": "standard-normal", "vamp_components": 500, "objective": "elbo",
-    "objective_samples": None, "free_bits": 0.0, "clip_grad_norm": None, "max_rollbacks": 3,
+    "objective_samples": None, "free_bits": 0.0, "clip_grad_norm": None, "max_rollbacks": 3, "precision": "fp32",
 }
 
 
@@ -86,7 +88,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--patience", type=positive_int, help="stop after this many epochs without a better validation -ELBO, "
                    "keeping the best weights (default: no early stopping)")
     t.add_argument("--seed", type=int, help="seed for initialisation, data order and sampling (default 0)")
-    t.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    t.add_argument("--device", help="auto (CUDA, else MPS, else the CPU), cpu, cuda, cuda:N or mps (default auto)")
+    t.add_argument("--precision", choices=PRECISIONS,
+                   help="fp32, or bf16/fp16: the networks run under torch.autocast in that type (fp16 with gradient "
+                        "scaling); densities and weights stay float32 (default fp32)")
+    t.add_argument("--nproc", type=positive_int, metavar="N",
+                   help="train in N processes on this machine with DistributedDataParallel (starts torchrun; gloo on "
+                        "CPU, NCCL on GPUs); --batch-size is the global batch. For several machines run torchrun "
+                        "yourself (see the README)")
     t.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS",
                    help="also checkpoint every this many steps (default: at the end of every epoch)")
     t.add_argument("--clip-grad-norm", type=float, metavar="NORM",
@@ -98,6 +107,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_data_options(p)
+    d = p.add_argument_group("data bigger than memory")
+    d.add_argument("--data-in-memory", choices=IN_MEMORY_CHOICES, default="auto",
+                   help="auto: hold the data in memory when it fits --memory-budget-mb, else stream the training split of "
+                        "a .npy file, a folder of .npy shards or of images from disk; yes: always load it whole; "
+                        "no: always stream (default auto)")
+    d.add_argument("--memory-budget-mb", type=float, metavar="MB",
+                   help="memory the data may take (default: half of the available memory)")
+    d.add_argument("--loader-workers", type=int, default=DEFAULT_LOADER_WORKERS, metavar="N",
+                   help=f"DataLoader worker processes reading streamed batches (default {DEFAULT_LOADER_WORKERS})")
     p.set_defaults(func=run)
 
 
@@ -113,7 +131,28 @@ def _option_value(config: RunConfig, name: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.nproc is not None and args.nproc > 1 and not distributed.launched_by_torchrun():
+        return distributed.launch(args.nproc, args.argv)  # each rank runs this command again under torchrun
+    finished = False
+    try:
+        code = _train(args)
+        finished = True
+    finally:
+        distributed.shutdown(wait_for_all=finished)
+    if distributed.launched_by_torchrun():
+        # Every file is written and the process group is gone. Skip the interpreter's teardown: in about one
+        # run in three a torch C++ thread was destroyed while joinable during it and the rank aborted
+        # (SIGABRT, "terminate called without an active exception"), which torchrun reports as a failed run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _train(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    data_options = dict(in_memory=args.data_in_memory, memory_budget_mb=args.memory_budget_mb,
+                        loader_workers=args.loader_workers)
     if args.resume and ckpt.is_run_dir(out):
         config = ckpt.load_config(out)
         conflicts = [f"--{k.replace('_', '-')} {v} (the run has {_option_value(config, k)})"
@@ -126,9 +165,10 @@ def run(args: argparse.Namespace) -> int:
         if args.data is not None and parse_spec(args.data)[0] != config.data.source:
             raise ConfigError(f"{out} was trained on {config.data.source}, not {parse_spec(args.data)[0]}")
         train_cfg = dataclasses.replace(config.train, **{k: v for k, v in _given(args).items()
-                                                         if k in ("epochs", "device", "checkpoint_every", "max_rollbacks")})
+                                                         if k in ("epochs", "device", "precision", "checkpoint_every",
+                                                                  "max_rollbacks")})
         config = dataclasses.replace(config, train=train_cfg)
-        dataset = load_dataset(config.data.source, data_dir=args.data_dir, like=config.data)
+        dataset = load_dataset(config.data.source, data_dir=args.data_dir, like=config.data, **data_options)
     else:
         if args.data is None:
             raise ConfigError("name the data to train on (a built-in name or a path), or use --resume with an existing run")
@@ -141,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         dataset = load_dataset(source, data_dir=args.data_dir, image_size=args.image_size, channels=args.channels,
                                label_column=args.label_column, test_fraction=opts["test_fraction"],
                                split_seed=opts["seed"], binarize=opts["binarize"],
-                               binarize_threshold=opts["binarize_threshold"])
+                               binarize_threshold=opts["binarize_threshold"], **data_options)
         config = make_run_config(
             dataset, latent_dim=opts["latent_dim"], hidden=opts["hidden"], arch=opts["arch"],
             likelihood=opts["likelihood"], activation=opts["activation"], gaussian_std=opts["gaussian_std"],
@@ -152,9 +192,10 @@ def run(args: argparse.Namespace) -> int:
             upper_latent_dims=opts["upper_latent_dims"], upper_hidden=opts["upper_hidden"], prior=opts["prior"],
             vamp_components=opts["vamp_components"], objective=opts["objective"],
             objective_samples=opts["objective_samples"], free_bits=opts["free_bits"],
-            clip_grad_norm=opts["clip_grad_norm"], max_rollbacks=opts["max_rollbacks"])
+            clip_grad_norm=opts["clip_grad_norm"], max_rollbacks=opts["max_rollbacks"], precision=opts["precision"])
 
-    log = _logger(args.progress)
+    context = distributed.initialize(config.train.device)  # joins torchrun's process group, if launched by it
+    log = _logger(args.progress) if context.is_main else (lambda message: None)
     m = config.model
     log(f"data: {dataset}")
     t = config.train
@@ -162,9 +203,14 @@ def run(args: argparse.Namespace) -> int:
     log(f"model: {m.arch} {','.join(map(str, m.hidden))} -> latent {latents}, likelihood {m.likelihood}, prior {m.prior}; "
         f"training {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} ({t.lr_schedule}), objective {t.objective}"
         + (f" (k={t.objective_samples})" if t.objective_samples > 1 else "")
-        + (f", free bits {t.free_bits}" if t.free_bits else ""))
+        + (f", free bits {t.free_bits}" if t.free_bits else "")
+        + (f", precision {t.precision}" if t.precision != "fp32" else "")
+        + (f"; {context.world_size} processes ({context.backend}), global batch split over them"
+           if context.enabled else ""))
     started = time.perf_counter()
     model, history = train(config, dataset, run_dir=out, resume=args.resume, progress=args.progress, log=log)
+    if not context.is_main:
+        return 0
     _write_pictures(out, dataset)
     last = history[-1] if history else {}
     log(f"done in {time.perf_counter() - started:.1f} s: validation -ELBO {last.get('val_neg_elbo', float('nan')):.3f} "

@@ -16,6 +16,8 @@ from torch import Tensor
 from ..config import DataConfig
 from ..errors import DataError
 from .sources import BUILTIN_NAMES, RawData, check_finite, load_source
+from . import streaming
+from .streaming import StreamedSplit
 from .transforms import binarize, split_generator, standardize_stats, to_model_units, to_original_units
 
 __all__ = ["Dataset", "load_dataset", "parse_spec", "BUILTIN_NAMES", "to_original_units", "to_model_units"]
@@ -48,10 +50,18 @@ class Dataset:
     class_names: list[str] | None = None
     # Position of each example in the source (train then test), so that ``split('all')`` keeps file order.
     order: np.ndarray | None = None
+    # Data bigger than memory: the training split read from disk batch by batch (``x_train`` is then empty,
+    # shape (0, *shape)); see ``data.streaming``.
+    train_stream: "StreamedSplit | None" = None
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_train(self) -> int:
+        """Examples in the training split, streamed or in memory."""
+        return len(self.train_stream) if self.train_stream is not None else len(self.x_train)
 
     @property
     def kind(self) -> str:
@@ -63,6 +73,10 @@ class Dataset:
 
     def split(self, which: str = "test") -> Tensor:
         """The examples of split ``which`` ('train', 'test' or 'all'), binarized as the config says."""
+        if self.train_stream is not None and which in ("train", "all"):
+            raise DataError(f"the training split of {self.name} is streamed from disk (it does not fit the memory "
+                            "budget), so it cannot be returned whole; use its test split, or load it with "
+                            "in_memory='yes' (--data-in-memory yes)")
         if which == "all":
             x = torch.cat([self.x_train, self.x_test])
             if self.order is not None:
@@ -86,8 +100,9 @@ class Dataset:
         return y[np.argsort(self.order)] if self.order is not None else y
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.name!r}, train={len(self.x_train)}, test={len(self.x_test)}, shape={self.shape}, "
-                f"kind={self.kind!r}, labels={self.y_train is not None})")
+        streamed = ", train streamed from disk" if self.train_stream is not None else ""
+        return (f"Dataset({self.name!r}, train={self.num_train}, test={len(self.x_test)}, shape={self.shape}, "
+                f"kind={self.kind!r}, labels={self.y_train is not None}{streamed})")
 
 
 def load_dataset(
@@ -103,11 +118,19 @@ def load_dataset(
     binarize_threshold: float | None = None,
     standardize: bool | None = None,
     like: DataConfig | None = None,
+    in_memory: str = "auto",
+    memory_budget_mb: float | None = None,
+    loader_workers: int = streaming.DEFAULT_LOADER_WORKERS,
 ) -> Dataset:
     """Load a data set by specification (a trailing ``:split`` is ignored here; see ``parse_spec``).
 
     With ``like`` (a trained run's ``DataConfig``) the data is prepared exactly as that run's was:
     same image size and channels, same split, same binarization, same standardization statistics.
+
+    ``in_memory``: ``auto`` holds the data in memory when it fits ``memory_budget_mb`` (default: half the
+    available memory) and otherwise streams the training split of a ``.npy`` file, a folder of ``.npy``
+    shards or a folder of images from disk (``Dataset.train_stream``, read by ``loader_workers`` DataLoader
+    worker processes); ``yes`` always loads it whole, ``no`` always streams.
     """
     source, _ = parse_spec(spec)
     if like is not None:
@@ -117,6 +140,23 @@ def load_dataset(
     config = DataConfig(source=source, binarize=binarize, binarize_threshold=binarize_threshold,
                         test_fraction=test_fraction, split_seed=split_seed, image_size=image_size,
                         channels=channels, label_column=label_column)
+    if in_memory not in streaming.IN_MEMORY_CHOICES:
+        raise DataError(f"in_memory must be one of {', '.join(streaming.IN_MEMORY_CHOICES)}, got {in_memory!r}")
+    if memory_budget_mb is not None and not memory_budget_mb > 0:
+        raise DataError(f"the memory budget must be a positive number of MiB, got {memory_budget_mb}")
+    if loader_workers < 0:
+        raise DataError(f"loader_workers must be zero or more, got {loader_workers}")
+    if in_memory != "yes":
+        budget = memory_budget_mb if memory_budget_mb is not None else streaming.default_memory_budget_mb()
+        sources = streaming.open_streamable(source, image_size, channels)
+        if sources is None and in_memory == "no":
+            raise DataError(f"{source} cannot be streamed from disk; streaming reads a .npy file, a folder of .npy "
+                            "shards or a folder of images (save large arrays with numpy.save)")
+        if sources is not None:
+            needed_mb = streaming.LOADING_OVERHEAD * sum(streaming.float32_bytes(s) for s in sources if s) / 2**20
+            if in_memory == "no" or needed_mb > budget:
+                return streaming.load_streamed(source, sources, config, like=like, standardize=standardize,
+                                               memory_budget_mb=budget, num_workers=loader_workers)
     raw = load_source(source, data_dir=data_dir, image_size=image_size, channels=channels, label_column=label_column)
     check_finite(raw.x, source)
     if raw.x_test is not None:
@@ -148,17 +188,21 @@ def load_dataset(
                    y_train=y_train, y_test=y_test, config=config, class_names=raw.class_names, order=order)
 
 
-def _split(raw: RawData, test_fraction: float, seed: int):
-    if raw.x_test is not None:
-        return raw.x, raw.y, raw.x_test, raw.y_test, None
-    n = len(raw.x)
+def _split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The seeded held-out split of n examples: (train indices, test indices, source position of train then test)."""
     if n < 2:
         raise DataError(f"the data holds {n} example(s); vaekit needs at least 2 to hold one out for testing")
     n_test = min(n - 1, max(1, int(round(n * test_fraction))))
     perm = np.random.default_rng(seed).permutation(n)
     test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    return train_idx, test_idx, np.concatenate([train_idx, test_idx])
+
+
+def _split(raw: RawData, test_fraction: float, seed: int):
+    if raw.x_test is not None:
+        return raw.x, raw.y, raw.x_test, raw.y_test, None
+    train_idx, test_idx, order = _split_indices(len(raw.x), test_fraction, seed)
     y = raw.y
-    order = np.concatenate([train_idx, test_idx])
     return (raw.x[train_idx], None if y is None else y[train_idx],
             raw.x[test_idx], None if y is None else y[test_idx], order)
 

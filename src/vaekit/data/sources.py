@@ -110,7 +110,7 @@ _Y_KEYS = ("y", "labels", "label", "targets", "target")
 
 # What numpy's readers raise on a damaged .npy/.npz: a header that does not parse (SyntaxError,
 # tokenize.TokenError), a shape larger than memory (MemoryError), a corrupt zip member (zlib.error), ...
-_DAMAGED_FILE_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError, tokenize.TokenError,
+DAMAGED_FILE_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, SyntaxError, tokenize.TokenError,
                         MemoryError, TypeError, KeyError, RecursionError, NotImplementedError, zlib.error)
 
 
@@ -122,7 +122,7 @@ def load_array_file(path: Path) -> RawData:
         if "allow_pickle" in str(err) or "pickle" in str(err).lower():
             raise DataError(f"{path} holds Python objects, which vaekit never unpickles; save a plain numeric array") from None
         raise DataError(f"cannot read {path} as a NumPy file: {err}") from None
-    except _DAMAGED_FILE_ERRORS as err:
+    except DAMAGED_FILE_ERRORS as err:
         raise DataError(f"cannot read {path} as a NumPy file ({type(err).__name__}: {err}); it may be damaged") from None
     if isinstance(loaded, np.ndarray):
         return _array_to_raw(loaded, None, str(path))
@@ -146,7 +146,7 @@ def load_array_file(path: Path) -> RawData:
                 x_key = next(iter(keys))
             y_key = next((k for k in _Y_KEYS if k in keys), None)
             return _array_to_raw(archive[x_key], archive[y_key] if y_key else None, f"{path}[{x_key}]")
-        except _DAMAGED_FILE_ERRORS as err:
+        except DAMAGED_FILE_ERRORS as err:
             raise DataError(f"cannot read {path} ({type(err).__name__}: {err}); it may be damaged") from None
 
 
@@ -154,30 +154,38 @@ def _get(archive, key: str):
     return archive[key] if key in archive.files else None
 
 
-def _array_to_raw(array: np.ndarray, labels: np.ndarray | None, name: str) -> RawData:
-    if array.dtype.kind not in "buif":
-        raise DataError(f"{name} has dtype {array.dtype}; vaekit needs numbers (bool, integer or float)")
-    if array.ndim < 2:
-        raise DataError(f"{name} has shape {array.shape}; it needs one row per example, e.g. (examples, features)")
-    if array.shape[0] == 0:
+def check_array_layout(shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
+    """Refuse arrays that are not one numeric example per row: (n, features), (n, h, w) or 4-D images."""
+    if dtype.kind not in "buif":
+        raise DataError(f"{name} has dtype {dtype}; vaekit needs numbers (bool, integer or float)")
+    if len(shape) < 2:
+        raise DataError(f"{name} has shape {shape}; it needs one row per example, e.g. (examples, features)")
+    if shape[0] == 0:
         raise DataError(f"{name} holds no examples")
-    if 0 in array.shape[1:]:
-        raise DataError(f"{name} has shape {array.shape}: its examples are empty")
-    unit = array.dtype == np.uint8 or array.dtype == np.bool_
+    if 0 in shape[1:]:
+        raise DataError(f"{name} has shape {shape}: its examples are empty")
+    if len(shape) == 4 and shape[1] not in (1, 3) and shape[-1] not in (1, 3, 4):
+        raise DataError(f"{name} has shape {shape}; 4-D arrays must be images with 1 or 3 channels "
+                        "(examples, channels, height, width) or (examples, height, width, channels)")
+    if len(shape) > 4:
+        raise DataError(f"{name} has shape {shape}; vaekit reads vectors (2-D) or images (3-D or 4-D)")
+
+
+def to_float_examples(array: np.ndarray) -> np.ndarray:
+    """Rows of a checked array as float32 examples in model layout: uint8 / 255, (n, c, h, w) for images."""
     with np.errstate(over="ignore"):  # values beyond float32 become inf, refused by check_finite with their position
         x = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
     if array.ndim == 3:
         x = x[:, None]
-    elif array.ndim == 4:
-        if x.shape[1] in (1, 3):
-            pass
-        elif x.shape[-1] in (1, 3, 4):
-            x = np.ascontiguousarray(x[..., :3].transpose(0, 3, 1, 2)) if x.shape[-1] != 1 else x.transpose(0, 3, 1, 2)
-        else:
-            raise DataError(f"{name} has shape {array.shape}; 4-D arrays must be images with 1 or 3 channels "
-                            "(examples, channels, height, width) or (examples, height, width, channels)")
-    elif array.ndim > 4:
-        raise DataError(f"{name} has shape {array.shape}; vaekit reads vectors (2-D) or images (3-D or 4-D)")
+    elif array.ndim == 4 and x.shape[1] not in (1, 3):
+        x = np.ascontiguousarray(x[..., :3].transpose(0, 3, 1, 2)) if x.shape[-1] != 1 else x.transpose(0, 3, 1, 2)
+    return x
+
+
+def _array_to_raw(array: np.ndarray, labels: np.ndarray | None, name: str) -> RawData:
+    check_array_layout(array.shape, array.dtype, name)
+    unit = array.dtype == np.uint8 or array.dtype == np.bool_
+    x = to_float_examples(array)
     if labels is not None:
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) != len(x):
@@ -193,7 +201,7 @@ def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-_DAMAGED_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError,
+DAMAGED_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, KeyError, TypeError,
                          ZeroDivisionError, MemoryError, zlib.error)
 
 
@@ -212,33 +220,50 @@ def load_image_folder(root: Path, image_size: tuple[int, int] | None = None, cha
                 images.append(img.copy())
         except Image.DecompressionBombError as err:
             raise DataError(f"image {path} is too large to read safely: {err}") from None
-        except _DAMAGED_IMAGE_ERRORS as err:  # Pillow's decoders raise many types on damaged files
+        except DAMAGED_IMAGE_ERRORS as err:  # Pillow's decoders raise many types on damaged files
             raise DataError(f"cannot read image {path} ({type(err).__name__}: {err}); it may be damaged") from None
-    if channels is None:
-        channels = 1 if all(img.mode in ("1", "L", "LA", "I", "I;16", "F") for img in images) else 3
-    if image_size is None:
-        sizes = Counter((img.height, img.width) for img in images)
-        (common, _), = sizes.most_common(1)
-        image_size = common if len(sizes) == 1 and max(common) <= DEFAULT_MAX_IMAGE_SIDE else DEFAULT_RESIZED_IMAGE
-    height, width = image_size
-    mode = "L" if channels == 1 else "RGB"
+    channels, (height, width) = choose_image_layout([(img.mode, img.height, img.width) for img in images],
+                                                    image_size, channels)
     x = np.empty((len(images), channels, height, width), dtype=np.float32)
     for i, img in enumerate(images):
-        img = _to_mode(img, mode)
-        if (img.height, img.width) != (height, width):
-            img = img.resize((width, height), Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.float32) / 255.0
-        x[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-    parents = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "" for p in files]
-    class_names = sorted(set(parents))
-    labels = None
-    if len(class_names) > 1 and "" not in class_names:
-        index = {name: i for i, name in enumerate(class_names)}
-        labels = np.array([index[p] for p in parents], dtype=np.int64)
-    else:
-        class_names = None
+        x[i] = image_to_array(img, channels, (height, width))
+    labels, class_names = folder_labels(root, files)
     return RawData(x=x, y=labels, unit_range=True, class_names=class_names,
                    image_size=(height, width), channels=channels, extra={"files": [str(p) for p in files]})
+
+
+def choose_image_layout(headers: list[tuple[str, int, int]], image_size: tuple[int, int] | None,
+                        channels: int | None) -> tuple[int, tuple[int, int]]:
+    """Channels and (height, width) for images with these (mode, height, width): as asked, else from the images."""
+    if channels is None:
+        channels = 1 if all(mode in ("1", "L", "LA", "I", "I;16", "F") for mode, _, _ in headers) else 3
+    if image_size is None:
+        sizes = Counter((h, w) for _, h, w in headers)
+        (common, _), = sizes.most_common(1)
+        image_size = common if len(sizes) == 1 and max(common) <= DEFAULT_MAX_IMAGE_SIDE else DEFAULT_RESIZED_IMAGE
+    return channels, tuple(image_size)
+
+
+def image_to_array(img, channels: int, size: tuple[int, int]) -> np.ndarray:
+    """One PIL image as float32 (channels, height, width) in [0, 1], converted and resized (bilinear) as needed."""
+    from PIL import Image
+
+    height, width = size
+    img = _to_mode(img, "L" if channels == 1 else "RGB")
+    if (img.height, img.width) != (height, width):
+        img = img.resize((width, height), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def folder_labels(root: Path, files: list[Path]) -> tuple[np.ndarray | None, list[str] | None]:
+    """Labels from the first subfolder under ``root`` when every image lies in one and there are several."""
+    parents = [p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1 else "" for p in files]
+    class_names = sorted(set(parents))
+    if len(class_names) > 1 and "" not in class_names:
+        index = {name: i for i, name in enumerate(class_names)}
+        return np.array([index[p] for p in parents], dtype=np.int64), class_names
+    return None, None
 
 
 def _to_mode(img, mode: str):
