@@ -196,3 +196,13 @@ def test_short_fashion_mnist_run_learns(fashion_mnist):
     _, history = train(config, data, progress=False)
     assert untrained > 500  # 784 * log 2 = 543 nats for a decoder that knows nothing
     assert history[0]["val_neg_elbo"] < 300, history
+
+
+def test_adam_beta2_reaches_the_optimizer_and_is_validated(digits):
+    from vaekit.train import make_optimizer
+
+    config = make_run_config(digits, latent_dim=2, hidden=(8,), epochs=1, adam_beta2=0.999, device="cpu")
+    optimizer = make_optimizer(build_model(config), config.train, torch.device("cpu"))
+    assert optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+    with pytest.raises(vaekit.ConfigError, match="adam_beta2"):
+        make_run_config(digits, adam_beta2=1.0)

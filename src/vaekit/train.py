@@ -53,7 +53,7 @@ LOSS_CURVE_INTERVAL_S = 60.0
 LR_WARMUP_FRACTION = 0.05
 # Adam's second-moment decay: 0.99 instead of torch's 0.999 adapts faster to the shrinking gradients of the
 # first epochs; on Fashion-MNIST it reaches a given test ELBO about half an epoch earlier (benchmarks/speed.py).
-ADAM_BETAS = (0.9, 0.99)
+ADAM_BETA1 = 0.9
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,7 +87,7 @@ def build_model(config: RunConfig, seed: int | None = None) -> VAEModel:
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """Adam, fused into a few kernels where this PyTorch supports it on the device, else multi-tensor."""
     params = [p for p in model.parameters() if p.requires_grad]
-    settings = dict(lr=config.lr, betas=ADAM_BETAS, weight_decay=config.weight_decay)
+    settings = dict(lr=config.lr, betas=(ADAM_BETA1, config.adam_beta2), weight_decay=config.weight_decay)
     try:
         return torch.optim.Adam(params, **settings, fused=True)
     except (RuntimeError, TypeError):
