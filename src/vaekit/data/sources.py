@@ -7,6 +7,7 @@ cannot be read raises ``DataError`` with the file and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -15,7 +16,9 @@ import tokenize
 import zipfile
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -114,16 +117,22 @@ DAMAGED_FILE_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, Syntax
                         MemoryError, TypeError, KeyError, RecursionError, NotImplementedError, zlib.error)
 
 
-def load_array_file(path: Path) -> RawData:
-    """A ``.npy`` array, or an ``.npz`` archive (keys x/y, or x_train/x_test with y_train/y_test)."""
+def load_numpy_file(path: Path, mmap_mode: str | None = None):
+    """``np.load`` without unpickling, every failure a ``DataError``: an array (memory-mapped with ``mmap_mode``),
+    or an open ``.npz`` archive."""
     try:
-        loaded = np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except ValueError as err:
-        if "allow_pickle" in str(err) or "pickle" in str(err).lower():
+        if "pickle" in str(err).lower() or "python objects" in str(err).lower():
             raise DataError(f"{path} holds Python objects, which vaekit never unpickles; save a plain numeric array") from None
         raise DataError(f"cannot read {path} as a NumPy file: {err}") from None
     except DAMAGED_FILE_ERRORS as err:
         raise DataError(f"cannot read {path} as a NumPy file ({type(err).__name__}: {err}); it may be damaged") from None
+
+
+def load_array_file(path: Path) -> RawData:
+    """A ``.npy`` array, or an ``.npz`` archive (keys x/y, or x_train/x_test with y_train/y_test)."""
+    loaded = load_numpy_file(path)
     if isinstance(loaded, np.ndarray):
         return _array_to_raw(loaded, None, str(path))
     with loaded as archive:
@@ -205,23 +214,31 @@ DAMAGED_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error
                          ZeroDivisionError, MemoryError, zlib.error)
 
 
-def load_image_folder(root: Path, image_size: tuple[int, int] | None = None, channels: int | None = None) -> RawData:
-    """Every image under ``root`` (recursively), resized to one size; subfolder names become labels."""
+@contextlib.contextmanager
+def open_image(path: Path) -> Iterator[Any]:
+    """``PIL.Image.open(path)``, with every failure while it is open (a damaged file, a decompression bomb) a
+    ``DataError`` that names the file."""
     from PIL import Image
 
+    try:
+        with Image.open(path) as img:
+            yield img
+    except Image.DecompressionBombError as err:
+        raise DataError(f"image {path} is too large to read safely: {err}") from None
+    except DAMAGED_IMAGE_ERRORS as err:  # Pillow's decoders raise many types on damaged files
+        raise DataError(f"cannot read image {path} ({type(err).__name__}: {err}); it may be damaged") from None
+
+
+def load_image_folder(root: Path, image_size: tuple[int, int] | None = None, channels: int | None = None) -> RawData:
+    """Every image under ``root`` (recursively), resized to one size; subfolder names become labels."""
     files = list_images(root)
     if not files:
         raise DataError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     images = []
     for path in files:
-        try:
-            with Image.open(path) as img:
-                img.load()
-                images.append(img.copy())
-        except Image.DecompressionBombError as err:
-            raise DataError(f"image {path} is too large to read safely: {err}") from None
-        except DAMAGED_IMAGE_ERRORS as err:  # Pillow's decoders raise many types on damaged files
-            raise DataError(f"cannot read image {path} ({type(err).__name__}: {err}); it may be damaged") from None
+        with open_image(path) as img:
+            img.load()
+            images.append(img.copy())
     channels, (height, width) = choose_image_layout([(img.mode, img.height, img.width) for img in images],
                                                     image_size, channels)
     x = np.empty((len(images), channels, height, width), dtype=np.float32)

@@ -32,8 +32,8 @@ import torch
 
 from ..config import DataConfig
 from ..errors import DataError
-from .sources import (DAMAGED_FILE_ERRORS, DAMAGED_IMAGE_ERRORS, IMAGE_SUFFIXES, check_array_layout, choose_image_layout, folder_labels, image_to_array,
-                      list_images, to_float_examples)
+from .sources import (IMAGE_SUFFIXES, check_array_layout, choose_image_layout, folder_labels, image_to_array,
+                      list_images, load_numpy_file, open_image, to_float_examples)
 from .transforms import standardize_stats, to_model_units
 
 IN_MEMORY_CHOICES = ("auto", "yes", "no")
@@ -80,16 +80,7 @@ class NpyArray:
         del mapped
 
     def _map(self) -> np.ndarray:
-        try:
-            mapped = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        except ValueError as err:
-            if "pickle" in str(err).lower() or "python objects" in str(err).lower():
-                raise DataError(f"{self.path} holds Python objects, which vaekit never unpickles; save a plain "
-                                "numeric array") from None
-            raise DataError(f"cannot read {self.path} as a NumPy file: {err}") from None
-        except DAMAGED_FILE_ERRORS as err:
-            raise DataError(f"cannot read {self.path} as a NumPy file ({type(err).__name__}: {err}); it may be "
-                            "damaged") from None
+        mapped = load_numpy_file(self.path, mmap_mode="r")
         if not isinstance(mapped, np.ndarray):
             raise DataError(f"{self.path} is not a single .npy array")
         return mapped
@@ -156,21 +147,14 @@ class ImageFiles:
     unit_range = True
 
     def __init__(self, root: Path, image_size: tuple[int, int] | None = None, channels: int | None = None) -> None:
-        from PIL import Image
-
         self.root = Path(root)
         self.files = list_images(self.root)
         if not self.files:
             raise DataError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         headers = []
         for path in self.files:
-            try:
-                with Image.open(path) as img:  # reads the header only
-                    headers.append((img.mode, img.height, img.width))
-            except Image.DecompressionBombError as err:
-                raise DataError(f"image {path} is too large to read safely: {err}") from None
-            except DAMAGED_IMAGE_ERRORS as err:  # Pillow's decoders raise many types on damaged files
-                raise DataError(f"cannot read image {path} ({type(err).__name__}: {err}); it may be damaged") from None
+            with open_image(path) as img:  # reads the header only
+                headers.append((img.mode, img.height, img.width))
         self.channels, self.image_size = choose_image_layout(headers, image_size, channels)
         self.example_shape = (self.channels, *self.image_size)
         self.labels, self.class_names = folder_labels(self.root, self.files)
@@ -179,19 +163,11 @@ class ImageFiles:
         return len(self.files)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
-        from PIL import Image
-
         out = np.empty((len(indices), *self.example_shape), dtype=np.float32)
         for row, index in enumerate(indices):
-            path = self.files[int(index)]
-            try:
-                with Image.open(path) as img:
-                    img.load()
-                    out[row] = image_to_array(img, self.channels, self.image_size)
-            except Image.DecompressionBombError as err:
-                raise DataError(f"image {path} is too large to read safely: {err}") from None
-            except DAMAGED_IMAGE_ERRORS as err:
-                raise DataError(f"cannot read image {path} ({type(err).__name__}: {err}); it may be damaged") from None
+            with open_image(self.files[int(index)]) as img:
+                img.load()
+                out[row] = image_to_array(img, self.channels, self.image_size)
         return out
 
 
