@@ -34,7 +34,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from .sources import (IMAGE_SUFFIXES, check_array_layout, choose_image_layout, folder_labels, image_to_array,
                       list_images, load_numpy_file, open_image, to_float_examples)
-from .transforms import standardize_stats, to_model_units
+from .transforms import to_model_units
 
 IN_MEMORY_CHOICES = ("auto", "yes", "no")
 DEFAULT_BUDGET_FRACTION = 0.5
