@@ -16,6 +16,13 @@ The full mode runs for hours on a 2-core CPU, so it works in pieces: each config
 cached in the JSON file (keyed by its settings) and skipped on the next run, and training resumes from
 its run directory (``runs/likelihood/...``), where it stopped. With ``--max-minutes`` an invocation
 trains in segments and stops when its time is up; run the same command again to continue.
+
+On a 2-core machine two configurations run faster side by side, one core each, than one after the
+other on both: give each its own results file, then merge them into the main one.
+
+    taskset -c 0 python benchmarks/likelihood.py --only fm-1l-iwae --json a.json &
+    taskset -c 1 python benchmarks/likelihood.py --only fm-2l-iwae --json b.json
+    python benchmarks/likelihood.py --merge a.json b.json    # rows added to the results file, table rewritten
 """
 
 from __future__ import annotations
@@ -198,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="results file (default benchmarks/results/likelihood[-quick].json)")
     parser.add_argument("--markdown", type=Path, help="table file (default: the JSON path with .md)")
     parser.add_argument("--runs", type=Path, default=RUNS, help=f"where the run directories go (default {RUNS})")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="add the rows of these result files (e.g. from configurations run in parallel with "
+                             "--only and their own --json) to the results file, then write the table")
     parser.add_argument("--list", action="store_true", help="list the configurations and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -216,7 +226,18 @@ def main(argv: list[str] | None = None) -> int:
 
     stored = json.loads(json_path.read_text()) if json_path.is_file() else {}
     results: dict[str, dict[str, Any]] = stored.get("results", {})
-    selected = [s for s in SETUPS if not args.only or s.name in args.only]
+    for path in args.merge or []:
+        part = json.loads(path.read_text())
+        if part.get("mode", mode_name) != mode_name:
+            parser.error(f"{path} holds {part['mode']} mode results, not {mode_name}")
+        results.update({name: row for name, row in part.get("results", {}).items()
+                        if row.get("fingerprint") == next(s for s in SETUPS if s.name == name).fingerprint(
+                            {**mode, "mode": mode_name})})
+    if args.merge:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(json_path, {"benchmark": "likelihood", "mode": mode_name, "machine": machine(),
+                                      "settings": mode, "results": results})
+    selected = [s for s in SETUPS if (not args.only or s.name in args.only) and not args.merge]
     for setup in selected:
         key = setup.fingerprint({**mode, "mode": mode_name})
         cached = results.get(setup.name)

@@ -1,0 +1,75 @@
+"""The benchmarks' own bookkeeping: time to quality, medians, the speed table, merging likelihood results."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from conftest import benchmark_module
+
+
+@pytest.fixture(scope="module")
+def speed():
+    with benchmark_module("speed") as module:
+        yield module
+
+
+def test_seconds_to_reach_interpolates_between_evaluations(speed):
+    curve = [{"seconds": 10.0, "test_neg_elbo": 250.0}, {"seconds": 20.0, "test_neg_elbo": 240.0},
+             {"seconds": 30.0, "test_neg_elbo": 235.0}]
+    assert speed.seconds_to_reach(curve, 245.0) == pytest.approx(15.0)
+    assert speed.seconds_to_reach(curve, 250.0) == pytest.approx(10.0)
+    assert speed.seconds_to_reach(curve, 260.0) == pytest.approx(10.0)  # reached at the first evaluation
+    assert speed.seconds_to_reach(curve, 230.0) is None
+
+
+def test_a_run_that_never_reaches_the_target_counts_as_infinitely_slow(speed):
+    assert speed.median([1.0, None, 3.0]) == 3.0
+    assert speed.median([1.0, None, None]) == math.inf
+    assert speed.median([]) is None
+
+
+def _side(seconds_to_target: float, epochs: int, rate: float, neg_elbo: float) -> dict:
+    return {"examples_per_second": rate, "seconds_to_target": seconds_to_target, "test_neg_elbo": neg_elbo,
+            "epochs": epochs, "peak_rss_mb": 700.0, "settings": "s", "model_gflops": rate * 3e-6}
+
+
+def test_the_table_shows_the_budget_run_and_what_3x_would_need(speed, capsys):
+    results = {
+        "target_neg_elbo": 242.5, "train_speedup": 1.5, "time_to_quality_speedup": 3.2,
+        "time_to_quality_speedup_default_schedule": 2.8,
+        "train": {"reference": _side(48.0, 12, 13000.0, 241.7), "vaekit": _side(17.1, 10, 19500.0, 239.8),
+                  "vaekit-budget": _side(15.0, 6, 19500.0, 241.6)},
+        "peaks": {"float32": 180.0, "bfloat16": 1.4, "sizes": {"float32": 2048, "bfloat16": 512}},
+    }
+    speed.print_table(results)
+    out = capsys.readouterr().out
+    assert "(6-epoch budget)" in out and "3.20x faster" in out and "2.80x faster" in out
+    need = 3 * 13000 * speed.TRAIN_FLOP_PER_EXAMPLE / 1e9
+    assert f"{need:.1f}" in out and f"{need / 180:.0%} of the float32 peak" in out
+
+
+def test_likelihood_merge_adds_rows_with_matching_settings_only(tmp_path, capsys):
+    with benchmark_module("likelihood") as likelihood:
+        setup = likelihood.SETUPS[0]
+        key = setup.fingerprint({**likelihood.FULL, "mode": "full"})
+        row = {"name": setup.name, "description": setup.description, "nll": 230.0, "nll_stderr": 0.5,
+               "neg_elbo": 233.0, "neg_elbo_stderr": 0.5, "kl": 10.0, "active_units": 5, "kl_per_dim": [1.0] * 50,
+               "active_units_per_layer": [5], "bits_per_dim": None, "train_seconds": 100.0,
+               "train": {"epochs": 100}, "fingerprint": key}
+        stale = {**row, "name": likelihood.SETUPS[1].name, "fingerprint": "other settings"}
+        part = tmp_path / "part.json"
+        part.write_text(json.dumps({"mode": "full", "results": {setup.name: row, likelihood.SETUPS[1].name: stale}}))
+        main = tmp_path / "main.json"
+        assert likelihood.main(["--json", str(main), "--merge", str(part)]) == 0
+        merged = json.loads(main.read_text())["results"]
+        assert list(merged) == [setup.name]  # the row trained with other settings is not taken
+        table = (tmp_path / "main.md").read_text()
+        assert "230.00 ± 0.50" in table and "(not run yet)" in table
+        quick = tmp_path / "quick.json"
+        quick.write_text(json.dumps({"mode": "quick", "results": {}}))
+        with pytest.raises(SystemExit):
+            likelihood.main(["--json", str(main), "--merge", str(quick)])
+    assert "not full" in capsys.readouterr().err
