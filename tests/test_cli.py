@@ -103,6 +103,7 @@ def test_csv_data_end_to_end(tmp_path):
     (["train", "digits", "--out", "{tmp}/r", "--likelihood", "gaussian-learned", "--binarize", "dynamic",
       "--epochs", "1", "--lr", "-1"], "lr must be a positive number"),
     (["train", "digits:test", "--out", "{tmp}/r"], "drop ':test'"),
+    (["train", "digits", "--out", "{tmp}/r", "--adam-beta2", "1"], "adam_beta2 must be in [0, 1), got 1.0"),
     (["sample", "{tmp}/nothing", "-o", "{tmp}/s.png"], "does not exist"),
     (["sample", "{run}", "-o", "{tmp}/s.gif"], "must end in .png, .npy, .csv"),
     (["decode", "{run}", "{tmp}/missing.npy", "-o", "{tmp}/d.png"], "missing.npy does not exist"),
@@ -200,10 +201,15 @@ def test_train_with_the_new_model_options(tmp_path, capsys):
                  "--objective", "iwae", "--objective-samples", "3", "--no-progress"]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["upper_latent_dims"] == [3] and config["model"]["prior"] == "vamp"
+    assert config["train"]["adam_beta2"] == 0.99  # the default
     assert config["train"]["objective"] == "iwae" and config["train"]["objective_samples"] == 3
     assert main(["train", "digits", "--out", str(run), "--epochs", "2", "--resume", "--no-progress"]) == 0
     assert main(["train", "digits", "--out", str(run), "--resume", "--prior", "standard-normal"]) == 2
     assert "--prior standard-normal (the run has vamp)" in capsys.readouterr().err
+    assert main(["train", "digits", "--out", str(tmp_path / "b2"), "--epochs", "1", "--adam-beta2", "0.999",
+                 "--lr-schedule", "constant", "--no-progress"]) == 0
+    train_config = json.loads((tmp_path / "b2" / "config.json").read_text())["train"]
+    assert train_config["adam_beta2"] == 0.999 and train_config["lr_schedule"] == "constant"
     assert main(["train", "digits", "--out", str(tmp_path / "fb"), "--objective", "iwae", "--free-bits", "1"]) == 2
     assert "free bits apply to the elbo objective" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.npy")]) == 0
