@@ -106,13 +106,14 @@ def test_evaluate_matches_score_samples_and_reports_in_original_units(tmp_path):
 def test_new_model_options_round_trip_through_the_estimator(tmp_path):
     data = vaekit.load_dataset("digits", binarize="static", binarize_threshold=0.5)
     est = vaekit.VAE(latent_dim=6, hidden=(32,), upper_latent_dims=(3,), upper_hidden=(16,), prior="vamp",
-                     vamp_components=8, objective="iwae", epochs=1, device="cpu")
+                     vamp_components=8, objective="iwae", adam_beta2=0.999, epochs=1, device="cpu")
     assert clone(est).get_params() == est.get_params()
     est.fit(data)
     assert est.config_.train.objective_samples == 5 and est.config_.model.upper_latent_dims == (3,)
     est.save(tmp_path / "run")
     again = vaekit.load(tmp_path / "run")
-    for name in ("latent_dim", "hidden", "upper_latent_dims", "upper_hidden", "prior", "vamp_components", "objective"):
+    for name in ("latent_dim", "hidden", "upper_latent_dims", "upper_hidden", "prior", "vamp_components", "objective",
+                 "adam_beta2"):
         assert again.get_params()[name] == est.get_params()[name], name
     assert again.get_params()["objective_samples"] == 5
     np.testing.assert_array_equal(again.sample(5, seed=3), est.sample(5, seed=3))

@@ -78,8 +78,8 @@ class VAE(TransformerMixin, BaseEstimator):
     def __init__(self, latent_dim: int = 20, hidden: tuple[int, ...] | None = None, arch: str = "auto",
                  likelihood: str = "auto", activation: str = "relu", gaussian_std: float = 1.0, epochs: int = 10,
                  batch_size: int = DEFAULT_BATCH_SIZE, lr: float | None = None, lr_schedule: str = "cosine",
-                 weight_decay: float = 0.0, kl_weight: float = 1.0, warmup_epochs: int = 0,
-                 patience: int | None = None, binarize: str = "none",
+                 adam_beta2: float = 0.99, weight_decay: float = 0.0, kl_weight: float = 1.0,
+                 warmup_epochs: int = 0, patience: int | None = None, binarize: str = "none",
                  binarize_threshold: float | None = None, test_fraction: float = 0.1, seed: int = 0,
                  device: str = "auto", num_importance_samples: int = 100, progress: bool = False,
                  upper_latent_dims: tuple[int, ...] = (), upper_hidden: tuple[int, ...] = (100, 100),
@@ -96,6 +96,7 @@ class VAE(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.lr = lr
         self.lr_schedule = lr_schedule
+        self.adam_beta2 = adam_beta2
         self.weight_decay = weight_decay
         self.kl_weight = kl_weight
         self.warmup_epochs = warmup_epochs
@@ -127,7 +128,8 @@ class VAE(TransformerMixin, BaseEstimator):
         config = make_run_config(
             dataset, latent_dim=self.latent_dim, hidden=self.hidden, arch=self.arch, likelihood=self.likelihood,
             activation=self.activation, gaussian_std=self.gaussian_std, epochs=self.epochs,
-            batch_size=self.batch_size, lr=self.lr, lr_schedule=self.lr_schedule, weight_decay=self.weight_decay,
+            batch_size=self.batch_size, lr=self.lr, lr_schedule=self.lr_schedule, adam_beta2=self.adam_beta2,
+            weight_decay=self.weight_decay,
             kl_weight=self.kl_weight, warmup_epochs=self.warmup_epochs, patience=self.patience, seed=self.seed,
             device=self.device, upper_latent_dims=self.upper_latent_dims, upper_hidden=self.upper_hidden,
             prior=self.prior, vamp_components=self.vamp_components, objective=self.objective,
@@ -309,7 +311,8 @@ class VAE(TransformerMixin, BaseEstimator):
         t, m = config.train, config.model
         estimator = cls(latent_dim=m.latent_dim, hidden=m.hidden, arch=m.arch, likelihood=m.likelihood,
                         activation=m.activation, gaussian_std=m.gaussian_std, epochs=t.epochs,
-                        batch_size=t.batch_size, lr=t.lr, lr_schedule=t.lr_schedule, weight_decay=t.weight_decay,
+                        batch_size=t.batch_size, lr=t.lr, lr_schedule=t.lr_schedule, adam_beta2=t.adam_beta2,
+                        weight_decay=t.weight_decay,
                         kl_weight=t.kl_weight, warmup_epochs=t.warmup_epochs, patience=t.patience,
                         binarize=config.data.binarize,
                         binarize_threshold=config.data.binarize_threshold,
