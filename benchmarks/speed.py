@@ -413,7 +413,9 @@ def measure_ablation(args) -> dict[str, Any]:
             runs[i].append(result)
             log(f"ablation {name} #{repeat + 1}: {result['examples'] / result['seconds']:,.0f} examples/s, "
                 f"test -ELBO {result['test_neg_elbo']:.2f}")
-    target = statistics.median(r["curve"][-1]["test_neg_elbo"] for r in runs[0])
+    # The first rung's value one epoch before its end: every rung's runs reach it within the budget (the
+    # first rung's own final value would sit just out of reach of half of its runs).
+    target = statistics.median(r["curve"][-2 if len(r["curve"]) > 1 else -1]["test_neg_elbo"] for r in runs[0])
     rungs = []
     for i, (name, options, undo) in enumerate(LADDER):
         rungs.append({
@@ -422,8 +424,10 @@ def measure_ablation(args) -> dict[str, Any]:
             "seconds_to_target": median([seconds_to_reach(r["curve"], target) for r in runs[i]]),
             "epochs_to_target": median([epochs_to_reach(r["curve"], target) for r in runs[i]]),
             "test_neg_elbo": statistics.median(r["test_neg_elbo"] for r in runs[i]),
+            "runs": [{"curve": r["curve"], "examples_per_second": r["examples"] / r["seconds"]} for r in runs[i]],
         })
-    return {"ablation": {"target_neg_elbo": target, "epochs": args.ablation_epochs, "rungs": rungs}}
+    return {"ablation": {"target_neg_elbo": target, "target_epoch": args.ablation_epochs - 1,
+                         "epochs": args.ablation_epochs, "rungs": rungs}}
 
 
 def epochs_to_reach(curve: list[dict[str, float]], target: float) -> float | None:
@@ -588,8 +592,9 @@ def print_table(results: dict[str, Any]) -> None:
         print(markdown_table(("", "reference", "vaekit", "vaekit vs reference"), rows))
     if "ablation" in results:
         ablation = results["ablation"]
+        target_epoch = ablation.get("target_epoch", ablation["epochs"])
         print(f"\nablation: vaekit's trainer from the foundation's settings to the defaults, {ablation['epochs']} "
-              f"epochs; target: the first rung's final test -ELBO {ablation['target_neg_elbo']:.2f}")
+              f"epochs; target: the first rung's test -ELBO after epoch {target_epoch}, {ablation['target_neg_elbo']:.2f}")
         rungs, ladder_rows = ablation["rungs"], []
         for i, rung in enumerate(rungs):
             before = rungs[i - 1] if i else rung
@@ -598,7 +603,7 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{rung['examples_per_second'] / before['examples_per_second']:.2f}x",
                 fmt(rung["epochs_to_target"], 1), fmt(rung["seconds_to_target"], 1),
                 f"{before['seconds_to_target'] / rung['seconds_to_target']:.2f}x"
-                if rung["seconds_to_target"] not in (None, math.inf) else "",
+                if all(r["seconds_to_target"] not in (None, math.inf) for r in (before, rung)) else "",
                 f"{rung['test_neg_elbo']:.2f}"))
         print(markdown_table(("", "examples/s", "ratio", "epochs to target", "s to target", "ratio",
                               "final test -ELBO"), ladder_rows))

@@ -73,3 +73,23 @@ def test_likelihood_merge_adds_rows_with_matching_settings_only(tmp_path, capsys
         with pytest.raises(SystemExit):
             likelihood.main(["--json", str(main), "--merge", str(quick)])
     assert "not full" in capsys.readouterr().err
+
+
+def test_ablation_target_is_within_reach_of_every_rung(speed, monkeypatch):
+    calls = []
+
+    def fake_worker(kind, spec):
+        calls.append(spec)
+        rung = next(i for i, (_, options, undo) in enumerate(speed.LADDER)
+                    if options == spec["options"] and undo == spec["undo"])
+        # Later rungs learn faster; every curve improves every epoch.
+        curve = [{"epoch": e, "seconds": 2.0 * e, "test_neg_elbo": 260.0 - (2.0 + rung) * e - 0.1 * spec["seed"]}
+                 for e in range(1, 11)]
+        return {"curve": curve, "examples": 60000 * 10, "seconds": 20.0, "test_neg_elbo": curve[-1]["test_neg_elbo"]}
+
+    monkeypatch.setattr(speed, "run_worker", fake_worker)
+    args = type("Args", (), {"ablation_repeats": 2, "ablation_epochs": 10})()
+    ablation = speed.measure_ablation(args)["ablation"]
+    assert len(calls) == 2 * len(speed.LADDER) and ablation["target_epoch"] == 9
+    assert all(math.isfinite(rung["seconds_to_target"]) for rung in ablation["rungs"])
+    assert all(len(rung["runs"]) == 2 for rung in ablation["rungs"])
