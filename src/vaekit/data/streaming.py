@@ -34,7 +34,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from .sources import (IMAGE_SUFFIXES, check_array_layout, choose_image_layout, folder_labels, image_to_array,
                       list_images, load_numpy_file, open_image, to_float_examples)
-from .transforms import to_model_units
+from .transforms import column_scale, to_model_units
 
 IN_MEMORY_CHOICES = ("auto", "yes", "no")
 DEFAULT_BUDGET_FRACTION = 0.5
@@ -264,7 +264,7 @@ def _scan(source: Source, indices: np.ndarray | None, name: str, standardize: bo
     stats = None
     if standardize:
         std = np.sqrt(m2 / count)
-        stats = (mean, np.where(std > 1e-12, std, 1.0))
+        stats = (mean, column_scale(std))
     return low, high, stats
 
 

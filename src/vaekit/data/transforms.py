@@ -25,12 +25,14 @@ def split_generator(seed: int, split: str) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1000 + offset)
 
 
+def column_scale(std: np.ndarray) -> np.ndarray:
+    """The standardization scale of each column: its standard deviation, or 1 for a constant column."""
+    return np.where(std > 1e-12, std, 1.0)
+
+
 def standardize_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and standard deviation; a constant column gets a scale of 1."""
-    mean = x.mean(axis=0)
-    std = x.std(axis=0)
-    std = np.where(std > 1e-12, std, 1.0)
-    return mean, std
+    return x.mean(axis=0), column_scale(x.std(axis=0))
 
 
 def to_model_units(x: np.ndarray, config: DataConfig) -> np.ndarray:
