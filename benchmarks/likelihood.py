@@ -188,7 +188,9 @@ def markdown_table(results: dict[str, dict[str, Any]], names: list[str], mode_na
         lines.append(f"| {name}: {r['description']} | {r['nll']:.2f} ± {r['nll_stderr']:.2f} | "
                      f"{r['neg_elbo']:.2f} ± {r['neg_elbo_stderr']:.2f} | {r['kl']:.2f} | {units} | {bits} | "
                      f"{duration} | {r['train']['epochs']} |")
-    return "\n".join(lines) + (f"\n\nnats per example, mean ± standard error over the test set ({mode_name} mode)\n")
+    return "\n".join(lines) + (f"\n\nnats per example, mean ± standard error over the test set ({mode_name} mode); "
+                                "training time: the sum of the epochs' wall-clock times as the row was trained "
+                                "(rows may differ in threads and in what else the machine ran)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
