@@ -315,3 +315,44 @@ def test_cli_score_errors(binarized_run, tmp_path, capsys, args, message):
     assert main(argv + ["--num-importance-samples", "2"]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_a_likelihood_ratio_detector_is_saved_with_its_background_model(binarized_run, digits, tmp_path, capsys):
+    import shutil
+
+    run, background_run = tmp_path / "run", tmp_path / "bg"
+    shutil.copytree(binarized_run, run)
+    perturbed = anomaly.perturb(digits.x_train.numpy(), rate=0.2, seed=1)
+    vaekit.VAE(latent_dim=4, hidden=(64,), epochs=2, binarize="dynamic", seed=1, device="cpu").fit(
+        perturbed).save(background_run)
+    assert main(["fit-detector", str(run), "--background", str(background_run), "--target-fpr", "0.1",
+                 "--num-importance-samples", "5"]) == 0
+    assert "likelihood_ratio threshold" in capsys.readouterr().out
+    shutil.rmtree(background_run)  # the run directory now holds everything the detector needs
+    assert (run / anomaly.BACKGROUND_DIR / "model.safetensors").is_file()
+
+    x = digits.x_test[:60].numpy()
+    loaded = anomaly.AnomalyDetector.load(run)
+    assert loaded.score_ == "likelihood_ratio" and loaded.background_ is not None
+    expected = anomaly.anomaly_scores(loaded.vae_, x, ["likelihood_ratio"], num_importance_samples=5,
+                                      background=vaekit.load(run / anomaly.BACKGROUND_DIR))["likelihood_ratio"]
+    np.testing.assert_allclose(loaded.anomaly_score(x), expected)
+    np.testing.assert_array_equal(loaded.predict(x), np.where(expected > loaded.threshold_, -1, 1))
+
+    out = tmp_path / "s.csv"  # vaekit score uses the saved background without --background
+    assert main(["score", str(run), "digits", "-o", str(out), "--scores", "likelihood_ratio"]) == 0
+    assert "is_anomaly" in _read_csv(out) and "likelihood_ratio" in _read_csv(out)
+
+    # Other weights in the background directory: refused, not silently used.
+    vaekit.VAE(latent_dim=4, hidden=(64,), epochs=1, binarize="dynamic", seed=7, device="cpu").fit(
+        perturbed[:200]).save(run / anomaly.BACKGROUND_DIR)
+    with pytest.raises(CheckpointError, match="other weights than the background model"):
+        anomaly.AnomalyDetector.load(run)
+    assert main(["score", str(run), "digits", "-o", str(out)]) == 2
+    assert "other weights than the background model" in capsys.readouterr().err
+    shutil.rmtree(run / anomaly.BACKGROUND_DIR)
+    with pytest.raises(CheckpointError, match="needs its background model"):
+        anomaly.AnomalyDetector.load(run)
+    # A background model only makes sense for the likelihood ratio.
+    assert main(["fit-detector", str(run), "--background", str(binarized_run), "--score", "neg_elbo"]) == 2
+    assert "--background is for --score likelihood_ratio" in capsys.readouterr().err

@@ -55,6 +55,8 @@ DEFAULT_SCORE = "input_complexity"
 FALLBACK_SCORE = "neg_log_likelihood"  # the default where input complexity is undefined (data that are not images)
 COMPRESSORS = ("png", "zlib")
 DETECTOR_FILE = "anomaly_detector.json"
+BACKGROUND_DIR = "background"
+"""Where a detector's background model (for likelihood_ratio) is saved, inside the main run directory."""
 DETECTOR_FORMAT_VERSION = 1
 
 
@@ -326,6 +328,7 @@ class DetectorState:
     seed: int
     calibration_size: int
     model_fingerprint: str
+    background_fingerprint: str | None = None  # set when the run holds a background model in BACKGROUND_DIR
 
 
 class AnomalyDetector(OutlierMixin, BaseEstimator):
@@ -434,22 +437,25 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
                              rate=float(self.rate_), num_importance_samples=int(self.num_importance_samples),
                              compressor=self.compressor, seed=int(self.seed),
                              calibration_size=int(len(self.calibration_scores_)),
-                             model_fingerprint=model_fingerprint(self.vae_))
+                             model_fingerprint=model_fingerprint(self.vae_),
+                             background_fingerprint=(model_fingerprint(self.background_)
+                                                     if self.background_ is not None else None))
 
     def save(self, run_dir: str | Path | None = None) -> Path:
         """Write ``anomaly_detector.json`` into the run directory (atomically); returns its path.
 
-        A detector whose VAE came from memory writes the VAE into ``run_dir`` as well when it has none.
+        A detector whose VAE came from memory writes the VAE into ``run_dir`` as well when it has none; a
+        background model (``likelihood_ratio``) is written into ``run_dir/background``, so that the run
+        directory holds everything the detector needs.
         """
         state = self.state()
-        if self.background_ is not None:
-            raise ConfigError("a detector with a background model cannot be saved yet; save the two runs and "
-                              "recompute the likelihood ratio with vaekit score --background")
         target = Path(run_dir) if run_dir is not None else self.run_dir_
         if target is None:
             raise ConfigError("name the run directory to save the detector in")
         if not (target / "config.json").is_file():
             self.vae_.save(target)
+        if self.background_ is not None:
+            self.background_.save(target / BACKGROUND_DIR)
         path = target / DETECTOR_FILE
         atomic_write_json(path, {"format_version": DETECTOR_FORMAT_VERSION, "vaekit_version": __version__,
                                  "detector": asdict(state)})
@@ -465,13 +471,29 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
                                   "model.safetensors; fit the detector again (vaekit fit-detector)")
         kwargs = {"target_fpr": state.rate} if state.rule == "target_fpr" else {"contamination": state.rate}
         detector = cls(vae, score=state.score, num_importance_samples=state.num_importance_samples,
-                       compressor=state.compressor, seed=state.seed, **kwargs)
+                       compressor=state.compressor, seed=state.seed,
+                       background=load_background(run_dir, state, device=device), **kwargs)
         detector._resolve_models()
         detector.run_dir_ = Path(run_dir)
         detector.threshold_, detector.offset_ = state.threshold, -state.threshold
         detector.rule_, detector.rate_ = state.rule, state.rate
         detector.calibration_scores_ = np.full(state.calibration_size, np.nan)  # sizes only; scores are not saved
         return detector
+
+
+def load_background(run_dir: str | Path, state: DetectorState, device: str = "cpu") -> VAE | None:
+    """The background model saved with a detector (``None`` when it has none), checked against its fingerprint."""
+    if state.background_fingerprint is None:
+        return None
+    where = Path(run_dir) / BACKGROUND_DIR
+    try:
+        background = load(where, device=device)
+    except (CheckpointError, ConfigError, DataError) as err:
+        raise CheckpointError(f"the anomaly detector in {run_dir} needs its background model in {where}: {err}") from None
+    if model_fingerprint(background) != state.background_fingerprint:
+        raise CheckpointError(f"{where} holds other weights than the background model the detector in {run_dir} was "
+                              "calibrated with; fit the detector again (vaekit fit-detector --background)")
+    return background
 
 
 def read_detector_state(run_dir: str | Path) -> DetectorState:

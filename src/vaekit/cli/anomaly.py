@@ -36,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-importance-samples", type=positive_int, metavar="K",
                    help="importance samples for -log p(x) (default: the detector's, else 100)")
     p.add_argument("--compressor", choices=anomaly.COMPRESSORS, help="for input_complexity (default: png)")
-    p.add_argument("--background", metavar="RUN2", help="a run trained on perturbed data: adds likelihood_ratio")
+    p.add_argument("--background", metavar="RUN2",
+                   help="a run trained on perturbed data: adds likelihood_ratio (default: the one saved with the "
+                        "run's detector, if any)")
     p.add_argument("--seed", type=int, help="seed of the binarization draw and the posterior samples (default 0)")
     labels = p.add_argument_group("known anomalies (for AUROC, AUPRC and a ROC curve)")
     labels.add_argument("--labels", metavar="FILE",
@@ -63,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"the score to threshold (default {anomaly.DEFAULT_SCORE} for images, {anomaly.FALLBACK_SCORE} otherwise)")
     p.add_argument("--num-importance-samples", type=positive_int, default=100, metavar="K")
     p.add_argument("--compressor", choices=anomaly.COMPRESSORS, default="png")
+    p.add_argument("--background", metavar="RUN2",
+                   help="a run trained on perturbed data, for --score likelihood_ratio; it is copied into "
+                        f"RUN/{anomaly.BACKGROUND_DIR} with the detector")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     add_data_options(p)
@@ -93,10 +98,13 @@ def score(args: argparse.Namespace) -> int:
     if args.labels and args.anomaly_classes:
         raise ConfigError("give either --labels or --anomaly-classes, not both")
     vae = load_run(args.run, args.device)
-    background = load_run(args.background, args.device) if args.background else None
     detector = _saved_detector(args.run)
     if detector is not None and detector.model_fingerprint != anomaly.model_fingerprint(vae):
         raise CheckpointError(f"the detector in {args.run} was calibrated for other weights; run vaekit fit-detector again")
+    if args.background:
+        background = load_run(args.background, args.device)
+    else:
+        background = anomaly.load_background(args.run, detector, args.device) if detector is not None else None
     k = args.num_importance_samples or (detector.num_importance_samples if detector else 100)
     compressor = args.compressor or (detector.compressor if detector else "png")
     seed = args.seed if args.seed is not None else (detector.seed if detector else 0)
@@ -201,9 +209,13 @@ def _write_scores(path: Path, columns: dict[str, np.ndarray], labels: np.ndarray
 def fit_detector(args: argparse.Namespace) -> int:
     vae = load_run(args.run, args.device)
     x, _, _, spec = load_run_data_or_own(args.data, vae, args.run, args.data_dir, "of clean examples to calibrate on")
-    detector = anomaly.AnomalyDetector(vae, score=args.score, target_fpr=args.target_fpr,
+    score_name = args.score or ("likelihood_ratio" if args.background else None)
+    if args.background and score_name != "likelihood_ratio":
+        raise ConfigError(f"--background is for --score likelihood_ratio, not {score_name}")
+    background = load_run(args.background, args.device) if args.background else None
+    detector = anomaly.AnomalyDetector(vae, score=score_name, target_fpr=args.target_fpr,
                                        contamination=args.contamination, num_importance_samples=args.num_importance_samples,
-                                       compressor=args.compressor, seed=args.seed).fit(x)
+                                       compressor=args.compressor, seed=args.seed, background=background).fit(x)
     path = detector.save(args.run)
     rule = f"target false-positive rate {detector.rate_}" if detector.rule_ == "target_fpr" else f"contamination {detector.rate_}"
     flagged = float((detector.calibration_scores_ > detector.threshold_).mean())
