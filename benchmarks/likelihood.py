@@ -228,20 +228,21 @@ def main(argv: list[str] | None = None) -> int:
 
     stored = json.loads(json_path.read_text()) if json_path.is_file() else {}
     results: dict[str, dict[str, Any]] = stored.get("results", {})
+    keys = {s.name: s.fingerprint({**mode, "mode": mode_name}) for s in SETUPS}  # each row's settings
     for path in args.merge or []:
         part = json.loads(path.read_text())
         if part.get("mode", mode_name) != mode_name:
             parser.error(f"{path} holds {part['mode']} mode results, not {mode_name}")
+        # Only rows of known configurations trained with today's settings.
         results.update({name: row for name, row in part.get("results", {}).items()
-                        if row.get("fingerprint") == next(s for s in SETUPS if s.name == name).fingerprint(
-                            {**mode, "mode": mode_name})})
+                        if name in keys and row.get("fingerprint") == keys[name]})
     if args.merge:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(json_path, {"benchmark": "likelihood", "mode": mode_name, "machine": machine(),
                                       "settings": mode, "results": results})
     selected = [s for s in SETUPS if (not args.only or s.name in args.only) and not args.merge]
     for setup in selected:
-        key = setup.fingerprint({**mode, "mode": mode_name})
+        key = keys[setup.name]
         cached = results.get(setup.name)
         if cached and cached.get("fingerprint") == key and not args.force:
             log(f"{setup.name}: cached ({cached['nll']:.2f} nats)")

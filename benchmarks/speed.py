@@ -666,8 +666,8 @@ def main(argv: list[str] | None = None) -> int:
     args.iwae_full = not args.quick and not args.no_iwae_full
     args.use_examples = 10_000 if args.quick else 60_000
     settings = {key: getattr(args, key) for key in (
-        "quick", "repeats", "target_epoch", "reference_epochs", "vaekit_epochs", "budget_epochs", "ablation_repeats", "ablation_epochs",
-        "iwae_examples", "iwae_reference_examples", "iwae_full", "use_examples")}
+        "quick", "repeats", "target_epoch", "reference_epochs", "vaekit_epochs", "budget_epochs", "ablation_repeats",
+        "ablation_epochs", "iwae_examples", "iwae_reference_examples", "iwae_full", "use_examples")}
     results = {"machine": machine(), "settings": settings}
     started = time.perf_counter()
     with (contextlib.nullcontext(args.workdir) if args.workdir else tempfile.TemporaryDirectory(prefix="vaekit-speed-")

@@ -61,11 +61,13 @@ def test_likelihood_merge_adds_rows_with_matching_settings_only(tmp_path, capsys
                "train": {"epochs": 100}, "fingerprint": key}
         stale = {**row, "name": likelihood.SETUPS[1].name, "fingerprint": "other settings"}
         part = tmp_path / "part.json"
-        part.write_text(json.dumps({"mode": "full", "results": {setup.name: row, likelihood.SETUPS[1].name: stale}}))
+        unknown = {**row, "name": "no-such-configuration"}
+        part.write_text(json.dumps({"mode": "full", "results": {setup.name: row, likelihood.SETUPS[1].name: stale,
+                                                                "no-such-configuration": unknown}}))
         main = tmp_path / "main.json"
         assert likelihood.main(["--json", str(main), "--merge", str(part)]) == 0
         merged = json.loads(main.read_text())["results"]
-        assert list(merged) == [setup.name]  # the row trained with other settings is not taken
+        assert list(merged) == [setup.name]  # rows trained with other settings, or unknown, are not taken
         table = (tmp_path / "main.md").read_text()
         assert "230.00 ± 0.50" in table and "(not run yet)" in table
         quick = tmp_path / "quick.json"
