@@ -284,3 +284,27 @@ def test_mixture_log_prob_on_matrix_products_equals_the_distribution():
     # float32, as models run: close to the float64 answer
     got32 = DiagonalGaussianMixture(loc.float(), scale.float()).log_prob(z.float())
     torch.testing.assert_close(got32.double(), reference, rtol=1e-5, atol=2e-3)
+
+
+def test_mixture_marginals_per_dim_are_exact_and_computed_in_bounded_blocks(monkeypatch):
+    from torch.distributions import Categorical, MixtureSameFamily
+
+    from vaekit import priors
+
+    gen = torch.Generator().manual_seed(1)
+    loc = torch.randn(40, 5, generator=gen, dtype=torch.float64)
+    scale = torch.rand(40, 5, generator=gen, dtype=torch.float64) * 0.9 + 0.1
+    mixture = MixtureSameFamily(Categorical(logits=torch.zeros(40, dtype=torch.float64)),
+                                Independent(Normal(loc, scale), 1))
+    z = torch.randn(3, 7, 5, generator=gen, dtype=torch.float64)
+    # The marginal of dimension d: a one-dimensional mixture of the components' d-th normals.
+    uniform = Categorical(logits=torch.zeros(40, dtype=torch.float64))
+    reference = torch.stack([MixtureSameFamily(uniform, Normal(loc[:, d], scale[:, d])).log_prob(z[..., d])
+                             for d in range(5)], dim=-1)
+    torch.testing.assert_close(priors.log_prob_per_dim(mixture, z), reference)
+    monkeypatch.setattr(priors, "MIXTURE_BLOCK_VALUES", 3 * 40 * 5)  # blocks of 3 rows: the same values
+    seen = []
+    original = Normal.log_prob
+    monkeypatch.setattr(Normal, "log_prob", lambda self, value: seen.append(value.shape[0]) or original(self, value))
+    torch.testing.assert_close(priors.log_prob_per_dim(mixture, z), reference)
+    assert max(seen) == 3 and sum(seen) == 21
