@@ -214,6 +214,9 @@ def test_train_with_the_new_model_options(tmp_path, capsys):
     assert main(["train", "digits", "--out", str(tmp_path / "bg"), "--epochs", "1", "--perturb", "0.2",
                  "--binarize", "dynamic", "--no-progress"]) == 0
     assert json.loads((tmp_path / "bg" / "config.json").read_text())["train"]["perturb_rate"] == 0.2
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "bg")]) == 0
+    assert "inputs perturbed at rate 0.2" in capsys.readouterr().out
     assert main(["train", "digits", "--out", str(tmp_path / "fb"), "--objective", "iwae", "--free-bits", "1"]) == 2
     assert "free bits apply to the elbo objective" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.npy")]) == 0
