@@ -11,6 +11,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from sklearn.exceptions import NotFittedError
 
@@ -117,6 +118,34 @@ def test_perturb_replaces_the_requested_fraction():
     np.testing.assert_array_equal(x, 0.5)  # the input is not modified
     with pytest.raises(ConfigError):
         anomaly.perturb(x, rate=1.5)
+    replaced = y[y != 0.5]
+    assert abs(replaced.mean() - 0.5) < 0.03 and abs((replaced < 0.25).mean() - 0.25) < 0.03  # uniform
+    np.testing.assert_array_equal(anomaly.perturb(x, rate=0.2, seed=1), y)  # seeded
+
+
+def test_perturbed_values_stay_on_the_data_grid():
+    binary = (np.arange(4000).reshape(40, 100) % 2).astype(np.float32)
+    y = anomaly.perturb(binary, rate=0.5, seed=0, levels=2)
+    assert set(np.unique(y)) == {0.0, 1.0}
+    # a replaced value is a fair coin: half the replacements flip the value
+    assert abs((y != binary).mean() - 0.25) < 0.03
+    grey = np.zeros((50, 784), np.float32)
+    y = anomaly.perturb(grey, rate=0.5, seed=0, levels=256)
+    np.testing.assert_allclose(y * 255, np.round(y * 255), atol=1e-4)
+    assert len(np.unique(y)) == 256  # every level is drawn
+
+
+def test_training_perturbation_replaces_the_rate_on_the_grid():
+    from vaekit.data.transforms import perturb
+
+    x = torch.full((400, 784), 0.5)
+    y = perturb(x, 0.3, torch.Generator().manual_seed(0))
+    replaced = y[y != 0.5]
+    assert abs((y != 0.5).float().mean().item() - 0.3) < 0.01 and torch.equal(x, torch.full_like(x, 0.5))
+    assert abs(replaced.mean().item() - 0.5) < 0.01 and 0 <= replaced.min() and replaced.max() < 1
+    binary = perturb(torch.zeros(400, 784), 0.3, torch.Generator().manual_seed(0), levels=2)
+    assert set(binary.unique().tolist()) == {0.0, 1.0} and abs(binary.mean().item() - 0.15) < 0.01
+    assert torch.equal(perturb(x, 0.3, torch.Generator().manual_seed(0)), y)  # seeded
 
 
 def test_input_complexity_needs_a_code_length(trained_run, digits):

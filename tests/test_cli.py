@@ -104,6 +104,7 @@ def test_csv_data_end_to_end(tmp_path):
       "--epochs", "1", "--lr", "-1"], "lr must be a positive number"),
     (["train", "digits:test", "--out", "{tmp}/r"], "drop ':test'"),
     (["train", "digits", "--out", "{tmp}/r", "--adam-beta2", "1"], "adam_beta2 must be in [0, 1), got 1.0"),
+    (["train", "digits", "--out", "{tmp}/r", "--perturb", "1"], "perturb_rate must be in [0, 1), got 1.0"),
     (["sample", "{tmp}/nothing", "-o", "{tmp}/s.png"], "does not exist"),
     (["sample", "{run}", "-o", "{tmp}/s.gif"], "must end in .png, .npy, .csv"),
     (["decode", "{run}", "{tmp}/missing.npy", "-o", "{tmp}/d.png"], "missing.npy does not exist"),
@@ -210,6 +211,12 @@ def test_train_with_the_new_model_options(tmp_path, capsys):
                  "--lr-schedule", "constant", "--no-progress"]) == 0
     train_config = json.loads((tmp_path / "b2" / "config.json").read_text())["train"]
     assert train_config["adam_beta2"] == 0.999 and train_config["lr_schedule"] == "constant"
+    assert main(["train", "digits", "--out", str(tmp_path / "bg"), "--epochs", "1", "--perturb", "0.2",
+                 "--binarize", "dynamic", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "bg" / "config.json").read_text())["train"]["perturb_rate"] == 0.2
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "bg")]) == 0
+    assert "inputs perturbed at rate 0.2" in capsys.readouterr().out
     assert main(["train", "digits", "--out", str(tmp_path / "fb"), "--objective", "iwae", "--free-bits", "1"]) == 2
     assert "free bits apply to the elbo objective" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.npy")]) == 0

@@ -227,6 +227,24 @@ def test_two_layer_and_vamp_models_evaluate(binary_digits):
     assert result.nll <= result.neg_elbo + 3 * result.neg_elbo_stderr
 
 
+def test_the_sampled_kl_per_dimension_spends_a_fixed_budget_of_draws(binary_digits, monkeypatch):
+    """64 draws per example on small sets; on large ones fewer (at least 4), about 2^16 in all: the VampPrior's
+    per-dimension marginals made 64 draws of each of 10,000 examples take minutes. Same estimate, within noise."""
+    from vaekit import evaluate as ev
+
+    config = make_run_config(binary_digits, latent_dim=4, hidden=(32,), arch="mlp", prior="vamp",
+                             vamp_components=10, epochs=1, device="cpu")
+    model, _ = train(config, binary_digits, progress=False)
+    model.eval()
+    x = binary_digits.split("test")[:64]
+    draws, elbo_terms = [], model.elbo_terms
+    monkeypatch.setattr(model, "elbo_terms", lambda *a, **k: draws.append(k["num_samples"]) or elbo_terms(*a, **k))
+    _, small = ev._kl_per_example_and_dim(model, x, 1024, seed=0)
+    _, large = ev._kl_per_example_and_dim(model, x.repeat(256, 1, 1, 1), 4096, seed=0)  # 16,384 examples
+    assert draws == [64] + [4] * 4
+    torch.testing.assert_close(large, small, rtol=0.05, atol=0.01)
+
+
 def test_bad_arguments(trained_run, digits):
     model = vaekit.load(trained_run).model_
     with pytest.raises(vaekit.ConfigError, match="at least 1"):

@@ -206,3 +206,38 @@ def test_adam_beta2_reaches_the_optimizer_and_is_validated(digits):
     assert optimizer.param_groups[0]["betas"] == (0.9, 0.999)
     with pytest.raises(vaekit.ConfigError, match="adam_beta2"):
         make_run_config(digits, adam_beta2=1.0)
+
+
+def test_perturbed_training_draws_replacements_on_the_data_grid(digits):
+    from vaekit.train import Trainer, build_model
+
+    def grid(dataset, **options):
+        config = make_run_config(dataset, latent_dim=2, hidden=(8,), epochs=1, perturb_rate=0.2, device="cpu",
+                                 **options)
+        return Trainer(build_model(config), dataset, config, progress=False).perturb_levels
+
+    assert grid(vaekit.load_dataset("digits", binarize="dynamic")) is None  # intensities, binarized afterwards
+    assert grid(vaekit.load_dataset("digits", binarize="static")) == 2
+    assert grid(digits, likelihood="discretized-logistic") == 17  # digits hold 17 grey levels
+    assert grid(digits) is None
+    real = vaekit.load_dataset("digits")
+    real.config.kind = "real"
+    with pytest.raises(vaekit.ConfigError, match="holds values outside"):
+        grid(real)
+    with pytest.raises(vaekit.ConfigError, match="perturb_rate must be in"):
+        make_run_config(digits, perturb_rate=1.0)
+
+
+def test_a_model_trained_on_perturbed_data_learns_the_noise(digits):
+    """Ren et al.'s background model: trained with a share of random values, it gives noise a far higher
+    likelihood than the clean model does, and the clean test data a lower one."""
+    options = dict(latent_dim=4, hidden=(64,), epochs=15, binarize="dynamic", seed=0, device="cpu")
+    clean = vaekit.VAE(**options).fit(digits.x_train.numpy())
+    background = vaekit.VAE(perturb_rate=0.3, **options).fit(digits.x_train.numpy())
+    assert background.config_.train.perturb_rate == 0.3
+    noise = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(5)).numpy()
+    test = digits.x_test.numpy()
+    nll = {name: {what: -vae.score_samples(x, num_importance_samples=20).mean() for what, x in
+                  (("noise", noise), ("test", test))} for name, vae in (("clean", clean), ("background", background))}
+    assert nll["background"]["noise"] < nll["clean"]["noise"] - 5, nll
+    assert nll["background"]["test"] > nll["clean"]["test"] + 1, nll

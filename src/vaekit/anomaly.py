@@ -167,20 +167,23 @@ def model_bits(vae: VAE, neg_log_likelihood: np.ndarray) -> np.ndarray:
     return bits
 
 
-def perturb(X: Any, rate: float = 0.2, seed: int = 0) -> np.ndarray:
+def perturb(X: Any, rate: float = 0.2, seed: int = 0, levels: int | None = None) -> np.ndarray:
     """Copies of ``X`` (values in [0, 1]) with each value replaced by a uniform random one with probability ``rate``.
 
     Train a background model on these (same settings as the main model) for the likelihood ratio of
     Ren et al. (2019): the background model learns the generic statistics that dominate the likelihood.
+    ``levels`` keeps replacements on the data's grid (2 for binary data, 256 for 8-bit images). Training
+    with ``perturb_rate`` (``vaekit train --perturb RATE``) does the same with a fresh draw every step.
     """
     if not 0.0 < rate < 1.0:
         raise ConfigError(f"the perturbation rate must lie strictly between 0 and 1, got {rate}")
     x = np.array(X, dtype=np.float32, copy=True)
     if x.size and (x.min() < 0 or x.max() > 1):
         raise DataError("perturbation needs values in [0, 1]")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # NumPy's stream, so the anomaly benchmark's background data stay as published
     mask = rng.random(x.shape) < rate
-    x[mask] = rng.random(int(mask.sum()), dtype=np.float32)
+    values = rng.random(int(mask.sum()), dtype=np.float32)
+    x[mask] = values if levels is None else np.floor(values * levels) / (levels - 1)
     return x
 
 

@@ -73,6 +73,8 @@ class VAE(TransformerMixin, BaseEstimator):
     per latent dimension (nats), ``likelihood="discretized-logistic"`` for 8-bit images.
     ``clip_grad_norm`` clips the total gradient norm; a NaN or infinite loss or gradient rolls training
     back to the last good state with half the learning rate, at most ``max_rollbacks`` times in a row.
+    ``perturb_rate`` replaces that share of the training values with random ones at every step: the
+    background model of the likelihood-ratio anomaly score (Ren et al. 2019).
     """
 
     def __init__(self, latent_dim: int = 20, hidden: tuple[int, ...] | None = None, arch: str = "auto",
@@ -85,7 +87,8 @@ class VAE(TransformerMixin, BaseEstimator):
                  upper_latent_dims: tuple[int, ...] = (), upper_hidden: tuple[int, ...] = (100, 100),
                  prior: str = "standard-normal", vamp_components: int = 500, objective: str = "elbo",
                  objective_samples: int | None = None, free_bits: float = 0.0,
-                 clip_grad_norm: float | None = None, max_rollbacks: int = 3, precision: str = "fp32") -> None:
+                 clip_grad_norm: float | None = None, max_rollbacks: int = 3, precision: str = "fp32",
+                 perturb_rate: float = 0.0) -> None:
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.arch = arch
@@ -118,6 +121,7 @@ class VAE(TransformerMixin, BaseEstimator):
         self.clip_grad_norm = clip_grad_norm
         self.max_rollbacks = max_rollbacks
         self.precision = precision
+        self.perturb_rate = perturb_rate
 
     # --- training ---------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, run_dir: str | Path | None = None, resume: bool = False) -> "VAE":
@@ -134,7 +138,8 @@ class VAE(TransformerMixin, BaseEstimator):
             device=self.device, upper_latent_dims=self.upper_latent_dims, upper_hidden=self.upper_hidden,
             prior=self.prior, vamp_components=self.vamp_components, objective=self.objective,
             objective_samples=self.objective_samples, free_bits=self.free_bits, clip_grad_norm=self.clip_grad_norm,
-            max_rollbacks=self.max_rollbacks, precision=self.precision)
+            max_rollbacks=self.max_rollbacks, precision=self.precision,
+            perturb_rate=self.perturb_rate)
         model, history = train(config, dataset, run_dir=run_dir, resume=resume, progress=self.progress)
         self._set_fitted(model, config, history)
         return self
@@ -320,7 +325,8 @@ class VAE(TransformerMixin, BaseEstimator):
                         upper_latent_dims=m.upper_latent_dims, upper_hidden=m.upper_hidden, prior=m.prior,
                         vamp_components=m.vamp_components, objective=t.objective,
                         objective_samples=t.objective_samples, free_bits=t.free_bits,
-                        clip_grad_norm=t.clip_grad_norm, max_rollbacks=t.max_rollbacks, precision=t.precision)
+                        clip_grad_norm=t.clip_grad_norm, max_rollbacks=t.max_rollbacks, precision=t.precision,
+                        perturb_rate=t.perturb_rate)
         estimator._set_fitted(model, config, ckpt.read_metrics(path))
         return estimator
 

@@ -164,6 +164,9 @@ class TrainConfig:
     # NaN/inf loss or gradient: roll back to the last good state with half the learning rate, at most this
     # many times in a row before giving up (0: give up at the first one).
     max_rollbacks: int = 3
+    # Training inputs perturbed on the fly (Ren et al. 2019): each value replaced by a random one with this
+    # probability, a fresh draw every step. For the background model of the likelihood-ratio anomaly score.
+    perturb_rate: float = 0.0
 
     def __post_init__(self) -> None:
         _check_field_types(self, "train")
@@ -175,6 +178,7 @@ class TrainConfig:
         _check(self.lr_schedule in LR_SCHEDULES,
                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         _check(0 <= self.adam_beta2 < 1, f"adam_beta2 must be in [0, 1), got {self.adam_beta2}")
+        _check(0 <= self.perturb_rate < 1, f"perturb_rate must be in [0, 1), got {self.perturb_rate}")
         _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
                f"weight_decay must be zero or positive, got {self.weight_decay}")
         _check(math.isfinite(self.kl_weight) and self.kl_weight >= 0,

@@ -307,10 +307,21 @@ def active_units(model: VAEModel, x: Tensor, batch_size: int = 1024, seed: int =
     return counts, variances
 
 
+KL_DIAGNOSTIC_DRAWS = 2**16  # posterior draws, over all examples, for the KL per dimension without a closed form
+
+
 @torch.no_grad()
 def _kl_per_example_and_dim(model: VAEModel, x: Tensor, batch_size: int, seed: int,
-                            samples: int = 64) -> tuple[Tensor | None, Tensor]:
-    """The closed-form KL per example where there is one (else ``None``) and the mean KL per latent dimension."""
+                            samples: int | None = None) -> tuple[Tensor | None, Tensor]:
+    """The closed-form KL per example where there is one (else ``None``) and the mean KL per latent dimension.
+
+    Without a closed form the KL per dimension is a Monte Carlo average over all examples and ``samples``
+    draws each; by default the draws total about KL_DIAGNOSTIC_DRAWS (64 per example for small sets, a
+    few for large ones, where the average over examples already makes the estimate precise). A VampPrior's
+    marginals cost (components x dimensions) per draw, so 64 draws for each of 10,000 examples took minutes.
+    """
+    if samples is None:
+        samples = min(64, max(4, math.ceil(KL_DIAGNOSTIC_DRAWS / max(len(x), 1))))
     device = _device_of(model)
     generator = torch.Generator(device=device).manual_seed(seed)
     exact = not len(model.upper_layers) and isinstance(model.prior, StandardNormalPrior)

@@ -40,9 +40,10 @@ from .batches import epoch_permutation as _epoch_permutation  # noqa: F401  (re-
 from .batches import training_batches
 from .config import RunConfig, TrainConfig
 from .data import Dataset
-from .data.transforms import binarize
+from .data.transforms import binarize, perturb
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import elbo
+from .likelihoods import BernoulliLikelihood, DiscretizedLogisticLikelihood
 from .model import VAEModel
 from .numerics import NumericalGuard
 from .precision import MixedPrecision
@@ -155,6 +156,7 @@ class Trainer:
         self.x_train = dataset.x_train if self.dynamic_binarization or streamed else dataset.split("train")
         if not streamed:  # a streamed split was checked as it was scanned
             self.model.likelihood.check_data(self.x_train)
+        self.perturb_levels = self._perturbation_grid(streamed) if config.train.perturb_rate else None
         # Loop position and bookkeeping, all saved in checkpoints.
         self.epoch = 0
         self.step_in_epoch = 0
@@ -176,6 +178,21 @@ class Trainer:
                                     max_rollbacks=config.train.max_rollbacks,
                                     # fp16's gradient scaler skips steps with overflowing gradients by design
                                     check_gradients=config.train.precision != "fp16")
+
+    def _perturbation_grid(self, streamed: bool) -> int | None:
+        """The grid that perturbed values are drawn on (None: uniform on [0, 1]), so they stay in the likelihood's support."""
+        if self.dataset.kind != "unit":
+            raise ConfigError(f"perturbation replaces values with random ones in [0, 1], but {self.dataset.name} holds "
+                              "values outside [0, 1] (or is standardized); it is meant for images scaled to [0, 1]")
+        if self.dynamic_binarization:
+            return None  # intensities, binarized after the perturbation
+        likelihood = self.model.likelihood
+        if isinstance(likelihood, DiscretizedLogisticLikelihood):
+            return likelihood.num_levels
+        if self.dataset.config.binarize == "static" or (
+                isinstance(likelihood, BernoulliLikelihood) and not streamed and likelihood.is_discrete(self.x_train)):
+            return 2
+        return None
 
     # --- the loop --------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> list[dict[str, Any]]:
@@ -201,6 +218,8 @@ class Trainer:
                 started = time.perf_counter() - self.epoch_seconds
                 rolled_back = False
                 for step, x, global_count in batches.epoch(self.epoch, self.step_in_epoch):
+                    if cfg.perturb_rate:  # before binarization: a replaced intensity is then a fair coin
+                        x = perturb(x, cfg.perturb_rate, self.noise, self.perturb_levels)
                     if dynamic:
                         x = binarize(x, generator=self.noise)
                     kl_weight = cfg.kl_weight * min(1.0, (self.global_step + 1) / warmup_steps) if warmup_steps else cfg.kl_weight

@@ -45,7 +45,9 @@ def info(args: argparse.Namespace) -> int:
     print(f"training     {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} ({t.lr_schedule}), objective {t.objective}"
           + (f" (k={t.objective_samples})" if t.objective_samples > 1 else "")
           + f", kl weight {t.kl_weight}, warm-up {t.warmup_epochs} epochs"
-          + (f", free bits {t.free_bits}" if t.free_bits else "") + f", seed {t.seed}")
+          + (f", free bits {t.free_bits}" if t.free_bits else "")
+          + (f", inputs perturbed at rate {t.perturb_rate} (a background model)" if t.perturb_rate else "")
+          + f", seed {t.seed}")
     if history:
         last = history[-1]
         print(f"progress     {len(history)}/{t.epochs} epochs, step {last['step']}")

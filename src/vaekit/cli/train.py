@@ -33,6 +33,7 @@ DEFAULTS = {
     "device": "auto", "checkpoint_every": None, "test_fraction": 0.1, "upper_latent_dims": (),
     "upper_hidden": (100, 100), "prior": "standard-normal", "vamp_components": 500, "objective": "elbo",
     "objective_samples": None, "free_bits": 0.0, "clip_grad_norm": None, "max_rollbacks": 3, "precision": "fp32",
+    "perturb_rate": 0.0,
 }
 
 
@@ -108,6 +109,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="when a loss or gradient becomes NaN or infinite, roll back to the last good state and halve "
                         "the learning rate, at most N times in a row before stopping with an error (default 3; 0: stop "
                         "at once)")
+    t.add_argument("--perturb", dest="perturb_rate", type=float, metavar="RATE",
+                   help="replace this share of the training values with random ones in [0, 1] (on the data's grid for "
+                        "binary and 8-bit data), a fresh draw every step: trains the background model that --background "
+                        "of vaekit fit-detector and score takes for the likelihood ratio (Ren et al. 2019; they use "
+                        "0.1-0.3). Validation stays on clean data (default 0: off)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_data_options(p)
@@ -196,7 +202,8 @@ def _train(args: argparse.Namespace) -> int:
             upper_latent_dims=opts["upper_latent_dims"], upper_hidden=opts["upper_hidden"], prior=opts["prior"],
             vamp_components=opts["vamp_components"], objective=opts["objective"],
             objective_samples=opts["objective_samples"], free_bits=opts["free_bits"],
-            clip_grad_norm=opts["clip_grad_norm"], max_rollbacks=opts["max_rollbacks"], precision=opts["precision"])
+            clip_grad_norm=opts["clip_grad_norm"], max_rollbacks=opts["max_rollbacks"], precision=opts["precision"],
+            perturb_rate=opts["perturb_rate"])
 
     context = distributed.initialize(config.train.device)  # joins torchrun's process group, if launched by it
     log = _logger(args.progress) if context.is_main else (lambda message: None)

@@ -19,6 +19,21 @@ def binarize(x: Tensor, threshold: float | None = None, generator: torch.Generat
     return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).lt_(x)
 
 
+def perturb(x: Tensor, rate: float, generator: torch.Generator | None = None, levels: int | None = None) -> Tensor:
+    """``x`` (values in [0, 1]) with each value replaced, with probability ``rate``, by a uniform random one.
+
+    The replacement is uniform on [0, 1), or on the grid k / (levels - 1) when ``levels`` is given (2 for
+    binary data, 256 for 8-bit images), so perturbed data stay in the likelihood's support. One uniform
+    draw r per value serves both choices: r < rate selects the value, and r / rate is then uniform on [0, 1).
+    """
+    r = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+    chosen = r < rate
+    value = r.div_(rate).clamp_(max=1.0 - 2**-24)  # uniform on [0, 1) where chosen
+    if levels is not None:
+        value = value.mul_(levels).floor_().div_(levels - 1)
+    return torch.where(chosen, value.to(x.dtype), x)
+
+
 def split_generator(seed: int, split: str) -> torch.Generator:
     """A generator for the fixed binarization draw of one split, the same every time it is asked for."""
     offset = {"train": 1, "test": 2}.get(split, 3)
