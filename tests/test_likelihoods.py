@@ -93,12 +93,12 @@ def fused_cases(levels: int = 256, width: int = 20) -> tuple[torch.Tensor, torch
     return params, grid[:, 2, None].expand(len(grid), width)
 
 
-def fused(params, x, levels=256, compile=False):
+def fused(params, x, levels=256, compile=False, bias=None):
     from vaekit.decoder_kernels import discretized_logistic_kernel
 
     lik = DiscretizedLogisticLikelihood((x.shape[-1],), num_levels=levels)
     kernel = discretized_logistic_kernel(levels, lik.MIN_LOG_SCALE, lik.MAX_LOG_SCALE, compile)
-    return kernel(params, x)
+    return kernel(params, x, bias)
 
 
 def distribution(params, x, levels=256):
@@ -153,7 +153,7 @@ def test_fused_log_prob_keeps_the_far_tails_and_small_bins():
         torch.testing.assert_close(got[:, widest], exact[:, widest], rtol=1e-6, atol=0)
 
 
-def test_fused_log_prob_broadcasts_the_data_over_samples():
+def test_fused_log_prob_broadcasts_the_data_over_samples_and_adds_a_bias():
     torch.manual_seed(0)
     params = torch.randn(4, 3, 2, 1, 5, 5)
     x = torch.randint(0, 256, (3, 1, 5, 5)) / 255
@@ -161,6 +161,9 @@ def test_fused_log_prob_broadcasts_the_data_over_samples():
     got = fused(params.flatten(-3), x.flatten(-3))
     assert got.shape == (4, 3)
     torch.testing.assert_close(got, reference, rtol=1e-6, atol=1e-4)
+    bias = torch.randn(2, 25)
+    torch.testing.assert_close(fused(params.flatten(-3) - bias, x.flatten(-3), bias=bias), reference,
+                               rtol=1e-6, atol=1e-4)
 
 
 def test_the_kernel_stays_eager_when_compiling_fails(monkeypatch):

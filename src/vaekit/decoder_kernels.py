@@ -196,12 +196,12 @@ def _one_minus_exp_neg(d: Tensor) -> Tensor:
 
 
 def discretized_logistic_log_prob(params: Tensor, x: Tensor, num_levels: int, min_log_scale: float,
-                                  max_log_scale: float) -> Tensor:
+                                  max_log_scale: float, bias: Tensor | None = None) -> Tensor:
     """log p(x|z) summed over the last axis under ``DiscretizedLogisticLikelihood``, from the decoder's raw output.
 
-    ``params`` has shape (..., 2, D): the raw location (the distribution's location minus 1/2) and the
-    raw log-scale (soft-clamped to (min_log_scale, max_log_scale)) of every value; ``x`` (..., D)
-    broadcasts against (..., D). Equals ``likelihood(params).log_prob(x)`` up to float rounding (tested),
+    ``params`` (plus ``bias``, shape (2, D), where given) has shape (..., 2, D): the raw location (the
+    distribution's location minus 1/2) and the raw log-scale (soft-clamped to (min_log_scale,
+    max_log_scale)) of every value; ``x`` (..., D) broadcasts against (..., D). Equals ``likelihood(params).log_prob(x)`` up to float rounding (tested),
     written as one expression so that ``torch.compile`` fuses it into a single loop:
 
     * exp(-soft_clamp(s)) = e^-hi + e^-lo sigmoid(lo - s) exactly (from softplus(y) = log(1 + e^y)):
@@ -214,6 +214,8 @@ def discretized_logistic_log_prob(params: Tensor, x: Tensor, num_levels: int, mi
       taken as one, of a product in (0, 1]: no overflow, no cancellation in either tail (where the
       plain difference of two sigmoids rounds to zero), one logarithm per value.
     """
+    if bias is not None:
+        params = params + bias  # in the loop: no pass of its own
     raw_loc, raw_log_scale = params.unbind(-2)
     inv_scale = math.exp(-max_log_scale) + math.exp(-min_log_scale) * torch.sigmoid(min_log_scale - raw_log_scale)
     half_bin = 0.5 / (num_levels - 1)
@@ -231,12 +233,12 @@ def discretized_logistic_log_prob(params: Tensor, x: Tensor, num_levels: int, mi
 
 
 def discretized_logistic_kernel(num_levels: int, min_log_scale: float, max_log_scale: float, compile: bool) -> Any:
-    """``discretized_logistic_log_prob`` for these constants as a function of (params, x): compiled into one
-    loop where ``torch.compile`` works here (checked on a probe), else eager."""
+    """``discretized_logistic_log_prob`` for these constants as a function of (params, x, bias=None): compiled
+    into one loop where ``torch.compile`` works here (checked on a probe), else eager."""
     num_levels, min_log_scale, max_log_scale = int(num_levels), float(min_log_scale), float(max_log_scale)
 
-    def kernel(params: Tensor, x: Tensor) -> Tensor:
-        return discretized_logistic_log_prob(params, x, num_levels, min_log_scale, max_log_scale)
+    def kernel(params: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        return discretized_logistic_log_prob(params, x, num_levels, min_log_scale, max_log_scale, bias)
 
     if not compile:
         return kernel
@@ -245,21 +247,41 @@ def discretized_logistic_kernel(num_levels: int, min_log_scale: float, max_log_s
     generator = torch.Generator().manual_seed(0)
     levels = torch.randint(0, num_levels, (1, 24), generator=generator)
     levels[:, :2] = torch.tensor([0, num_levels - 1])  # both end levels
-    probe = torch.randn(3, 1, 2, 24, generator=generator) * 2, levels / (num_levels - 1)
+    probe = (torch.randn(3, 1, 2, 24, generator=generator) * 2, levels / (num_levels - 1),
+             torch.randn(2, 24, generator=generator))
     return _compiled(f"discretized_logistic_{num_levels}_{min_log_scale!r}_{max_log_scale!r}", kernel, probe, compile)
 
 
 class DiscretizedLogisticLogProb:
     """log p(x|z) for draws z of shape (samples, batch, latent) under a discretized-logistic decoder, shape
-    (samples, batch): the model's decoder, then the fused ``discretized_logistic_log_prob`` over its output."""
+    (samples, batch): the decoder, then the fused ``discretized_logistic_log_prob`` over its output.
+
+    For an MLP decoder the last layer's product goes into a buffer kept from chunk to chunk, and its bias
+    is added inside the fused loop: a fresh (samples x 2 x values) output every chunk cost as much again
+    as the product's bias pass (the memory is mapped anew, page by page, each time).
+    """
 
     def __init__(self, model: nn.Module, compile: bool = False) -> None:
         likelihood = model.likelihood
-        self.decoder_params = model.decoder_params
         self.kernel = discretized_logistic_kernel(likelihood.num_levels, likelihood.MIN_LOG_SCALE,
                                                   likelihood.MAX_LOG_SCALE, compile)
+        self.decoder_params = model.decoder_params
+        self.body = None
+        if model.config.arch == "mlp":
+            layers = list(model.decoder[0])
+            self.body = nn.Sequential(*layers[:-1])
+            self.weight_t = layers[-1].weight.detach().t()  # (hidden, 2 * values): no copy, BLAS reads it transposed
+            self.bias = layers[-1].bias.detach().view(2, -1)
+            self.buffer = torch.empty(0)
 
     def __call__(self, z: Tensor, x: Tensor) -> Tensor:
         samples, batch = z.shape[:2]
-        params = self.decoder_params(z).reshape(samples, batch, 2, -1)
-        return self.kernel(params, x.reshape(batch, -1).to(params.dtype))
+        x = x.reshape(batch, -1).to(z.dtype)
+        if self.body is None:
+            return self.kernel(self.decoder_params(z).reshape(samples, batch, 2, -1), x)
+        hidden = self.body(z.reshape(samples * batch, -1))
+        rows = samples * batch
+        if len(self.buffer) < rows or self.buffer.dtype != hidden.dtype or self.buffer.device != hidden.device:
+            self.buffer = hidden.new_empty(rows, self.weight_t.shape[1])
+        params = torch.mm(hidden, self.weight_t, out=self.buffer[:rows])
+        return self.kernel(params.view(samples, batch, 2, -1), x, self.bias)
