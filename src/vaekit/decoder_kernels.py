@@ -203,8 +203,9 @@ def discretized_logistic_log_prob(params: Tensor, x: Tensor, num_levels: int, mi
 
     ``params`` (plus ``bias``, shape (2, D), where given) has shape (..., 2, D): the raw location (the
     distribution's location minus 1/2) and the raw log-scale (soft-clamped to (min_log_scale,
-    max_log_scale)) of every value; ``x`` (..., D) broadcasts against (..., D). Equals ``likelihood(params).log_prob(x)`` up to float rounding (tested),
-    written as one expression so that ``torch.compile`` fuses it into a single loop:
+    max_log_scale)) of every value; ``x`` (..., D) broadcasts against (..., D). Equals
+    ``likelihood(params).log_prob(x)`` up to float rounding (tested), written as one expression so that
+    ``torch.compile`` fuses it into a single loop:
 
     * exp(-soft_clamp(s)) = e^-hi + e^-lo sigmoid(lo - s) exactly (from softplus(y) = log(1 + e^y)):
       the inverse scale with one exponential instead of the clamp's two softplus and an exp.
@@ -246,8 +247,8 @@ def discretized_logistic_kernel(num_levels: int, min_log_scale: float, max_log_s
         return kernel
     # One example per chunk, as for K = 5000 (the compiled code specializes a batch of one; sizes that
     # differ from 1, and from each other, are symbolic and need no recompilation). The first compilation's
-    # sizes also decide whether the loop is split over threads: too small a probe would keep it serial
-    # for good (2 threads: 1.0 times faster instead of 1.9).
+    # sizes also decide whether the loop is split over threads: after too small a probe it stayed serial for
+    # good (no faster on 2 threads than on 1; now 1.9 times faster).
     generator = torch.Generator().manual_seed(0)
     samples, values = 256, 64
     levels = torch.randint(0, num_levels, (1, values), generator=generator)
