@@ -11,8 +11,9 @@ import torch
 import vaekit
 from vaekit.api import make_run_config
 from vaekit.config import ModelConfig
-from vaekit.decoder_kernels import (BernoulliMLPLogProb, bernoulli_log_prob, bernoulli_log_prob_grouped,
-                                    bernoulli_kernel)
+from vaekit import evaluate as evaluate_module
+from vaekit.decoder_kernels import (BernoulliMLPLogProb, DiscretizedLogisticLogProb, bernoulli_log_prob,
+                                    bernoulli_log_prob_grouped, bernoulli_kernel)
 from vaekit.evaluate import _bytes_per_row, active_units, chunk_shape, elbo, evaluate, log_likelihood
 from vaekit.model import VAEModel
 from vaekit.train import train
@@ -173,6 +174,57 @@ def test_compiled_kernel_matches_eager(trained_run, digits):
     eager = log_likelihood(model, x, num_importance_samples=64, seed=0, compile=False)
     compiled = log_likelihood(model, x, num_importance_samples=64, seed=0, compile=True)
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_discretized_logistic_decoder_path_equals_the_distribution_in_float64(arch):
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_shape=(1, 8, 8), latent_dim=5, hidden=(16, 8), arch=arch,
+                                 likelihood="discretized-logistic", num_levels=17)).double()
+    with torch.no_grad():  # wide and narrow scales, locations inside and outside [0, 1]
+        last = [m for m in model.decoder.modules() if isinstance(m, (torch.nn.Linear, torch.nn.ConvTranspose2d))][-1]
+        last.weight.mul_(8.0)
+    x = torch.randint(0, 17, (6, 1, 8, 8), dtype=torch.float64) / 16
+    x[0], x[1] = 0.0, 1.0
+    z = torch.randn(9, 6, 5, dtype=torch.float64)
+    fast = DiscretizedLogisticLogProb(model)
+    with torch.no_grad():
+        reference = model.decode(z).log_prob(x)
+        torch.testing.assert_close(fast(z, x), reference, rtol=1e-12, atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def discretized_model(digits):
+    """A discretized-logistic MLP (17 levels, as digits hold), trained briefly."""
+    config = make_run_config(digits, latent_dim=4, hidden=(32, 32), arch="mlp", likelihood="discretized-logistic",
+                             epochs=3, batch_size=64, seed=0, device="cpu")
+    model, _ = train(config, digits, progress=False)
+    assert model.likelihood.num_levels == 17
+    return model.eval()
+
+
+def test_evaluation_is_unchanged_by_the_fused_discretized_logistic(discretized_model, digits, monkeypatch):
+    """evaluate() with the distribution's log_prob (the path before the fused kernel), with the fused formula
+    eager and compiled: the same numbers, the same seed, up to float32 rounding."""
+    x = digits.split("test")[:40]
+    results = {}
+    for name, compile in (("eager", False), ("compiled", True)):
+        results[name] = evaluate(discretized_model, x, num_importance_samples=100, seed=3, batch_size=8,
+                                 compile=compile)
+    with monkeypatch.context() as patch:
+        patch.setattr(evaluate_module, "_decoder_log_prob",
+                      lambda model, compile: lambda z, x: model.decode(z).log_prob(x))
+        results["distribution"] = evaluate(discretized_model, x, num_importance_samples=100, seed=3, batch_size=8)
+    reference = results.pop("distribution")
+    assert reference.bits_per_dim is not None and 0 < reference.nll < 500
+    for result in results.values():
+        for name, values in reference.per_example.items():
+            np.testing.assert_allclose(result.per_example[name], values, rtol=1e-5, atol=1e-4, err_msg=name)
+        for name in ("nll", "neg_elbo", "reconstruction", "kl", "bits_per_dim", "elbo_bits_per_dim"):
+            assert getattr(result, name) == pytest.approx(getattr(reference, name), rel=1e-6), name
+    # and log_likelihood alone, with another chunking
+    np.testing.assert_allclose(-log_likelihood(discretized_model, x, 100, seed=3, sample_chunk=30).numpy(),
+                               reference.per_example["nll"], rtol=1e-5, atol=1e-4)
 
 
 def test_evaluate_reports_means_standard_errors_and_bits(trained_run, digits):

@@ -20,10 +20,20 @@ need the full product: logits = [z, relu(h_M)] @ [W1_A^T W2_A^T; W2_M^T] + (b2 +
 product shrinks by half. The term sum_d x_d l_d needs no logits at all: it is [z, relu(h_M)] times
 the weights applied to x, a matrix-vector product per example; only the softplus sum is elementwise.
 Exact arithmetic in another order (tested against the distribution in float64).
+
+The discretized logistic (8-bit images) has its own fused loop, ``discretized_logistic_log_prob``: the
+decoder's raw (location, log-scale) pairs go in, log p(x|z) summed over the pixels comes out, in one
+pass instead of the ~15 full passes of ``DiscretizedLogistic.log_prob`` (and of the soft clamp and
+the ``Independent`` sum before it). Per pixel it needs four exponentials, one logarithm and two
+divisions, where the distribution evaluates seventeen exponentials and logarithms (all three branches of
+its ``torch.where``, and both of ``log1mexp``'s). See the function for the algebra. For the 784-200-200-50
+MLP at K = 5000 the evaluation runs 2.9 times faster (benchmarks/eval_speed_dlogistic.py); the loop, bound
+by those exponentials, now takes as long as the decoder's last matrix product.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -166,3 +176,118 @@ class BernoulliMLPLogProb:
             x_term = (used_weights @ x[b]) @ used_inputs + offset @ x[b]  # sum_d x_d l_d without the logits
             out[b] = x_term - self.softplus_sum(logits, offset)
         return out.t()
+
+
+# --- the discretized logistic --------------------------------------------------------------------
+
+def _one_minus_exp_neg(d: Tensor) -> Tensor:
+    """1 - e^-d for d > 0, accurate to the last bits for small d as well.
+
+    Eagerly this is ``-expm1(-d)``. Compiled, it is not: inductor's vectorized C++ writes expm1 as
+    exp(x) - 1, which cancels for small d (at the largest scale, d = 8e-6 for 256 levels, a relative
+    error of 1%). There the Taylor series serves below 1/4 (in Horner form, to the float's precision:
+    6 terms for float32, 12 for float64) and 1 - e^-d above, where e^-d < 0.78 cancels nothing.
+    """
+    if not torch.compiler.is_compiling():
+        return -torch.expm1(-d)
+    terms = 12 if d.dtype == torch.float64 else 6
+    series = torch.ones_like(d)
+    for k in range(terms, 1, -1):
+        series = 1 - (d / k) * series
+    return torch.where(d < 0.25, d * series, 1 - torch.exp(-d))
+
+
+def discretized_logistic_log_prob(params: Tensor, x: Tensor, num_levels: int, min_log_scale: float,
+                                  max_log_scale: float, bias: Tensor | None = None) -> Tensor:
+    """log p(x|z) summed over the last axis under ``DiscretizedLogisticLikelihood``, from the decoder's raw output.
+
+    ``params`` (plus ``bias``, shape (2, D), where given) has shape (..., 2, D): the raw location (the
+    distribution's location minus 1/2) and the raw log-scale (soft-clamped to (min_log_scale,
+    max_log_scale)) of every value; ``x`` (..., D) broadcasts against (..., D). Equals
+    ``likelihood(params).log_prob(x)`` up to float rounding (tested), written as one expression so that
+    ``torch.compile`` fuses it into a single loop:
+
+    * exp(-soft_clamp(s)) = e^-hi + e^-lo sigmoid(lo - s) exactly (from softplus(y) = log(1 + e^y)):
+      the inverse scale with one exponential instead of the clamp's two softplus and an exp.
+    * With the bin edges l < u standardized, u - l = 2 h / scale (h the half bin), the three branches
+      of ``DiscretizedLogistic.log_prob`` are one sum whose terms drop out at the two end levels:
+      log(sigmoid(u) - sigmoid(l)) = -softplus(l) - softplus(-u) + log(1 - e^-(u-l)); the first level
+      (x = 0) keeps only -softplus(-u), the last (x = 1) only -softplus(l).
+    * softplus(y) = relu(y) + log(1 + e^-|y|), and the two logarithms and that of 1 - e^-(u-l) are
+      taken as one, of a product in (0, 1]: no overflow, no cancellation in either tail (where the
+      plain difference of two sigmoids rounds to zero), one logarithm per value.
+    """
+    if bias is not None:
+        params = params + bias  # in the loop: no pass of its own
+    raw_loc, raw_log_scale = params.unbind(-2)
+    inv_scale = math.exp(-max_log_scale) + math.exp(-min_log_scale) * torch.sigmoid(min_log_scale - raw_log_scale)
+    half_bin = 0.5 / (num_levels - 1)
+    eps = 0.25 / (num_levels - 1)  # as in DiscretizedLogistic.log_prob: which values are the end levels
+    centred = x - 0.5 - raw_loc
+    upper = (centred + half_bin) * inv_scale  # standardized bin edges
+    lower = (centred - half_bin) * inv_scale
+    above_first = x >= eps  # the mass below the bin's lower edge is excluded
+    below_last = x <= 1 - eps  # the mass above the bin's upper edge is excluded
+    interior = torch.where(above_first & below_last, _one_minus_exp_neg((2 * half_bin) * inv_scale), 1.0)
+    lower_factor = torch.where(above_first, 1 + torch.exp(-lower.abs()), 1.0)
+    upper_factor = torch.where(below_last, 1 + torch.exp(-upper.abs()), 1.0)
+    linear = torch.where(above_first, lower.clamp_min(0), 0.0) + torch.where(below_last, (-upper).clamp_min(0), 0.0)
+    return torch.log(interior / (lower_factor * upper_factor)).sum(-1) - linear.sum(-1)
+
+
+def discretized_logistic_kernel(num_levels: int, min_log_scale: float, max_log_scale: float, compile: bool) -> Any:
+    """``discretized_logistic_log_prob`` for these constants as a function of (params, x, bias=None): compiled
+    into one loop where ``torch.compile`` works here (checked on a probe), else eager."""
+    num_levels, min_log_scale, max_log_scale = int(num_levels), float(min_log_scale), float(max_log_scale)
+
+    def kernel(params: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        return discretized_logistic_log_prob(params, x, num_levels, min_log_scale, max_log_scale, bias)
+
+    if not compile:
+        return kernel
+    # One example per chunk, as for K = 5000 (the compiled code specializes a batch of one; sizes that
+    # differ from 1, and from each other, are symbolic and need no recompilation). The first compilation's
+    # sizes also decide whether the loop is split over threads: after too small a probe it stayed serial for
+    # good (no faster on 2 threads than on 1; now 1.9 times faster).
+    generator = torch.Generator().manual_seed(0)
+    samples, values = 256, 64
+    levels = torch.randint(0, num_levels, (1, values), generator=generator)
+    levels[:, :2] = torch.tensor([0, num_levels - 1])  # both end levels
+    probe = (torch.randn(samples, 1, 2, values, generator=generator) * 2, levels / (num_levels - 1),
+             torch.randn(2, values, generator=generator))
+    return _compiled(f"discretized_logistic_{num_levels}_{min_log_scale!r}_{max_log_scale!r}", kernel, probe, compile)
+
+
+class DiscretizedLogisticLogProb:
+    """log p(x|z) for draws z of shape (samples, batch, latent) under a discretized-logistic decoder, shape
+    (samples, batch): the decoder, then the fused ``discretized_logistic_log_prob`` over its output.
+
+    For an MLP decoder the last layer's product goes into a buffer kept from chunk to chunk, and its bias
+    is added inside the fused loop: a fresh (samples x 2 x values) output every chunk cost as much again
+    as the product's bias pass (the memory is mapped anew, page by page, each time).
+    """
+
+    def __init__(self, model: nn.Module, compile: bool = False) -> None:
+        likelihood = model.likelihood
+        self.kernel = discretized_logistic_kernel(likelihood.num_levels, likelihood.MIN_LOG_SCALE,
+                                                  likelihood.MAX_LOG_SCALE, compile)
+        self.decoder_params = model.decoder_params
+        self.body = None
+        if model.config.arch == "mlp":
+            layers = list(model.decoder[0])
+            self.body = nn.Sequential(*layers[:-1])
+            self.weight_t = layers[-1].weight.detach().t()  # (hidden, 2 * values): no copy, BLAS reads it transposed
+            self.bias = layers[-1].bias.detach().view(2, -1)
+            self.buffer = torch.empty(0)
+
+    def __call__(self, z: Tensor, x: Tensor) -> Tensor:
+        samples, batch = z.shape[:2]
+        x = x.reshape(batch, -1).to(z.dtype)
+        if self.body is None:
+            return self.kernel(self.decoder_params(z).reshape(samples, batch, 2, -1), x)
+        hidden = self.body(z.reshape(samples * batch, -1))
+        rows = samples * batch
+        if len(self.buffer) < rows or self.buffer.dtype != hidden.dtype or self.buffer.device != hidden.device:
+            self.buffer = hidden.new_empty(rows, self.weight_t.shape[1])
+        params = torch.mm(hidden, self.weight_t, out=self.buffer[:rows])
+        return self.kernel(params.view(samples, batch, 2, -1), x, self.bias)

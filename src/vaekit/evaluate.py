@@ -15,9 +15,10 @@ Where the time goes (784-400-20 MLP, Bernoulli, on a CPU): the decoder's last ma
 (K x 400 x 784 multiply-adds per example), then the log-likelihood of its K x 784 logits. Both run on
 chunks as large as the memory budget allows; for a Bernoulli MLP decoder the log-likelihood is one
 fused loop over the logits (``decoder_kernels``), compiled with ``torch.compile`` when the work is
-large enough to repay the compilation. With one ReLU hidden layer, the hidden units that are active
-for all of an example's draws are folded into a latent-sized matrix and those active for none are
-dropped, which halves the last product (exact; see ``decoder_kernels``).
+large enough to repay the compilation; so is the discretized logistic's over the decoder's (location,
+log-scale) pairs, for any decoder. For a Bernoulli decoder with one ReLU hidden layer, the hidden
+units that are active for all of an example's draws are folded into a latent-sized matrix and those
+active for none are dropped, which halves the last product (exact; see ``decoder_kernels``).
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .decoder_kernels import BernoulliMLPLogProb
+from .decoder_kernels import BernoulliMLPLogProb, DiscretizedLogisticLogProb
 from .errors import ConfigError
-from .likelihoods import BernoulliLikelihood
+from .likelihoods import BernoulliLikelihood, DiscretizedLogisticLikelihood
 from .model import VAEModel
 from .priors import StandardNormalPrior
 
@@ -49,6 +50,10 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 
 # Compiling the fused Bernoulli reduction costs seconds once; below this many logits eager code is as fast overall.
 COMPILE_MIN_LOGITS = 2_000_000_000
+# The discretized logistic's compiled loop saves more per value (the evaluation runs 1.8 times faster than with
+# its eager form, itself 1.6 times faster than the distribution's): it repays its compilation (4 s, 10 s
+# with an empty inductor cache; once per process) from about this many values, 130 images at K = 5000.
+COMPILE_MIN_VALUES_DISCRETIZED_LOGISTIC = 500_000_000
 
 
 @dataclass
@@ -147,10 +152,13 @@ def chunk_shape(model: VAEModel, num_importance_samples: int, memory_budget_mb: 
 
 
 def _decoder_log_prob(model: VAEModel, compile: bool):
-    """log p(x|z_1) for draws of shape (samples, batch, latent): the model's own distribution, or for a
-    Bernoulli likelihood on an MLP decoder the fused, exact kernels of ``decoder_kernels``."""
+    """log p(x|z_1) for draws of shape (samples, batch, latent): the model's own distribution, or the fused,
+    exact kernels of ``decoder_kernels`` for a Bernoulli likelihood on an MLP decoder and for the
+    discretized logistic on any decoder."""
     if isinstance(model.likelihood, BernoulliLikelihood) and model.config.arch == "mlp":
         return BernoulliMLPLogProb(model.decoder, math.prod(model.input_shape), compile=compile)
+    if isinstance(model.likelihood, DiscretizedLogisticLikelihood):
+        return DiscretizedLogisticLogProb(model, compile=compile)
     return lambda z, x: model.decode(z).log_prob(x)
 
 
@@ -175,7 +183,9 @@ def _importance_pass(model: VAEModel, x: Tensor, num_importance_samples: int, se
     batch_size = batch_size or max(1, auto_batch if sample_chunk == auto_chunk else
                                    (auto_batch * auto_chunk) // sample_chunk)
     if compile is None:
-        compile = len(x) * num_importance_samples * math.prod(model.input_shape) >= COMPILE_MIN_LOGITS
+        enough = (COMPILE_MIN_VALUES_DISCRETIZED_LOGISTIC if isinstance(model.likelihood, DiscretizedLogisticLikelihood)
+                  else COMPILE_MIN_LOGITS)
+        compile = len(x) * num_importance_samples * math.prod(model.input_shape) >= enough
     log_prob_x = _decoder_log_prob(model, compile)
     dims = model.latent_dims
     total_dim = sum(dims)
@@ -234,8 +244,9 @@ def log_likelihood(model: VAEModel, x: Tensor, num_importance_samples: int = 100
     ``x`` holds examples as the model sees them (binarized where the model was trained on binary data).
     Chunks of ``sample_chunk`` samples for ``batch_size`` examples at a time are chosen to fit
     ``memory_budget_mb`` unless given; they change the speed, never the result, which depends only on
-    ``seed``. ``compile``: fuse the Bernoulli log-likelihood with ``torch.compile`` (default: when the
-    evaluation is large enough to repay the compilation, a few seconds once per process).
+    ``seed``. ``compile``: fuse the Bernoulli or discretized-logistic log-likelihood with ``torch.compile``
+    (default: when the evaluation is large enough to repay the compilation, seconds once per process;
+    ``False`` keeps every computation eager).
     """
     sums = _importance_pass(model, x, num_importance_samples, seed, batch_size, sample_chunk, memory_budget_mb,
                             compile)

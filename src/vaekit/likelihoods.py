@@ -218,6 +218,7 @@ class DiscretizedLogisticLikelihood(Likelihood):
 
     # Scales below 1e-3 of the unit range are far narrower than one level (1/255) and only invite overflow.
     MIN_LOG_SCALE = math.log(1e-3)
+    MAX_LOG_SCALE = MAX_LOG_STD
 
     def __init__(self, data_shape: tuple[int, ...], num_levels: int = 256) -> None:
         super().__init__(data_shape)
@@ -226,7 +227,7 @@ class DiscretizedLogisticLikelihood(Likelihood):
     def forward(self, params: Tensor) -> Distribution:
         # The location is centred on the middle of [0, 1] so that a zero decoder output means "grey".
         loc = self.param(params, 0) + 0.5
-        log_scale = soft_clamp(self.param(params, 1), self.MIN_LOG_SCALE, MAX_LOG_STD)
+        log_scale = soft_clamp(self.param(params, 1), self.MIN_LOG_SCALE, self.MAX_LOG_SCALE)
         return self._independent(DiscretizedLogistic(loc, log_scale, self.num_levels))
 
     def check_data(self, x: Tensor) -> None:
