@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from conftest import benchmark_module
@@ -95,3 +96,18 @@ def test_ablation_target_is_within_reach_of_every_rung(speed, monkeypatch):
     assert len(calls) == 2 * len(speed.LADDER) and ablation["target_epoch"] == 9
     assert all(math.isfinite(rung["seconds_to_target"]) for rung in ablation["rungs"])
     assert all(len(rung["runs"]) == 2 for rung in ablation["rungs"])
+
+
+def test_anomaly_benchmark_trains_its_background_model_on_a_copy_or_online(monkeypatch, tmp_path):
+    with benchmark_module("anomaly") as bench:
+        calls = []
+        monkeypatch.setattr(bench, "train_model", lambda x, run_dir, settings, log, perturb_rate=0.0:
+                            calls.append((x, perturb_rate)) or (None, 0.0))
+        x = np.full((50, 1, 4, 4), 0.5, np.float32)
+        for mode in ("copy", "online"):
+            bench.maybe_background(x, tmp_path, {**bench.FULL, "background_perturbation": mode}, True, print)
+        (copied, copy_rate), (online, online_rate) = calls
+        assert copy_rate == 0.0 and abs((copied != 0.5).mean() - 0.2) < 0.03  # one fixed perturbed copy
+        assert online_rate == 0.2 and online is x  # clean data; the trainer perturbs every batch
+        # the published table's training settings stay pinned against later changes of the trainer's defaults
+        assert bench.FULL["lr_schedule"] == "constant" and bench.FULL["adam_beta2"] == 0.999
