@@ -201,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
                              f"1 epoch (digits 20), K={QUICK['importance_samples']}")
     parser.add_argument("--only", action="append", metavar="NAME", choices=[s.name for s in SETUPS],
                         help="run only this configuration (repeat for more)")
-    parser.add_argument("--force", action="store_true", help="recompute cached results")
+    parser.add_argument("--force", action="store_true", help="recompute cached results, training included")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="evaluate cached rows again from their trained runs in --runs (after a change of the "
+                             "evaluation code); training is kept")
     parser.add_argument("--max-minutes", type=float, default=math.inf,
                         help="start no new training segment or evaluation after this many minutes")
     parser.add_argument("--json", type=Path, help="results file (default benchmarks/results/likelihood[-quick].json)")
@@ -244,10 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     for setup in selected:
         key = keys[setup.name]
         cached = results.get(setup.name)
-        if cached and cached.get("fingerprint") == key and not args.force:
+        if cached and cached.get("fingerprint") == key and not (args.force or args.reevaluate):
             log(f"{setup.name}: cached ({cached['nll']:.2f} nats)")
             continue
         run_dir = args.runs / mode_name / setup.name
+        if args.reevaluate and not args.force and not ckpt.is_run_dir(run_dir):
+            log(f"{setup.name}: no trained run in {run_dir} to evaluate again; skipped")
+            continue
         if args.force and run_dir.exists():
             import shutil
 
