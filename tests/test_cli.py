@@ -165,6 +165,7 @@ def test_eval_reports_text_json_and_per_example_values(cli_run, tmp_path, capsys
     text = capsys.readouterr().out
     assert "digits:test: 359 examples, K=20 importance samples" in text
     assert "-log p(x)" in text and "active units" in text and "KL per latent dimension" in text
+    assert "collapsed" not in text
     csv_path = tmp_path / "values.csv"
     assert main(["eval", str(cli_run), "digits:test", "--importance-samples", "20", "--json",
                  "--per-example", str(csv_path)]) == 0
@@ -181,6 +182,21 @@ def test_eval_reports_text_json_and_per_example_values(cli_run, tmp_path, capsys
     # The same command gives the same number.
     assert main(["eval", str(cli_run), "-k", "20", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["nll"] == summary["nll"]
+
+
+def test_eval_warns_of_a_collapsed_posterior(tmp_path, capsys):
+    from vaekit.cli.evaluate import collapse_warnings
+
+    run = tmp_path / "collapsed"  # a KL weight of 200 leaves the encoder nothing to gain from encoding x
+    assert main(["train", "digits", "--out", str(run), "--epochs", "2", "--latent-dim", "3", "--hidden", "16",
+                 "--kl-weight", "200", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "-k", "5", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "active units: 0 of 3" in text and "warning: no latent unit is active: the posterior collapsed" in text
+    assert collapse_warnings([12, 3]) == []
+    [line] = collapse_warnings([15, 0])
+    assert "stochastic layer 2 of 2 has no active unit" in line and "--free-bits" in line
 
 
 def test_eval_bad_input(cli_run, tmp_path, capsys):

@@ -91,4 +91,16 @@ def describe(result: Evaluation, run: str, spec: str, whole: bool = False) -> st
                  + (f" ({per_layer} by layer)" if len(result.active_units_per_layer) > 1 else "")
                  + " (Burda et al.: Cov_x E_q[z|x] > 0.01)")
     lines.append("  KL per latent dimension: " + " ".join(f"{v:.2f}" for v in result.kl_per_dim))
+    lines.extend(collapse_warnings(result.active_units_per_layer))
     return "\n".join(lines)
+
+
+def collapse_warnings(active_units_per_layer: list[int]) -> list[str]:
+    """A line for each stochastic layer without an active unit: it collapsed to its prior (posterior collapse)."""
+    remedy = "--free-bits NATS or a longer --warmup-epochs work against this"
+    layers = len(active_units_per_layer)
+    if layers == 1:
+        return [f"  warning: no latent unit is active: the posterior collapsed to the prior and z carries (almost) "
+                f"nothing about x; {remedy}"] if active_units_per_layer[0] == 0 else []
+    return [f"  warning: stochastic layer {i + 1} of {layers} has no active unit: it collapsed to its prior and "
+            f"passes (almost) nothing on; {remedy}" for i, count in enumerate(active_units_per_layer) if count == 0]
