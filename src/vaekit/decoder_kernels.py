@@ -119,6 +119,13 @@ def softplus_sum_kernel(values_per_example: int, compile: bool) -> Any:
     return _COMPILED[name]
 
 
+def _split_mlp(decoder: nn.Module) -> tuple[list[nn.Module], nn.Sequential, nn.Linear]:
+    """An MLP decoder's layers, as everything before the last linear layer and that layer (whose product the
+    fused kernels take over)."""
+    layers = list(decoder[0])
+    return layers, nn.Sequential(*layers[:-1]), layers[-1]
+
+
 def _single_relu_layer(layers: list[nn.Module]) -> bool:
     return (len(layers) == 3 and isinstance(layers[0], nn.Linear) and isinstance(layers[1], nn.ReLU)
             and isinstance(layers[2], nn.Linear))
@@ -128,10 +135,9 @@ class BernoulliMLPLogProb:
     """log p(x|z) for draws z of shape (samples, batch, latent) under a Bernoulli MLP decoder, shape (samples, batch)."""
 
     def __init__(self, decoder: nn.Module, data_values: int, compile: bool = False) -> None:
-        layers = list(decoder[0])
-        self.body = nn.Sequential(*layers[:-1])
-        self.weight_t = layers[-1].weight.detach().t().contiguous()  # (hidden, values)
-        self.bias = layers[-1].bias.detach()
+        layers, self.body, last = _split_mlp(decoder)
+        self.weight_t = last.weight.detach().t().contiguous()  # (hidden, values)
+        self.bias = last.bias.detach()
         self.collapse = _single_relu_layer(layers)
         if self.collapse:
             self.first_weight = layers[0].weight.detach()  # (hidden, latent)
@@ -274,10 +280,9 @@ class DiscretizedLogisticLogProb:
         self.decoder_params = model.decoder_params
         self.body = None
         if model.config.arch == "mlp":
-            layers = list(model.decoder[0])
-            self.body = nn.Sequential(*layers[:-1])
-            self.weight_t = layers[-1].weight.detach().t()  # (hidden, 2 * values): no copy, BLAS reads it transposed
-            self.bias = layers[-1].bias.detach().view(2, -1)
+            _, self.body, last = _split_mlp(model.decoder)
+            self.weight_t = last.weight.detach().t()  # (hidden, 2 * values): no copy, BLAS reads it transposed
+            self.bias = last.bias.detach().view(2, -1)
             self.buffer = torch.empty(0)
 
     def __call__(self, z: Tensor, x: Tensor) -> Tensor:
