@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 import vaekit
-from vaekit import checkpoint as ckpt
+from vaekit.training import checkpoint as ckpt
 from vaekit.api import make_run_config
-from vaekit.evaluate import log_likelihood
+from vaekit.evaluation.likelihood import log_likelihood
 from vaekit.fileio import atomic_write_json
-from vaekit.train import train
+from vaekit.training.trainer import train
 
 
 @torch.no_grad()

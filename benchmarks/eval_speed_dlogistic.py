@@ -35,14 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import vaekit  # noqa: E402
-from vaekit import checkpoint as ckpt  # noqa: E402
-from vaekit import evaluate  # noqa: E402
+from vaekit.training import checkpoint as ckpt  # noqa: E402
+from vaekit.evaluation import likelihood as evaluate  # noqa: E402
 from vaekit.api import make_run_config  # noqa: E402
 from vaekit.config import ModelConfig  # noqa: E402
 from vaekit.data.sources import FASHION_MNIST_DIR  # noqa: E402
 from vaekit.fileio import atomic_write_json  # noqa: E402
-from vaekit.model import VAEModel  # noqa: E402
-from vaekit.train import train  # noqa: E402
+from vaekit.models.model import VAEModel  # noqa: E402
+from vaekit.training.trainer import train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 # The server that forks the training processes imports these once.
-PRELOAD = ["torch._dynamo", "vaekit.cli", "vaekit.cli.train", "vaekit.train", "vaekit.api", "vaekit.plots", "sklearn.datasets",
+PRELOAD = ["torch._dynamo", "vaekit.cli", "vaekit.cli.train", "vaekit.training.trainer", "vaekit.api", "vaekit.plots", "sklearn.datasets",
            "matplotlib.figure", "matplotlib.backends.backend_agg"]
 
 DEFAULT_TRAIN_ARGS = ["--epochs", "3", "--batch-size", "64", "--latent-dim", "4", "--hidden", "32", "--seed", "3",
@@ -85,7 +85,7 @@ def audit_run_dir(run_dir: Path) -> dict[str, Any]:
     """
     from PIL import Image
 
-    from vaekit import checkpoint as ckpt
+    from vaekit.training import checkpoint as ckpt
     from vaekit.config import RunConfig
 
     found: dict[str, Any] = {"temp_files": 0, "checkpoint_step": None, "problems": []}
@@ -113,7 +113,7 @@ def audit_run_dir(run_dir: Path) -> dict[str, Any]:
 
 def final_state(run_dir: Path) -> dict[str, Any]:
     """What must match between runs: final weights, the last checkpoint's tensors and state, the metrics."""
-    from vaekit import checkpoint as ckpt
+    from vaekit.training import checkpoint as ckpt
 
     saved = ckpt.load_checkpoint(run_dir)
     timing = {"seconds", "examples_per_second"}

@@ -42,11 +42,11 @@ from typing import Any
 import torch
 
 import vaekit
-from vaekit import checkpoint as ckpt
+from vaekit.training import checkpoint as ckpt
 from vaekit.api import make_run_config
-from vaekit.evaluate import evaluate
+from vaekit.evaluation.likelihood import evaluate
 from vaekit.fileio import atomic_write_json, atomic_write_text
-from vaekit.train import train
+from vaekit.training.trainer import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = Path("runs") / "likelihood"

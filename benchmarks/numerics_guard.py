@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def make_step(variant: str, device: torch.device, batch_size: int, steps: int):
     from vaekit.config import ModelConfig, TrainConfig
-    from vaekit.model import VAEModel
-    from vaekit.numerics import NumericalGuard
-    from vaekit.objectives import make_objective
-    from vaekit.train import make_optimizer
+    from vaekit.models.model import VAEModel
+    from vaekit.training.numerics import NumericalGuard
+    from vaekit.models.objectives import make_objective
+    from vaekit.training.trainer import make_optimizer
 
     torch.manual_seed(0)
     model = VAEModel(ModelConfig(input_shape=(784,), latent_dim=20, hidden=(400,))).to(device)
@@ -84,12 +84,12 @@ def isolated_costs(device: torch.device, batch_size: int, calls: int = 200) -> d
 
     Minima are far less sensitive than medians to other jobs on a shared machine.
     """
-    from vaekit.numerics import NumericalGuard
+    from vaekit.training.numerics import NumericalGuard
 
     step = make_step("plain", device, batch_size, steps=1)
     step_times, guard_times = [], []
     from vaekit.config import ModelConfig
-    from vaekit.model import VAEModel
+    from vaekit.models.model import VAEModel
 
     model = VAEModel(ModelConfig(input_shape=(784,), latent_dim=20, hidden=(400,))).to(device)
     for p in model.parameters():

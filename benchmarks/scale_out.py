@@ -34,7 +34,7 @@ from common import machine  # noqa: E402
 def precision_runs(data_name: str, epochs: int, repeats: int, batch_size: int) -> dict:
     import vaekit
     from vaekit.api import make_run_config
-    from vaekit.train import train
+    from vaekit.training.trainer import train
 
     data = vaekit.load_dataset(data_name, binarize="dynamic")
     results: dict[str, dict] = {}

@@ -4,7 +4,7 @@ The reference is the pytorch/examples VAE written the canonical way (MLP 784-400
 with ``F.binary_cross_entropy``, Adam 1e-3, batch 128, a ``DataLoader`` over a ``TensorDataset``).
 vaekit trains the same architecture with its default settings (``vaekit.VAE(latent_dim=20,
 hidden=(400,), arch="mlp")``). Both sides train on the same dynamically binarized data and are
-scored by the same function (``vaekit.evaluate.elbo`` on the fixed binarized test set; the
+scored by the same function (``vaekit.evaluation.elbo`` on the fixed binarized test set; the
 reference's weights are copied into a ``VAEModel``, which computes the same function).
 
 Every measurement runs in its own subprocess (so peak memory is per side), the two sides
@@ -14,7 +14,7 @@ alternate, and the table gives medians over the repeats:
 - time to quality: training seconds until the test -ELBO first reaches the target, which is the
   median test -ELBO of the reference runs after 10 epochs (linear interpolation between epochs);
 - peak resident memory (RSS) of the training process;
-- importance-weighted log-likelihood (``vaekit.evaluate.log_likelihood`` against the obvious
+- importance-weighted log-likelihood (``vaekit.evaluation.log_likelihood`` against the obvious
   per-image implementation), images/second at K=1000 and K=5000, the full test set at K=5000, and
   the agreement of the two estimates on the reference's images;
 - sampling (decode z ~ N(0, I)) and encoding throughput, through ``vaekit.VAE`` against the
@@ -119,7 +119,7 @@ def reference_log_likelihood(model: ReferenceVAE, x: Tensor, num_samples: int) -
 def vaekit_model_from_reference(reference: ReferenceVAE):
     """The same network as a ``VAEModel``, so that both sides are scored by vaekit's evaluation code."""
     from vaekit.config import ModelConfig
-    from vaekit.model import VAEModel
+    from vaekit.models.model import VAEModel
 
     model = VAEModel(ModelConfig(input_shape=(1, 28, 28), latent_dim=LATENT, hidden=(HIDDEN,), arch="mlp"))
     ours = [p for p in model.parameters()]
@@ -155,7 +155,7 @@ def load_data():
 
 def test_neg_elbo(model, x_test: Tensor, seed: int) -> float:
     """The one scoring function for both sides: vaekit's ELBO on the fixed binarized test set."""
-    from vaekit.evaluate import elbo
+    from vaekit.evaluation.likelihood import elbo
 
     return elbo(model, x_test, batch_size=1024, seed=seed).neg_elbo.mean().item()
 
@@ -204,11 +204,11 @@ LADDER = [
 
 def undo_optimisations(names: list[str]) -> None:
     """Put back the foundation's implementation of the named optimisations (for the ablation only)."""
-    import vaekit.train
-    from vaekit.likelihoods import BernoulliLikelihood, Likelihood
+    import vaekit.training.trainer
+    from vaekit.models.likelihoods import BernoulliLikelihood, Likelihood
 
     if "binarization" in names:
-        vaekit.train.binarize = lambda x, threshold=None, generator=None: torch.bernoulli(x, generator=generator)
+        vaekit.training.trainer.binarize = lambda x, threshold=None, generator=None: torch.bernoulli(x, generator=generator)
     if "loss" in names:
         BernoulliLikelihood.negative_log_prob = Likelihood.negative_log_prob  # -Independent(Bernoulli).log_prob
 
@@ -241,7 +241,7 @@ def train_vaekit(spec: dict[str, Any]) -> dict[str, Any]:
 
 def iwae(spec: dict[str, Any]) -> dict[str, Any]:
     import vaekit
-    from vaekit.evaluate import log_likelihood
+    from vaekit.evaluation.likelihood import log_likelihood
 
     torch.manual_seed(spec["seed"])
     vae = vaekit.load(spec["run"])

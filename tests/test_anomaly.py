@@ -16,7 +16,8 @@ from PIL import Image
 from sklearn.exceptions import NotFittedError
 
 import vaekit
-from vaekit import CheckpointError, ConfigError, DataError, anomaly
+from vaekit import CheckpointError, ConfigError, DataError
+from vaekit import anomaly
 from vaekit.cli import main
 
 

@@ -32,7 +32,7 @@ from hypothesis.extra import numpy as hnp
 
 import vaekit
 from vaekit import VaekitError
-from vaekit import checkpoint as ckpt
+from vaekit.training import checkpoint as ckpt
 from vaekit.config import RunConfig
 from vaekit.data.idx import parse_idx, read_idx
 

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 import vaekit
 from vaekit import CheckpointError
-from vaekit import checkpoint as ckpt
+from vaekit.training import checkpoint as ckpt
 from vaekit.config import FORMAT_VERSION
 
 

@@ -16,11 +16,10 @@ import pytest
 import torch
 
 import vaekit
-from vaekit import checkpoint as ckpt
+from vaekit.training import checkpoint as ckpt
 from vaekit.api import make_run_config
-from vaekit.distributed import (DistributedContext, backend_for, rank_seed, threads_per_process, torchrun_command,
-                                without_option)
-from vaekit.train import train
+from vaekit.training.distributed import (DistributedContext, backend_for, rank_seed, threads_per_process, torchrun_command, without_option)
+from vaekit.training.trainer import train
 
 SMALL = ["--latent-dim", "4", "--hidden", "64", "--batch-size", "64", "--seed", "3", "--no-progress",
          "--device", "cpu"]
@@ -98,7 +97,7 @@ def test_launcher_settings():
 
 
 def test_global_batch_smaller_than_the_processes_is_refused(digits):
-    from vaekit.batches import training_batches
+    from vaekit.training.batches import training_batches
     from vaekit.errors import ConfigError
 
     config = make_run_config(digits, epochs=1, batch_size=1, device="cpu")

@@ -11,12 +11,11 @@ import torch
 import vaekit
 from vaekit.api import make_run_config
 from vaekit.config import ModelConfig
-from vaekit import evaluate as evaluate_module
-from vaekit.decoder_kernels import (BernoulliMLPLogProb, DiscretizedLogisticLogProb, bernoulli_log_prob,
-                                    bernoulli_log_prob_grouped, bernoulli_kernel)
-from vaekit.evaluate import _bytes_per_row, active_units, chunk_shape, elbo, evaluate, log_likelihood
-from vaekit.model import VAEModel
-from vaekit.train import train
+from vaekit.evaluation import likelihood as evaluate_module
+from vaekit.models.decoder_kernels import (BernoulliMLPLogProb, DiscretizedLogisticLogProb, bernoulli_log_prob, bernoulli_log_prob_grouped, bernoulli_kernel)
+from vaekit.evaluation.likelihood import _bytes_per_row, active_units, chunk_shape, elbo, evaluate, log_likelihood
+from vaekit.models.model import VAEModel
+from vaekit.training.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +281,7 @@ def test_two_layer_and_vamp_models_evaluate(binary_digits):
 def test_the_sampled_kl_per_dimension_spends_a_fixed_budget_of_draws(binary_digits, monkeypatch):
     """64 draws per example on small sets; on large ones fewer (at least 4), about 2^16 in all: the VampPrior's
     per-dimension marginals made 64 draws of each of 10,000 examples take minutes. Same estimate, within noise."""
-    from vaekit import evaluate as ev
+    from vaekit.evaluation import likelihood as ev
 
     config = make_run_config(binary_digits, latent_dim=4, hidden=(32,), arch="mlp", prior="vamp",
                              vamp_components=10, epochs=1, device="cpu")

@@ -10,7 +10,8 @@ from scipy.stats import norm
 from torch.distributions import Normal, kl_divergence
 
 import vaekit
-from vaekit import ConfigError, DataError, latent
+from vaekit import ConfigError, DataError
+from vaekit.generation import latent
 from vaekit.cli import main
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vaekit.likelihoods import DiscretizedLogistic, DiscretizedLogisticLikelihood, detect_levels, log1mexp
+from vaekit.models.likelihoods import DiscretizedLogistic, DiscretizedLogisticLikelihood, detect_levels, log1mexp
 
 # Locations inside and far outside [0, 1], scales from a hundredth of a level to many times the range.
 LOCS = torch.tensor([0.5, 0.0, 1.0, 0.37, -3.0, 4.0, 0.5, 0.2, 0.9], dtype=torch.float64)
@@ -94,7 +94,7 @@ def fused_cases(levels: int = 256, width: int = 20) -> tuple[torch.Tensor, torch
 
 
 def fused(params, x, levels=256, compile=False, bias=None):
-    from vaekit.decoder_kernels import discretized_logistic_kernel
+    from vaekit.models.decoder_kernels import discretized_logistic_kernel
 
     lik = DiscretizedLogisticLikelihood((x.shape[-1],), num_levels=levels)
     kernel = discretized_logistic_kernel(levels, lik.MIN_LOG_SCALE, lik.MAX_LOG_SCALE, compile)
@@ -164,7 +164,7 @@ def test_fused_log_prob_broadcasts_the_data_over_samples_and_adds_a_bias():
 
 
 def test_the_kernel_stays_eager_when_compiling_fails(monkeypatch):
-    from vaekit import decoder_kernels
+    from vaekit.models import decoder_kernels
 
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler")

@@ -9,8 +9,8 @@ import torch
 from torch.distributions import Bernoulli, Independent, Normal
 
 from vaekit.config import ModelConfig
-from vaekit.likelihoods import LIKELIHOODS, MIN_LOG_STD, soft_clamp
-from vaekit.model import VAEModel
+from vaekit.models.likelihoods import LIKELIHOODS, MIN_LOG_STD, soft_clamp
+from vaekit.models.model import VAEModel
 
 
 def make_model(**overrides) -> VAEModel:
@@ -272,7 +272,7 @@ def test_vamp_prior_samples_come_from_the_mixture():
 def test_mixture_log_prob_on_matrix_products_equals_the_distribution():
     from torch.distributions import Categorical, MixtureSameFamily
 
-    from vaekit.priors import DiagonalGaussianMixture
+    from vaekit.models.priors import DiagonalGaussianMixture
 
     gen = torch.Generator().manual_seed(0)
     loc = torch.randn(50, 7, generator=gen, dtype=torch.float64) * 2
@@ -289,7 +289,7 @@ def test_mixture_log_prob_on_matrix_products_equals_the_distribution():
 def test_mixture_marginals_per_dim_are_exact_and_computed_in_bounded_blocks(monkeypatch):
     from torch.distributions import Categorical, MixtureSameFamily
 
-    from vaekit import priors
+    from vaekit.models import priors
 
     gen = torch.Generator().manual_seed(1)
     loc = torch.randn(40, 5, generator=gen, dtype=torch.float64)

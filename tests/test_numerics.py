@@ -9,8 +9,8 @@ import torch
 
 import vaekit
 from vaekit.api import make_run_config
-from vaekit.numerics import NumericalGuard, total_grad_norm
-from vaekit.train import Trainer, build_model, learning_rate
+from vaekit.training.numerics import NumericalGuard, total_grad_norm
+from vaekit.training.trainer import Trainer, build_model, learning_rate
 
 STEPS_PER_EPOCH = 23  # digits: 1,438 training examples, batches of 64
 
@@ -161,7 +161,7 @@ def test_clipping_matches_torchs_clip_grad_norm():
 
 
 def test_clip_grad_norm_reaches_training_from_the_command_line(tmp_path):
-    from vaekit import checkpoint as ckpt
+    from vaekit.training import checkpoint as ckpt
     from vaekit.cli import main
 
     assert main(["train", "digits", "--out", str(tmp_path / "run"), "--epochs", "1", "--hidden", "16",

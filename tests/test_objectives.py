@@ -10,9 +10,9 @@ import torch
 import vaekit
 from vaekit.api import make_run_config
 from vaekit.config import ModelConfig, TrainConfig
-from vaekit.model import VAEModel
-from vaekit.objectives import elbo_objective, iwae_objective, make_objective
-from vaekit.train import train
+from vaekit.models.model import VAEModel
+from vaekit.models.objectives import elbo_objective, iwae_objective, make_objective
+from vaekit.training.trainer import train
 
 
 def make_model(**overrides) -> VAEModel:

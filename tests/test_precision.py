@@ -6,14 +6,15 @@ import pytest
 import torch
 
 import vaekit
-from vaekit import checkpoint as ckpt
-from vaekit import distributed
+from vaekit.training import checkpoint as ckpt
+from vaekit.training import distributed
 from vaekit.api import make_run_config
 from vaekit.cli import main
 from vaekit.config import RunConfig, TrainConfig
 from vaekit.errors import ConfigError
-from vaekit.precision import MixedPrecision, check_precision
-from vaekit.train import build_model, resolve_device, train
+from vaekit.training.precision import MixedPrecision, check_precision
+from vaekit.training.device import resolve_device
+from vaekit.training.trainer import build_model, train
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 

@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 
 import vaekit
 from vaekit import CheckpointError
-from vaekit import checkpoint as ckpt
+from vaekit.training import checkpoint as ckpt
 from vaekit.config import FORMAT_VERSION
-from vaekit.train import train
+from vaekit.training.trainer import train
 
 
 @pytest.fixture

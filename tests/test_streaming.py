@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import vaekit
-from vaekit import checkpoint as ckpt
+from vaekit.training import checkpoint as ckpt
 from vaekit.api import make_run_config
 from vaekit.errors import DataError
-from vaekit.train import train
+from vaekit.training.trainer import train
 
 
 @pytest.fixture(scope="module")

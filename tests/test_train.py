@@ -11,11 +11,12 @@ import pytest
 import torch
 
 import vaekit
-from vaekit import checkpoint as ckpt
+from vaekit.training import checkpoint as ckpt
 from vaekit.api import make_run_config
 from vaekit.config import ModelConfig, RunConfig, TrainConfig
-from vaekit.evaluate import elbo
-from vaekit.train import LR_WARMUP_FRACTION, Trainer, build_model, learning_rate, resolve_device, train
+from vaekit.evaluation.likelihood import elbo
+from vaekit.training.device import resolve_device
+from vaekit.training.trainer import LR_WARMUP_FRACTION, Trainer, build_model, learning_rate, train
 
 
 def small_config(dataset, **train):
@@ -199,7 +200,7 @@ def test_short_fashion_mnist_run_learns(fashion_mnist):
 
 
 def test_adam_beta2_reaches_the_optimizer_and_is_validated(digits):
-    from vaekit.train import make_optimizer
+    from vaekit.training.trainer import make_optimizer
 
     config = make_run_config(digits, latent_dim=2, hidden=(8,), epochs=1, adam_beta2=0.999, device="cpu")
     optimizer = make_optimizer(build_model(config), config.train, torch.device("cpu"))
@@ -209,7 +210,7 @@ def test_adam_beta2_reaches_the_optimizer_and_is_validated(digits):
 
 
 def test_perturbed_training_draws_replacements_on_the_data_grid(digits):
-    from vaekit.train import Trainer, build_model
+    from vaekit.training.trainer import Trainer, build_model
 
     def grid(dataset, **options):
         config = make_run_config(dataset, latent_dim=2, hidden=(8,), epochs=1, perturb_rate=0.2, device="cpu",

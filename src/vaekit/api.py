@@ -12,19 +12,20 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
-from . import checkpoint as ckpt
+from .training import checkpoint as ckpt
 from .config import DEFAULT_BATCH_SIZE, DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data import Dataset, as_dataset
 from .data.sources import check_finite
 from .data.transforms import to_model_units, to_original_units
 from .errors import DataError
-from .evaluate import DEFAULT_MEMORY_BUDGET_MB, Evaluation, log_likelihood
-from .evaluate import elbo as elbo_of
-from .evaluate import evaluate as evaluate_model
-from .likelihoods import DiscretizedLogisticLikelihood, default_likelihood, detect_levels
-from .model import VAEModel
-from .networks import DEFAULT_HIDDEN, default_arch
-from .train import resolve_device, train
+from .evaluation.likelihood import DEFAULT_MEMORY_BUDGET_MB, Evaluation, log_likelihood
+from .evaluation.likelihood import elbo as elbo_of
+from .evaluation.likelihood import evaluate as evaluate_model
+from .models.likelihoods import DiscretizedLogisticLikelihood, default_likelihood, detect_levels
+from .models.model import VAEModel
+from .models.networks import DEFAULT_HIDDEN, default_arch
+from .training.device import resolve_device
+from .training.trainer import train
 
 
 def make_run_config(dataset: Dataset, *, latent_dim: int = 20, hidden: tuple[int, ...] | None = None,
@@ -287,7 +288,7 @@ class VAE(TransformerMixin, BaseEstimator):
     def evaluate(self, X: Any, num_importance_samples: int = 5000, seed: int = 0, *,
                  memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, progress: bool = False) -> Evaluation:
         """-ELBO (reconstruction + KL), importance-weighted -log p(x), bits/dim, active units and KL per latent
-        dimension on ``X`` (original units), with standard errors over the examples; see ``vaekit.evaluate``."""
+        dimension on ``X`` (original units), with standard errors over the examples; see ``vaekit.evaluation``."""
         result = evaluate_model(self.model_, self._as_model_input(X), num_importance_samples, seed,
                                 memory_budget_mb=memory_budget_mb, progress=progress)
         shift = self._log_scale_of_units()

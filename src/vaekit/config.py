@@ -68,7 +68,7 @@ class ModelConfig:
     vamp_components: int = 500
 
     def __post_init__(self) -> None:
-        from .likelihoods import LIKELIHOODS
+        from .models.likelihoods import LIKELIHOODS
 
         _check_field_types(self, "model")
         self.input_shape = tuple(self.input_shape)

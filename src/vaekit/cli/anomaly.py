@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import anomaly
+from ..anomaly import scores as anomaly
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import atomic_write_text
 from ..plots import save_figure

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..data import parse_spec
 from ..errors import ConfigError
-from ..evaluate import DEFAULT_MEMORY_BUDGET_MB, Evaluation
+from ..evaluation.likelihood import DEFAULT_MEMORY_BUDGET_MB, Evaluation
 from .common import add_data_options, check_output, load_run, load_run_data, positive_int, write_table
 
 

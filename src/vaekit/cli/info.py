@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .. import checkpoint as ckpt
+from ..training import checkpoint as ckpt
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from .. import latent
+from ..generation import latent
 from ..errors import ConfigError, DataError
 from ..plots import save_figure
 from .common import (add_data_options, check_output, load_run, load_run_data, load_run_data_or_own, positive_int,

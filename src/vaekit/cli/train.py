@@ -9,16 +9,16 @@ import sys
 import time
 from pathlib import Path
 
-from .. import checkpoint as ckpt
-from .. import distributed
+from ..training import checkpoint as ckpt
+from ..training import distributed
 from ..api import make_run_config
 from ..config import (ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, DEFAULT_BATCH_SIZE, LR_SCHEDULES,
                       OBJECTIVE_NAMES, PRECISIONS, PRIOR_NAMES, RunConfig)
 from ..data.streaming import DEFAULT_LOADER_WORKERS, IN_MEMORY_CHOICES
 from ..data import load_dataset, parse_spec
 from ..errors import ConfigError
-from ..likelihoods import LIKELIHOODS
-from ..train import train
+from ..models.likelihoods import LIKELIHOODS
+from ..training.trainer import train
 from .common import add_data_options, parse_hidden, positive_int
 
 # Options that may differ on --resume (everything else must match the saved run).

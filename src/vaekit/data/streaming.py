@@ -2,7 +2,7 @@
 
 ``load_dataset`` keeps a data set in memory (the fast path) when it fits the memory budget and
 otherwise streams its training split from disk: each training batch is read by ``DataLoader``
-workers (``vaekit.batches.StreamedBatches``) while the model trains on the previous one. The test
+workers (``vaekit.training.batches.StreamedBatches``) while the model trains on the previous one. The test
 split, which validation and the pictures need, is held in memory.
 
 Streamable sources:

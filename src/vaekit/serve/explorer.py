@@ -5,7 +5,7 @@ and answers what the service is asked: decode latent vectors, draw from the prio
 example, encode, reconstruct and score it, interpolate, and lay out the latent plane of a 2-D model.
 Every input is checked against the model and against ``ServeLimits`` first; what is wrong raises a
 ``DataError`` (the service answers 422), ``RequestTooLarge`` (413) or ``UnsupportedInput`` (415).
-The model is used only through the public functions of ``vaekit.api``, ``vaekit.latent`` and
+The model is used only through the public functions of ``vaekit.api``, ``vaekit.generation.latent`` and
 ``vaekit.anomaly``; none of them ever reads a path that came with a request.
 """
 
@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__, latent
-from ..anomaly import DETECTOR_FILE, SCORE_DESCRIPTIONS, AnomalyDetector, anomaly_scores, default_score
+from .. import __version__
+from ..generation import latent
+from ..anomaly.scores import DETECTOR_FILE, SCORE_DESCRIPTIONS, AnomalyDetector, anomaly_scores, default_score
 from ..api import VAE, load
 from ..errors import ConfigError, DataError, VaekitError
 from ..plots import image_grid

@@ -35,13 +35,13 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OutlierMixin
 
-from . import __version__
-from .api import VAE, load
-from .config import dataclass_from_dict
-from .data.transforms import binarize
-from .errors import CheckpointError, ConfigError, DataError
-from .fileio import atomic_write_json
-from .plots import new_figure
+from .. import __version__
+from ..api import VAE, load
+from ..config import dataclass_from_dict
+from ..data.transforms import binarize
+from ..errors import CheckpointError, ConfigError, DataError
+from ..fileio import atomic_write_json
+from ..plots import new_figure
 
 SCORE_DESCRIPTIONS = {
     "neg_elbo": "negative ELBO, nats (one posterior sample)",

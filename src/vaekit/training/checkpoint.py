@@ -28,10 +28,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .config import FORMAT_VERSION, RunConfig
-from .errors import CheckpointError, ConfigError
-from .fileio import atomic_write_bytes, atomic_write_json, fsync_dir
-from .model import VAEModel
+from ..config import FORMAT_VERSION, RunConfig
+from ..errors import CheckpointError, ConfigError
+from ..fileio import atomic_write_bytes, atomic_write_json, fsync_dir
+from ..models.model import VAEModel
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
@@ -283,7 +283,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def write_metrics(run_dir: str | Path, records: list[dict[str, Any]]) -> None:
-    from .fileio import atomic_write_text
+    from ..fileio import atomic_write_text
 
     atomic_write_text(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
 

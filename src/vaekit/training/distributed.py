@@ -35,7 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .device import resolve_device
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # A rank that waits longer than this for the others (a crashed peer, a node that never joined) gives up.
@@ -154,8 +155,6 @@ def initialize(device_name: str) -> DistributedContext:
         _context = DistributedContext()
         return _context
     rank, world, local = (int(os.environ[name]) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    from .train import resolve_device
-
     device = resolve_device(device_name)
     if device.type == "mps" and world > 1:
         raise ConfigError("distributed training on Apple's MPS is not supported by PyTorch; use --device cpu")
@@ -173,8 +172,6 @@ def initialize(device_name: str) -> DistributedContext:
 
 def device_for(device_name: str, context: DistributedContext) -> torch.device:
     """The device of this rank: ``cuda:LOCAL_RANK`` for CUDA under torchrun, else the one asked for."""
-    from .train import resolve_device
-
     device = resolve_device(device_name)
     if context.backend == "nccl":
         return torch.device("cuda", context.local_rank)

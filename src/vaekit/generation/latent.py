@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .api import VAE
-from .errors import ConfigError, DataError
-from .plots import image_grid, new_figure, to_display
+from ..api import VAE
+from ..errors import ConfigError, DataError
+from ..plots import image_grid, new_figure, to_display
 
 INTERPOLATION_METHODS = ("linear", "spherical")
 RANKINGS = ("kl", "variance")

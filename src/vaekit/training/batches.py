@@ -17,7 +17,7 @@ from torch import Tensor
 from .distributed import DistributedContext
 
 if TYPE_CHECKING:
-    from .data.streaming import StreamedSplit
+    from ..data.streaming import StreamedSplit
 
 Batch = tuple[int, Tensor, int]
 """(step in the epoch, this rank's examples on the device, examples in the global batch)"""
@@ -94,7 +94,7 @@ class StreamedBatches:
 def training_batches(dataset, x_train: Tensor, config, context: DistributedContext,
                      device: torch.device) -> InMemoryBatches | StreamedBatches:
     """The batches of a training run: streamed when the data set streams its training split, else in memory."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     if config.batch_size < context.world_size:
         raise ConfigError(f"the batch size ({config.batch_size}) is the global batch, split over the processes; "

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, constraints
 
-from .errors import DataError
+from ..errors import DataError
 
 # Gaussian standard deviations are clamped to [1e-3, 1e3] (exactly the identity inside): a pixel
 # that is constant in the training data would otherwise let the variance shrink to zero and the

@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .decoder_kernels import BernoulliMLPLogProb, DiscretizedLogisticLogProb
-from .errors import ConfigError
-from .likelihoods import BernoulliLikelihood, DiscretizedLogisticLikelihood
-from .model import VAEModel
-from .priors import StandardNormalPrior
+from ..models.decoder_kernels import BernoulliMLPLogProb, DiscretizedLogisticLogProb
+from ..errors import ConfigError
+from ..models.likelihoods import BernoulliLikelihood, DiscretizedLogisticLikelihood
+from ..models.model import VAEModel
+from ..models.priors import StandardNormalPrior
 
 DEFAULT_MEMORY_BUDGET_MB = 256
 """Working memory of one chunk of the importance-weighted estimate."""

@@ -2,7 +2,7 @@
 
     q(z|x) = N(mu(x), diag(sigma(x)^2))        mean head and log-variance head on the encoder body
     z      = mu + sigma * eps, eps ~ N(0, I)   the reparameterization trick: gradients reach mu and sigma
-    p(x|z)                                     a likelihood from ``vaekit.likelihoods`` on the decoder output
+    p(x|z)                                     a likelihood from ``vaekit.models.likelihoods`` on the decoder output
     -ELBO  = E_q[-log p(x|z)] + KL(q(z|x) || p(z))   in nats per example, KL in closed form
 
 With more stochastic layers (Burda et al. 2016) z = (z_1, ..., z_L) and both directions are chains,
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
-from .config import ModelConfig
+from ..config import ModelConfig
 from .likelihoods import DISCRETE_LIKELIHOODS, make_likelihood, soft_clamp
 from .networks import build_decoder, build_encoder, mlp
 from .priors import StandardNormalPrior, VampPrior, log_prob_per_dim

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .config import TrainConfig
+from ..config import TrainConfig
 from .model import VAEModel
 
 Objective = Callable[[VAEModel, Tensor, float, "torch.Generator | None"], tuple[Tensor, Tensor, Tensor]]

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import TrainingError
+from ..errors import TrainingError
 
 # What the device-side record says about the first bad step.
 _LOSS, _GRADIENT = 1, 2

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from .config import PRECISIONS
-from .errors import ConfigError
+from ..config import PRECISIONS
+from ..errors import ConfigError
 
 AUTOCAST_TYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

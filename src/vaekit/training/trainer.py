@@ -38,16 +38,16 @@ from . import checkpoint as ckpt
 from . import distributed
 from .batches import epoch_permutation as _epoch_permutation  # noqa: F401  (re-exported)
 from .batches import training_batches
-from .config import RunConfig, TrainConfig
-from .data import Dataset
-from .data.transforms import binarize, perturb
-from .errors import CheckpointError, ConfigError, TrainingError
-from .evaluate import elbo
-from .likelihoods import BernoulliLikelihood, DiscretizedLogisticLikelihood
-from .model import VAEModel
+from ..config import RunConfig, TrainConfig
+from ..data import Dataset
+from ..data.transforms import binarize, perturb
+from ..errors import CheckpointError, ConfigError, TrainingError
+from ..evaluation.likelihood import elbo
+from ..models.likelihoods import BernoulliLikelihood, DiscretizedLogisticLikelihood
+from ..models.model import VAEModel
 from .numerics import NumericalGuard
 from .precision import MixedPrecision
-from .objectives import elbo_objective, make_objective  # noqa: F401  (elbo_objective: re-exported)
+from ..models.objectives import elbo_objective, make_objective  # noqa: F401  (elbo_objective: re-exported)
 
 
 LOSS_CURVE_INTERVAL_S = 60.0
@@ -55,27 +55,6 @@ LR_WARMUP_FRACTION = 0.05
 # Adam's second-moment decay: 0.99 instead of torch's 0.999 adapts faster to the shrinking gradients of the
 # first epochs; on Fashion-MNIST it reaches a given test ELBO about half an epoch earlier (benchmarks/speed.py).
 ADAM_BETA1 = 0.9
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA, then Apple's MPS, then the CPU; a named device must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but PyTorch sees no CUDA GPU here; use --device cpu or auto")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("device 'mps' was asked for but it is not available here; use --device cpu or auto")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or mps")
-    return device
 
 
 def build_model(config: RunConfig, seed: int | None = None) -> VAEModel:
@@ -371,7 +350,7 @@ class Trainer:
         if self.run_dir is not None:
             self._save_checkpoint()
         if self.writes:
-            from .plots import save_loss_curve
+            from ..plots import save_loss_curve
 
             ckpt.write_metrics(self.run_dir, self.history)
             if cfg.patience is None or improved:

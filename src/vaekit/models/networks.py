@@ -11,7 +11,7 @@ import math
 
 from torch import Tensor, nn
 
-from .config import ModelConfig
+from ..config import ModelConfig
 
 ACTIVATION_LAYERS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
 
