@@ -6,7 +6,7 @@
     >>> images = vae.sample(16)
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from .api import VAE, load  # noqa: E402
 from .data import Dataset, load_dataset  # noqa: E402

@@ -23,6 +23,8 @@ FORMAT_VERSION = 1
 """Version of the run-directory format (config.json, checkpoint.json, tensor names)."""
 
 ARCHITECTURES = ("mlp", "conv")
+# The p(x|z) families of vaekit.models.likelihoods (its registry is checked against this list by the tests).
+LIKELIHOOD_NAMES = ("bernoulli", "gaussian", "gaussian-learned", "gaussian-decoder", "discretized-logistic")
 PRIOR_NAMES = ("standard-normal", "vamp")
 OBJECTIVE_NAMES = ("elbo", "iwae")
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "silu")
@@ -68,8 +70,6 @@ class ModelConfig:
     vamp_components: int = 500
 
     def __post_init__(self) -> None:
-        from .models.likelihoods import LIKELIHOODS
-
         _check_field_types(self, "model")
         self.input_shape = tuple(self.input_shape)
         self.hidden = tuple(self.hidden)
@@ -85,8 +85,8 @@ class ModelConfig:
                f"hidden must hold one or more positive sizes, got {self.hidden}")
         _check(self.activation in ACTIVATIONS,
                f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
-        _check(self.likelihood in LIKELIHOODS,
-               f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
+        _check(self.likelihood in LIKELIHOOD_NAMES,
+               f"likelihood must be one of {', '.join(LIKELIHOOD_NAMES)}, got {self.likelihood!r}")
         _check(math.isfinite(self.gaussian_std) and self.gaussian_std > 0,
                f"gaussian_std must be a positive number, got {self.gaussian_std}")
         _check(2 <= self.num_levels <= 65536, f"num_levels must lie in [2, 65536], got {self.num_levels}")
@@ -213,7 +213,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        from . import __version__
+        from ._version import __version__
 
         return {
             "format_version": FORMAT_VERSION,

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import __version__
+from ._version import __version__
 from .api import VAE
 from .errors import ConfigError, VaekitError
 from .fileio import atomic_write_bytes

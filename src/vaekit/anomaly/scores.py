@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OutlierMixin
 
-from .. import __version__
+from .._version import __version__
 from ..api import VAE, load
 from ..config import dataclass_from_dict
 from ..data.transforms import binarize

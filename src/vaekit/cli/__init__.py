@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
+from .._version import __version__
 from ..errors import VaekitError
 
 COMMAND_MODULES = ["train", "use", "evaluate", "info", "latent", "anomaly", "export", "serve"]

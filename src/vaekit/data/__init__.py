@@ -7,7 +7,6 @@ A data specification is a built-in name (``digits``, ``fashion-mnist``) or a pat
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,95 +14,12 @@ from torch import Tensor
 
 from ..config import DataConfig
 from ..errors import DataError
-from .sources import BUILTIN_NAMES, RawData, check_finite, load_source
 from . import streaming
-from .streaming import StreamedSplit
-from .transforms import binarize, split_generator, standardize_stats, to_model_units, to_original_units
+from .dataset import SPLITS, Dataset, _split_indices, parse_spec  # noqa: F401  (SPLITS: re-exported)
+from .sources import BUILTIN_NAMES, RawData, check_finite, load_source
+from .transforms import standardize_stats, to_model_units, to_original_units
 
 __all__ = ["Dataset", "load_dataset", "parse_spec", "BUILTIN_NAMES", "to_original_units", "to_model_units"]
-
-SPLITS = ("train", "test", "all")
-
-
-def parse_spec(spec: str) -> tuple[str, str | None]:
-    """Split ``'source:split'`` into the source and the split (``None`` when no split is named)."""
-    for split in SPLITS:
-        if spec.endswith(":" + split):
-            return spec[: -len(split) - 1], split
-    return spec, None
-
-
-@dataclass
-class Dataset:
-    """Examples as float32 tensors ``(n, *shape)`` in model units, split into train and test.
-
-    ``x_train``/``x_test`` hold the values before binarization; ``split()`` gives what a model
-    sees for evaluation (binarized as configured, with a fixed draw for stochastic binarization).
-    """
-
-    name: str
-    x_train: Tensor
-    x_test: Tensor
-    y_train: np.ndarray | None
-    y_test: np.ndarray | None
-    config: DataConfig
-    class_names: list[str] | None = None
-    # Position of each example in the source (train then test), so that ``split('all')`` keeps file order.
-    order: np.ndarray | None = None
-    # Data bigger than memory: the training split read from disk batch by batch (``x_train`` is then empty,
-    # shape (0, *shape)); see ``data.streaming``.
-    train_stream: "StreamedSplit | None" = None
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
-
-    @property
-    def num_train(self) -> int:
-        """Examples in the training split, streamed or in memory."""
-        return len(self.train_stream) if self.train_stream is not None else len(self.x_train)
-
-    @property
-    def kind(self) -> str:
-        return self.config.kind
-
-    @property
-    def is_image(self) -> bool:
-        return len(self.shape) == 3
-
-    def split(self, which: str = "test") -> Tensor:
-        """The examples of split ``which`` ('train', 'test' or 'all'), binarized as the config says."""
-        if self.train_stream is not None and which in ("train", "all"):
-            raise DataError(f"the training split of {self.name} is streamed from disk (it does not fit the memory "
-                            "budget), so it cannot be returned whole; use its test split, or load it with "
-                            "in_memory='yes' (--data-in-memory yes)")
-        if which == "all":
-            x = torch.cat([self.x_train, self.x_test])
-            if self.order is not None:
-                x = x[torch.as_tensor(np.argsort(self.order))]
-        elif which in ("train", "test"):
-            x = self.x_train if which == "train" else self.x_test
-        else:
-            raise DataError(f"unknown split {which!r}; use one of {', '.join(SPLITS)}")
-        if self.config.binarize == "none":
-            return x
-        return binarize(x, self.config.binarize_threshold, generator=split_generator(self.config.split_seed, which))
-
-    def labels(self, which: str = "test") -> np.ndarray | None:
-        if self.y_train is None or self.y_test is None:
-            return None
-        if which == "train":
-            return self.y_train
-        if which == "test":
-            return self.y_test
-        y = np.concatenate([self.y_train, self.y_test])
-        return y[np.argsort(self.order)] if self.order is not None else y
-
-    def __repr__(self) -> str:
-        streamed = ", train streamed from disk" if self.train_stream is not None else ""
-        return (f"Dataset({self.name!r}, train={self.num_train}, test={len(self.x_test)}, shape={self.shape}, "
-                f"kind={self.kind!r}, labels={self.y_train is not None}{streamed})")
-
 
 def load_dataset(
     spec: str,
@@ -186,16 +102,6 @@ def load_dataset(
     return Dataset(name=source, x_train=torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
                    x_test=torch.from_numpy(np.ascontiguousarray(x_test, dtype=np.float32)),
                    y_train=y_train, y_test=y_test, config=config, class_names=raw.class_names, order=order)
-
-
-def _split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The seeded held-out split of n examples: (train indices, test indices, source position of train then test)."""
-    if n < 2:
-        raise DataError(f"the data holds {n} example(s); vaekit needs at least 2 to hold one out for testing")
-    n_test = min(n - 1, max(1, int(round(n * test_fraction))))
-    perm = np.random.default_rng(seed).permutation(n)
-    test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
-    return train_idx, test_idx, np.concatenate([train_idx, test_idx])
 
 
 def _split(raw: RawData, test_fraction: float, seed: int):

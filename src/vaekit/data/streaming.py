@@ -32,6 +32,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import DataError
+from .dataset import Dataset, _split_indices
 from .sources import (IMAGE_SUFFIXES, check_array_layout, choose_image_layout, folder_labels, image_to_array,
                       list_images, load_numpy_file, open_image, to_float_examples)
 from .transforms import column_scale, to_model_units
@@ -272,8 +273,6 @@ def load_streamed(name: str, sources: tuple[Source, Source | None], config: Data
                   like: DataConfig | None, standardize: bool | None, memory_budget_mb: float,
                   num_workers: int):
     """A ``Dataset`` whose training split streams from disk and whose test split is read into memory."""
-    from . import Dataset, _split_indices
-
     source, test_source = sources
     if config.binarize == "static" and config.binarize_threshold is None:
         raise DataError("a random static binarization is one draw of the whole array, which cannot be streamed; "
