@@ -92,6 +92,43 @@ def uniform_noise(n: int = 2000, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 1, 28, 28), dtype=np.float32)
 
 
+FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")  # Debian's fonts-dejavu
+GLYPHS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789@#$%&?!+=*"
+
+
+def glyphs(n: int = 2000, seed: int = 0) -> np.ndarray:
+    """Letters, digits and symbols rendered with Pillow from the DejaVu fonts at varied sizes, positions and weights."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    fonts = sorted(FONT_DIR.glob("DejaVu*.ttf"))
+    if not fonts:
+        raise SystemExit(f"no DejaVu fonts in {FONT_DIR}: apt-get install fonts-dejavu")
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, 1, 28, 28), dtype=np.float32)
+    for i in range(n):
+        font = ImageFont.truetype(str(fonts[rng.integers(len(fonts))]), int(rng.integers(12, 25)))
+        char = GLYPHS[rng.integers(len(GLYPHS))]
+        canvas = Image.new("L", (28, 28), 0)
+        draw = ImageDraw.Draw(canvas)
+        left, top, right, bottom = draw.textbbox((0, 0), char, font=font, stroke_width=0)
+        x = (28 - (right - left)) / 2 - left + rng.integers(-3, 4)
+        y = (28 - (bottom - top)) / 2 - top + rng.integers(-3, 4)
+        draw.text((x, y), char, fill=255, font=font, stroke_width=int(rng.integers(0, 2)), stroke_fill=255)
+        out[i, 0] = np.asarray(canvas, dtype=np.float32) / 255.0
+    return out
+
+
+def constant_images(n: int = 2000, seed: int = 0) -> np.ndarray:
+    """Images of one grey level each, uniform in [0, 1]."""
+    levels = np.random.default_rng(seed).random(n, dtype=np.float32)
+    return np.broadcast_to(levels[:, None, None, None], (n, 1, 28, 28)).copy()
+
+
+def near_ood(x_test: np.ndarray) -> dict[str, np.ndarray]:
+    """Fashion-MNIST's own test images upside down, and with inverted intensities."""
+    return {"fm-flipped": np.ascontiguousarray(x_test[:, :, ::-1, :]), "fm-inverted": 1.0 - x_test}
+
+
 # --- models and scores ---------------------------------------------------------------------------
 
 def train_model(x: np.ndarray, run_dir: Path, settings: dict, log,

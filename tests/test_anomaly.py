@@ -218,7 +218,7 @@ def test_contamination_threshold_flags_that_share():
 def test_detector_conventions_and_false_positive_rate(binarized_run, digits):
     clean = digits.x_test.numpy()
     calibrate, holdout = clean[::2], clean[1::2]
-    detector = anomaly.AnomalyDetector(str(binarized_run), target_fpr=0.2, num_importance_samples=20).fit(calibrate)
+    detector = anomaly.AnomalyDetector(str(binarized_run), "input_complexity", target_fpr=0.2, num_importance_samples=20).fit(calibrate)
     assert detector.score_ == "input_complexity"
     scores = detector.anomaly_score(holdout)
     np.testing.assert_allclose(detector.score_samples(holdout), -scores)
@@ -268,7 +268,7 @@ def test_detector_trains_an_unfitted_vae_and_refuses_misuse():
     x = rng.normal(size=(300, 6)).astype(np.float32)
     detector = anomaly.AnomalyDetector(vaekit.VAE(latent_dim=2, hidden=(16,), epochs=2, device="cpu"),
                                        contamination=0.1, num_importance_samples=5).fit(x)
-    assert detector.score_ == "neg_log_likelihood"  # vectors: no image compressor
+    assert detector.score_ == "typicality"  # the default for every kind of data; fitted on half of x
     far = x[:20] + 25.0
     assert np.all(detector.predict(far) == -1)
     assert detector.fit_predict(x).shape == (300,)
@@ -295,9 +295,9 @@ def test_cli_score_with_known_anomalies(binarized_run, tmp_path, capsys):
     table = _read_csv(out)
     assert len(table["index"]) == 359
     for column in ("label", "known_anomaly", "neg_elbo", "neg_log_likelihood", "reconstruction_error",
-                   "input_complexity", "score"):
+                   "input_complexity", "typicality", "score"):
         assert column in table
-    np.testing.assert_array_equal(table["score"], table["input_complexity"])
+    np.testing.assert_array_equal(table["score"], table["typicality"])  # fitted on the run's training data
     np.testing.assert_array_equal(table["known_anomaly"] == "1", table["label"] == "0")
     from sklearn.metrics import roc_auc_score
 
@@ -320,7 +320,7 @@ def test_cli_fit_detector_then_score(binarized_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(binarized_run, run)
     assert main(["fit-detector", str(run), "--target-fpr", "0.1", "--num-importance-samples", "10"]) == 0
-    assert "input_complexity threshold" in capsys.readouterr().out
+    assert "typicality threshold" in capsys.readouterr().out
     assert (run / "anomaly_detector.json").is_file()
     out = tmp_path / "s.csv"
     assert main(["score", str(run), "digits", "-o", str(out)]) == 0

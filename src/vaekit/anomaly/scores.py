@@ -10,11 +10,16 @@ Every score is per example and **higher means more anomalous**:
                           models", where L(x) is the code length of x under a lossless compressor (PNG or zlib)
     likelihood_ratio      -log p(x) + log p_bg(x), nats: the likelihood ratio of Ren et al. (2019) against a
                           background model trained on perturbed inputs (needs ``background=``; see ``perturb``)
+    typicality            -log density of the model's own per-example statistics (reconstruction, KL, posterior
+                          entropy, code norm) under a mixture fitted on clean data: DoSE (Morningstar et al. 2021);
+                          needs ``typicality=`` (``vaekit train`` fits one on the training data; see ``typicality.py``)
 
 Raw likelihood is known to fail as an anomaly score: images with less detail get a higher likelihood
 even when they come from another distribution (Nalisnick et al. 2019). Both corrections divide out the
-part of the likelihood that measures generic complexity. ``DEFAULT_SCORE`` is the best-performing
-score in ``benchmarks/anomaly.py`` (see the README for the table).
+part of the likelihood that measures generic complexity; typicality asks instead whether an example's
+statistics look like those of clean data, in either direction. ``DEFAULT_SCORE`` (typicality) is the
+best-performing score on the default path in ``benchmarks/anomaly.py`` (see the README for the table);
+it applies to every model and data type once a typicality model is fitted.
 
 Inputs are prepared as the model's training data was: when the run binarized its data, examples are
 binarized with a fixed, seeded draw (already binary inputs pass through unchanged).
@@ -29,7 +34,7 @@ import math
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,16 +48,23 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import atomic_write_json
 from ..plots import new_figure
 
+if TYPE_CHECKING:
+    from .typicality import TypicalityModel
+
 SCORE_DESCRIPTIONS = {
     "neg_elbo": "negative ELBO, nats (one posterior sample)",
     "neg_log_likelihood": "importance-weighted -log p(x), nats",
     "reconstruction_error": "mean squared error of the reconstruction from the latent mean",
     "input_complexity": "-log2 p(x) minus the compressed size of x, bits (Serra et al. 2020)",
     "likelihood_ratio": "-log p(x) + log p_background(x), nats (Ren et al. 2019)",
+    "typicality": "-log density of the model's statistics under their distribution on clean data (DoSE, Morningstar et al. 2021)",
 }
 SCORE_NAMES = tuple(SCORE_DESCRIPTIONS)
-DEFAULT_SCORE = "input_complexity"
-FALLBACK_SCORE = "neg_log_likelihood"  # the default where input complexity is undefined (data that are not images)
+DEFAULT_SCORE = "typicality"
+# Without a typicality model (a run from before it existed whose data cannot be read again): input complexity
+# for images it applies to, else -log p(x).
+LEGACY_SCORE = "input_complexity"
+FALLBACK_SCORE = "neg_log_likelihood"
 COMPRESSORS = ("png", "zlib")
 DETECTOR_FILE = "anomaly_detector.json"
 BACKGROUND_DIR = "background"
@@ -101,9 +113,11 @@ def complexity_problem(vae: VAE, x: np.ndarray | None = None) -> str | None:
     return None
 
 
-def default_score(vae: VAE) -> str:
-    """``DEFAULT_SCORE`` where it applies to the model, else ``FALLBACK_SCORE``."""
-    return DEFAULT_SCORE if complexity_problem(vae) is None else FALLBACK_SCORE
+def default_score(vae: VAE, typicality: "TypicalityModel | None" = None) -> str:
+    """``DEFAULT_SCORE`` when a typicality model is at hand, else input complexity where it applies, else -log p(x)."""
+    if typicality is not None:
+        return DEFAULT_SCORE
+    return LEGACY_SCORE if complexity_problem(vae) is None else FALLBACK_SCORE
 
 
 # --- the scores ----------------------------------------------------------------------------------
@@ -187,21 +201,24 @@ def perturb(X: Any, rate: float = 0.2, seed: int = 0, levels: int | None = None)
     return x
 
 
-def available_scores(vae: VAE, background: VAE | None = None, x: np.ndarray | None = None) -> tuple[str, ...]:
-    """The scores that apply: input complexity needs suitable images, the likelihood ratio a background model."""
+def available_scores(vae: VAE, background: VAE | None = None, x: np.ndarray | None = None,
+                     typicality: "TypicalityModel | None" = None) -> tuple[str, ...]:
+    """The scores that apply: input complexity needs suitable images, the likelihood ratio a background model,
+    typicality a fitted typicality model."""
     names = [n for n in SCORE_NAMES if n != "input_complexity" or complexity_problem(vae, x) is None]
+    names = [n for n in names if n != "typicality" or typicality is not None]
     return tuple(n for n in names if n != "likelihood_ratio" or background is not None)
 
 
 def anomaly_scores(vae: VAE, X: Any, scores: tuple[str, ...] | list[str] | None = None, *,
                    num_importance_samples: int = 100, compressor: str = "png", seed: int = 0,
-                   background: VAE | None = None) -> dict[str, np.ndarray]:
+                   background: VAE | None = None, typicality: "TypicalityModel | None" = None) -> dict[str, np.ndarray]:
     """Per-example anomaly scores (higher = more anomalous), one array per name in ``scores`` (default: all that apply)."""
     if num_importance_samples < 1:
         raise ConfigError(f"num_importance_samples must be at least 1, got {num_importance_samples}")
     x = prepare_inputs(vae, X, seed=seed)
-    names = list(available_scores(vae, background, x) if scores is None else scores)
-    _check_score_names(vae, names, background, x)
+    names = list(available_scores(vae, background, x, typicality) if scores is None else scores)
+    _check_score_names(vae, names, background, x, typicality)
     result: dict[str, np.ndarray] = {}
     need_nll = {"neg_log_likelihood", "input_complexity", "likelihood_ratio"} & set(names)
     nll = -vae.score_samples(x, num_importance_samples=num_importance_samples, seed=seed) if need_nll else None
@@ -218,7 +235,16 @@ def anomaly_scores(vae: VAE, X: Any, scores: tuple[str, ...] | list[str] | None 
         elif name == "likelihood_ratio":
             x_bg = prepare_inputs(background, x, seed=seed)
             result[name] = nll + background.score_samples(x_bg, num_importance_samples=num_importance_samples, seed=seed)
+        elif name == "typicality":
+            result[name] = typicality.score(vae, _model_units(vae, x))
     return result
+
+
+def _model_units(vae: VAE, x: np.ndarray) -> np.ndarray:
+    """Prepared examples (original units) in the units the model sees (standardized for real-valued tables)."""
+    from ..data.transforms import to_model_units
+
+    return np.ascontiguousarray(to_model_units(x, vae.config_.data), dtype=np.float32)
 
 
 def _log_scale(vae: VAE) -> float:
@@ -227,7 +253,8 @@ def _log_scale(vae: VAE) -> float:
     return 0.0 if std is None else float(np.log(np.asarray(std)).sum())
 
 
-def _check_score_names(vae: VAE, names: list[str], background: VAE | None, x: np.ndarray | None = None) -> None:
+def _check_score_names(vae: VAE, names: list[str], background: VAE | None, x: np.ndarray | None = None,
+                       typicality: "TypicalityModel | None" = None) -> None:
     if not names:
         raise ConfigError("ask for at least one score")
     unknown = [n for n in names if n not in SCORE_NAMES]
@@ -242,6 +269,12 @@ def _check_score_names(vae: VAE, names: list[str], background: VAE | None, x: np
         if background.input_shape_ != vae.input_shape_:
             raise ConfigError(f"the background model takes examples of shape {background.input_shape_}, "
                               f"the model {vae.input_shape_}")
+    if "typicality" in names:
+        if typicality is None:
+            raise ConfigError("typicality needs a typicality model fitted on clean data (vaekit train fits one; "
+                              "else vaekit fit-detector, or anomaly.fit_typicality)")
+        if typicality.model_fingerprint != model_fingerprint(vae):
+            raise ConfigError("the typicality model was fitted for other weights than this model's; fit it again")
 
 
 # --- evaluation with known anomalies ---------------------------------------------------------------
@@ -332,6 +365,7 @@ class DetectorState:
     calibration_size: int
     model_fingerprint: str
     background_fingerprint: str | None = None  # set when the run holds a background model in BACKGROUND_DIR
+    typicality_digest: str | None = None  # SHA-256 of the typicality model the threshold was set for (typicality.json)
 
 
 class AnomalyDetector(OutlierMixin, BaseEstimator):
@@ -354,8 +388,10 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
 
     def __init__(self, vae: VAE | str | Path, score: str | None = None, *, target_fpr: float | None = None,
                  contamination: float | None = None, num_importance_samples: int = 100, compressor: str = "png",
-                 seed: int = 0, background: VAE | str | Path | None = None) -> None:
+                 seed: int = 0, background: VAE | str | Path | None = None,
+                 typicality: "TypicalityModel | None" = None) -> None:
         self.vae = vae
+        self.typicality = typicality
         self.score = score
         self.target_fpr = target_fpr
         self.contamination = contamination
@@ -369,6 +405,14 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         if self.target_fpr is not None and self.contamination is not None:
             raise ConfigError("give either target_fpr or contamination, not both")
         self._resolve_models(train_on=X)
+        if self.score_ == "typicality" and self.typicality_ is None:
+            # No typicality model yet: fit it on a seeded half of X, and set the threshold on the other half.
+            from .typicality import fit_typicality
+
+            x = prepare_inputs(self.vae_, X, seed=self.seed)
+            order = np.random.default_rng(self.seed).permutation(len(x))
+            fit_part, X = order[: len(x) // 2], x[np.sort(order[len(x) // 2:])]
+            self.typicality_ = fit_typicality(self.vae_, _model_units(self.vae_, x[np.sort(fit_part)]), seed=self.seed)
         scores = self.anomaly_score(X)
         if self.contamination is not None:
             rule, rate = "contamination", self.contamination
@@ -395,7 +439,17 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
             self.background_ = None
         else:
             self.background_ = load(self.background) if isinstance(self.background, (str, Path)) else self.background
-        self.score_ = self.score or default_score(self.vae_)
+        self.typicality_ = self.typicality
+        if self.typicality_ is None and self.run_dir_ is not None:
+            from .typicality import load_typicality
+
+            self.typicality_ = load_typicality(self.run_dir_, self.vae_)
+        if self.score:
+            self.score_ = self.score
+        elif self.typicality_ is not None or train_on is not None:
+            self.score_ = DEFAULT_SCORE  # without a typicality model, fit() fits one on part of its data
+        else:
+            self.score_ = default_score(self.vae_)
         if self.score_ not in SCORE_NAMES:
             raise ConfigError(f"unknown score {self.score_!r}; choose from {', '.join(SCORE_NAMES)}")
         if self.compressor not in COMPRESSORS:
@@ -412,7 +466,8 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         if not hasattr(self, "vae_"):
             self._resolve_models()
         return anomaly_scores(self.vae_, X, [self.score_], num_importance_samples=self.num_importance_samples,
-                              compressor=self.compressor, seed=self.seed, background=self.background_)[self.score_]
+                              compressor=self.compressor, seed=self.seed, background=self.background_,
+                              typicality=self.typicality_)[self.score_]
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Negated anomaly score: higher = more normal (scikit-learn's convention)."""
@@ -442,7 +497,9 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
                              calibration_size=int(len(self.calibration_scores_)),
                              model_fingerprint=model_fingerprint(self.vae_),
                              background_fingerprint=(model_fingerprint(self.background_)
-                                                     if self.background_ is not None else None))
+                                                     if self.background_ is not None else None),
+                             typicality_digest=(typicality_digest(self.typicality_)
+                                                if self.score_ == "typicality" else None))
 
     def save(self, run_dir: str | Path | None = None) -> Path:
         """Write ``anomaly_detector.json`` into the run directory (atomically); returns its path.
@@ -459,6 +516,10 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
             self.vae_.save(target)
         if self.background_ is not None:
             self.background_.save(target / BACKGROUND_DIR)
+        if state.typicality_digest is not None:
+            from .typicality import save_typicality
+
+            save_typicality(self.typicality_, target)
         path = target / DETECTOR_FILE
         atomic_write_json(path, {"format_version": DETECTOR_FORMAT_VERSION, "vaekit_version": __version__,
                                  "detector": asdict(state)})
@@ -473,9 +534,17 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
             raise CheckpointError(f"{Path(run_dir) / DETECTOR_FILE} was calibrated for other weights than the run's "
                                   "model.safetensors; fit the detector again (vaekit fit-detector)")
         kwargs = {"target_fpr": state.rate} if state.rule == "target_fpr" else {"contamination": state.rate}
+        typicality = None
+        if state.typicality_digest is not None:
+            from .typicality import load_typicality
+
+            typicality = load_typicality(run_dir, vae)
+            if typicality is None or typicality_digest(typicality) != state.typicality_digest:
+                raise CheckpointError(f"the anomaly detector in {run_dir} was calibrated with another typicality model "
+                                      "than its typicality.json; fit the detector again (vaekit fit-detector)")
         detector = cls(vae, score=state.score, num_importance_samples=state.num_importance_samples,
                        compressor=state.compressor, seed=state.seed,
-                       background=load_background(run_dir, state, device=device), **kwargs)
+                       background=load_background(run_dir, state, device=device), typicality=typicality, **kwargs)
         detector._resolve_models()
         detector.run_dir_ = Path(run_dir)
         detector.threshold_, detector.offset_ = state.threshold, -state.threshold
@@ -521,6 +590,11 @@ def read_detector_state(run_dir: str | Path) -> DetectorState:
     except ConfigError as err:
         raise CheckpointError(f"{path} is not a valid vaekit anomaly detector: {err}") from None
     return state
+
+
+def typicality_digest(state: "TypicalityModel") -> str:
+    """SHA-256 of a typicality model's parameters: ties a detector's threshold to the density it was set with."""
+    return hashlib.sha256(json.dumps(asdict(state), sort_keys=True).encode()).hexdigest()
 
 
 def model_fingerprint(vae: VAE) -> str:

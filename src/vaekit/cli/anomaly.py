@@ -29,8 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("data", metavar="DATA", help="the examples to score")
     p.add_argument("-o", "--output", required=True, help="output: .csv")
     p.add_argument("--score", choices=anomaly.SCORE_NAMES,
-                   help=f"the default score, written to column 'score' (default: the run's detector's, else "
-                        f"{anomaly.DEFAULT_SCORE} for images, {anomaly.FALLBACK_SCORE} otherwise)")
+                   help=f"the score written to column 'score' (default: the run's detector's, else "
+                        f"{anomaly.DEFAULT_SCORE}: how unusual an example's reconstruction, KL and posterior are "
+                        "compared with the training data (DoSE), which unlike -log p(x) does not rank simpler "
+                        "images from elsewhere as more normal; benchmarks/anomaly.py measures it)")
     p.add_argument("--scores", type=_parse_scores, metavar="A,B",
                    help="only these scores (default: every score that applies); importance sampling is the slow one")
     p.add_argument("--num-importance-samples", type=positive_int, metavar="K",
@@ -62,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rule.add_argument("--target-fpr", type=float, metavar="F", help="false-positive rate on clean data (default 0.05)")
     rule.add_argument("--contamination", type=float, metavar="C", help="fraction of DATA to flag (PyOD's rule)")
     p.add_argument("--score", choices=anomaly.SCORE_NAMES,
-                   help=f"the score to threshold (default {anomaly.DEFAULT_SCORE} for images, {anomaly.FALLBACK_SCORE} otherwise)")
+                   help=f"the score to threshold (default {anomaly.DEFAULT_SCORE}; its density comes from the run's "
+                        "typicality.json, or is fitted on half of DATA when the run has none)")
     p.add_argument("--num-importance-samples", type=positive_int, default=100, metavar="K")
     p.add_argument("--compressor", choices=anomaly.COMPRESSORS, default="png")
     p.add_argument("--background", metavar="RUN2",
@@ -105,10 +108,11 @@ def score(args: argparse.Namespace) -> int:
         background = load_run(args.background, args.device)
     else:
         background = anomaly.load_background(args.run, detector, args.device) if detector is not None else None
+    typicality_model = _run_typicality(args.run, vae, args.data_dir)
     k = args.num_importance_samples or (detector.num_importance_samples if detector else 100)
     compressor = args.compressor or (detector.compressor if detector else "png")
     seed = args.seed if args.seed is not None else (detector.seed if detector else 0)
-    default = args.score or (detector.score if detector else anomaly.default_score(vae))
+    default = args.score or (detector.score if detector else anomaly.default_score(vae, typicality_model))
 
     x, labels, dataset = load_run_data(args.data, vae, args.data_dir)
     truth = _anomaly_truth(args, labels, dataset, len(x))
@@ -116,7 +120,7 @@ def score(args: argparse.Namespace) -> int:
     if names is not None and default not in names:
         names = [*names, default]
     scores = anomaly.anomaly_scores(vae, x, names, num_importance_samples=k, compressor=compressor, seed=seed,
-                                    background=background)
+                                    background=background, typicality=typicality_model)
     columns = {**scores, "score": scores[default]}
     if detector is not None and detector.score == default:
         columns["is_anomaly"] = (scores[default] > detector.threshold).astype(int)
@@ -134,6 +138,30 @@ def score(args: argparse.Namespace) -> int:
         save_figure(anomaly.roc_figure(scores, truth, title=f"ROC curves on {args.data}"), roc_path)
         print(f"wrote the ROC curves to {roc_path}", file=sys.stderr)
     return 0
+
+
+def _run_typicality(run: str, vae, data_dir: str | None):
+    """The run's typicality model; a run without one (trained before it existed) gets it fitted now on its own
+    training data and saved beside the model, or ``None`` when that data cannot be read."""
+    from ..anomaly import typicality
+
+    state = typicality.load_typicality(run, vae)
+    if state is not None:
+        return state
+    spec = vae.config_.data.source
+    if spec == "array":
+        return None
+    try:
+        x, _, _ = load_run_data(spec + ":train", vae, data_dir)
+    except DataError as err:
+        print(f"note: {run} has no typicality model and its training data cannot be read ({err}); "
+              "scoring without it", file=sys.stderr)
+        return None
+    state = typicality.fit_typicality(vae, anomaly._model_units(vae, anomaly.prepare_inputs(vae, x)))
+    path = typicality.save_typicality(state, run)
+    print(f"fitted the typicality model on {state.fit_size:,} training examples of {spec}; saved it as {path}",
+          file=sys.stderr)
+    return state
 
 
 def _anomaly_truth(args: argparse.Namespace, labels: np.ndarray | None, dataset, n: int) -> np.ndarray | None:
@@ -213,7 +241,8 @@ def fit_detector(args: argparse.Namespace) -> int:
     if args.background and score_name != "likelihood_ratio":
         raise ConfigError(f"--background is for --score likelihood_ratio, not {score_name}")
     background = load_run(args.background, args.device) if args.background else None
-    detector = anomaly.AnomalyDetector(vae, score=score_name, target_fpr=args.target_fpr,
+    typicality_model = _run_typicality(args.run, vae, args.data_dir)
+    detector = anomaly.AnomalyDetector(vae, score=score_name, target_fpr=args.target_fpr, typicality=typicality_model,
                                        contamination=args.contamination, num_importance_samples=args.num_importance_samples,
                                        compressor=args.compressor, seed=args.seed, background=background).fit(x)
     path = detector.save(args.run)

@@ -223,6 +223,7 @@ def _train(args: argparse.Namespace) -> int:
     if not context.is_main:
         return 0
     _write_pictures(out, dataset)
+    _fit_typicality(out, dataset, log)
     last = history[-1] if history else {}
     log(f"done in {time.perf_counter() - started:.1f} s: validation -ELBO {last.get('val_neg_elbo', float('nan')):.3f} "
         f"nats/example. Run directory: {out}")
@@ -249,6 +250,21 @@ def _write_pictures(out: Path, dataset) -> None:
 
         both = np.stack([originals, vae.reconstruct(originals)], axis=1).reshape(-1, *vae.input_shape_)
         write_examples(both, out / "reconstructions.png", vae, title="originals (even rows) and reconstructions")
+
+
+def _fit_typicality(out: Path, dataset, log) -> None:
+    """typicality.json: the density of the model's statistics on the training data, for ``vaekit score``'s default."""
+    from ..anomaly import typicality
+    from ..api import load
+
+    vae = load(out)
+    streamed = dataset.train_stream is not None
+    x = dataset.split("test" if streamed else "train").numpy()  # model units, binarized as the model saw them
+    started = time.perf_counter()
+    state = typicality.fit_typicality(vae, x)
+    typicality.save_typicality(state, out)
+    log(f"anomaly scores: fitted the typicality model on {state.fit_size:,} {'test' if streamed else 'training'} "
+        f"examples ({len(state.weights)} mixture components, {time.perf_counter() - started:.1f} s)")
 
 
 def _logger(enabled: bool):

@@ -26,6 +26,7 @@ import torch
 
 from .._version import __version__
 from ..generation import latent
+from ..anomaly.typicality import TypicalityModel, load_typicality
 from ..anomaly.scores import DETECTOR_FILE, SCORE_DESCRIPTIONS, AnomalyDetector, anomaly_scores, default_score
 from ..api import VAE, load
 from ..errors import ConfigError, DataError, VaekitError
@@ -130,7 +131,8 @@ class Explorer:
 
     def __init__(self, vae: VAE, *, reference: ReferenceData | None = None, detector: AnomalyDetector | None = None,
                  detector_problem: str | None = None, num_importance_samples: int = 100,
-                 limits: ServeLimits | None = None, run_name: str | None = None) -> None:
+                 limits: ServeLimits | None = None, run_name: str | None = None,
+                 typicality: TypicalityModel | None = None) -> None:
         if num_importance_samples < 1:
             raise ConfigError(f"num_importance_samples must be at least 1, got {num_importance_samples}")
         self.vae = vae
@@ -144,12 +146,13 @@ class Explorer:
         self.columns = list(columns) if columns and len(columns) == self.n_features else [f"x{i}" for i in range(self.n_features)]
         self.detector = detector
         self.detector_problem = detector_problem
+        self.typicality = detector.typicality_ if detector is not None and detector.typicality_ is not None else typicality
         if detector is not None:
             self.score_name = detector.score_
             self.score_settings = {"num_importance_samples": detector.num_importance_samples,
                                    "compressor": detector.compressor, "seed": detector.seed}
         else:
-            self.score_name = default_score(vae)
+            self.score_name = default_score(vae, self.typicality)
             self.score_settings = {"num_importance_samples": num_importance_samples, "compressor": "png", "seed": 0}
         self.reference = reference
         self._map_cache: dict[int, dict[str, Any]] = {}
@@ -173,6 +176,10 @@ class Explorer:
         when it has a valid one."""
         vae = load(run, device=device) if vae is None else vae
         detector, problem = None, None
+        try:
+            kwargs.setdefault("typicality", load_typicality(run, vae))
+        except VaekitError as err:  # a stale typicality model must not keep the model from being served either
+            problem = str(err)
         if (Path(run) / DETECTOR_FILE).is_file():
             try:
                 detector = AnomalyDetector.load(run, device=device)
@@ -472,7 +479,7 @@ class Explorer:
     def _scores(self, x: np.ndarray) -> dict[str, np.ndarray]:
         s = self.score_settings
         return anomaly_scores(self.vae, x, None, num_importance_samples=s["num_importance_samples"],
-                              compressor=s["compressor"], seed=s["seed"])
+                              compressor=s["compressor"], seed=s["seed"], typicality=self.typicality)
 
     def score(self, x: np.ndarray) -> dict[str, Any]:
         """Every anomaly score that applies, the explorer's score, its percentile among the reference data,

@@ -1,0 +1,237 @@
+"""Typicality of the model's own statistics (DoSE: Morningstar et al., AISTATS 2021).
+
+A likelihood alone ranks simple images from another distribution as *more* likely than the data the
+model was trained on (Nalisnick et al. 2019). DoSE looks instead at how *typical* an example is: per
+example it collects statistics the model computes anyway and fits a density to them on clean data;
+the score is that density's negative log, so an example is anomalous when its statistics are unusual
+in either direction (a likelihood that is too high is as suspicious as one that is too low).
+
+The statistics (per example, from ``num_samples`` seeded posterior draws):
+
+    reconstruction      E_q[-log p(x|z)], nats
+    kl                  KL(q(z|x) || p(z)), nats (one column per stochastic layer when there are several)
+    posterior_log_std   mean over latent dimensions of log sigma(x): the posterior's entropy per dimension
+    code_norm           mean over latent dimensions of mu(x)^2: how far the code lies from the prior's centre
+    compressed_bits     (images only) the PNG code length of x (``scores.compressed_bits``): the generic
+                        complexity that makes simple images look likely (Serra et al. 2020)
+    mu_i, log_var_i     the posterior's mean and log-variance per dimension of the first stochastic layer
+
+Without ``compressed_bits`` a blank image, whose reconstruction is easy, lies near simple clean images;
+without the per-dimension posterior, digits lie near Fashion-MNIST's own statistics (measured in
+``benchmarks/anomaly.py``). They are scaled robustly (median and median absolute deviation on the
+fitting data) and modelled by a Gaussian mixture with full covariances whose number of components
+(1, 2, 4, ... up to ``max_components``, and at most one per ten times its parameter count in examples)
+is chosen by BIC, as scikit-learn fits it. The fitted state is plain JSON (``typicality.json`` in the run
+directory), tied to the weights by their fingerprint; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._version import __version__
+from ..api import VAE
+from ..config import dataclass_from_dict
+from ..errors import CheckpointError, ConfigError, DataError
+from ..fileio import atomic_write_json
+
+TYPICALITY_FILE = "typicality.json"
+TYPICALITY_FORMAT_VERSION = 1
+DEFAULT_NUM_SAMPLES = 4
+DEFAULT_MAX_COMPONENTS = 16
+DEFAULT_FIT_SIZE = 10_000
+"""Examples the state is fitted on at most (a seeded subsample): enough for a few-dimensional mixture."""
+
+
+def statistic_names(vae: VAE) -> list[str]:
+    layers = len(vae.model_.latent_dims)
+    kl = ["kl"] if layers == 1 else [f"kl_layer_{i}" for i in range(1, layers + 1)]
+    complexity = ["compressed_bits"] if _has_complexity(vae) else []
+    d = vae.model_.latent_dim
+    return ["reconstruction", *kl, "posterior_log_std", "code_norm", *complexity,
+            *(f"mu_{i}" for i in range(d)), *(f"log_var_{i}" for i in range(d))]
+
+
+def _has_complexity(vae: VAE) -> bool:
+    """Images with values in [0, 1], which ``compressed_bits`` codes (1 bit per pixel if binary, else 8 bits)."""
+    return len(vae.input_shape_) == 3 and vae.config_.data.kind == "unit"
+
+
+@torch.no_grad()
+def model_statistics(vae: VAE, x: np.ndarray, num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0) -> np.ndarray:
+    """The statistics of ``statistic_names(vae)`` for prepared inputs ``x`` (model units), shape (n, k), float64."""
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be at least 1, got {num_samples}")
+    model = vae.model_
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    prior = model.prior_distribution()
+    dims = model.latent_dims
+    rows = []
+    try:
+        for start in range(0, len(x), vae.config_.train.eval_batch_size):
+            batch = torch.as_tensor(x[start:start + vae.config_.train.eval_batch_size], device=device)
+            terms = model.elbo_terms(batch, generator=generator, prior=prior, num_samples=num_samples)
+            mu, logvar = model.posterior_params(batch)
+            columns = [terms.reconstruction]
+            if len(dims) == 1:
+                columns.append(terms.kl)
+            else:
+                per_dim = terms.kl_per_dim
+                edges = np.cumsum([0, *dims])
+                columns += [per_dim[:, a:b].sum(-1) for a, b in zip(edges[:-1], edges[1:])]
+            columns += [0.5 * logvar.mean(-1), (mu**2).mean(-1)]
+            rows.append(torch.cat([torch.stack([c.double() for c in columns], dim=-1), mu.double(), logvar.double()],
+                                  dim=-1).cpu())
+    finally:
+        model.train(was_training)
+    stats = torch.cat(rows).numpy()
+    if _has_complexity(vae):
+        from .scores import compressed_bits
+
+        at = len(statistic_names(vae)) - 2 * model.latent_dim - 1
+        stats = np.insert(stats, at, compressed_bits(np.clip(x, 0.0, 1.0)), axis=1)
+    return stats
+
+
+@dataclass
+class TypicalityModel:
+    """A fitted density over the statistics: robust scaling, then a Gaussian mixture (full covariances)."""
+
+    statistics: list[str]
+    center: list[float]
+    scale: list[float]
+    weights: list[float]
+    means: list[list[float]]
+    covariances: list[list[list[float]]]
+    fit_size: int
+    num_samples: int
+    seed: int
+    model_fingerprint: str
+    fit_scores: list[float] = field(default_factory=list)  # quantiles of the fitting data's scores, for reports
+
+    def log_density(self, stats: np.ndarray) -> np.ndarray:
+        """log density of the scaled statistics under the mixture, per example (exact, in closed form)."""
+        z = (np.asarray(stats, dtype=np.float64) - np.asarray(self.center)) / np.asarray(self.scale)
+        k = z.shape[1]
+        parts = []
+        for weight, mean, cov in zip(self.weights, self.means, self.covariances):
+            chol = np.linalg.cholesky(np.asarray(cov))
+            solved = np.linalg.solve(chol, (z - np.asarray(mean)).T)  # L^-1 (z - m)
+            maha = (solved**2).sum(0)
+            log_det = 2.0 * np.log(np.diag(chol)).sum()
+            parts.append(math.log(weight) - 0.5 * (maha + log_det + k * math.log(2 * math.pi)))
+        stacked = np.stack(parts)
+        top = stacked.max(0)
+        return top + np.log(np.exp(stacked - top).sum(0))
+
+    def score(self, vae: VAE, x: np.ndarray) -> np.ndarray:
+        """-log density of each prepared example's statistics: higher = less typical."""
+        if statistic_names(vae) != self.statistics:
+            raise ConfigError(f"this typicality model was fitted on the statistics {self.statistics}; the model "
+                              f"gives {statistic_names(vae)}: fit it again for this run")
+        return -self.log_density(model_statistics(vae, x, self.num_samples, self.seed))
+
+
+def fit_typicality(vae: VAE, x: np.ndarray, *, num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0,
+                   max_components: int = DEFAULT_MAX_COMPONENTS, max_examples: int = DEFAULT_FIT_SIZE) -> TypicalityModel:
+    """Fit the typicality density on clean prepared examples ``x`` (at most ``max_examples``, a seeded subsample)."""
+    from sklearn.mixture import GaussianMixture
+
+    from .scores import model_fingerprint
+
+    if max_components < 1:
+        raise ConfigError(f"max_components must be at least 1, got {max_components}")
+    x = np.asarray(x)
+    if len(x) > max_examples:
+        x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_examples, replace=False))]
+    stats = model_statistics(vae, x, num_samples, seed)
+    k = stats.shape[1]
+    if len(stats) < 2 * (k + 1):
+        raise DataError(f"{len(stats)} examples are too few to fit the typicality density of {k} statistics; "
+                        f"give at least {2 * (k + 1)}")
+    center = np.median(stats, axis=0)
+    scale = 1.4826 * np.median(np.abs(stats - center), axis=0)
+    spread = stats.std(axis=0)
+    scale = np.where(scale > 1e-12, scale, np.where(spread > 1e-12, spread, 1.0))
+    z = (stats - center) / scale
+    best, best_bic = None, np.inf
+    # Each component needs room for its mean and covariance: at most one per 10 * (parameters) examples.
+    per_component = k + k * (k + 1) // 2 + 1
+    limit = max(1, min(max_components, len(z) // (10 * per_component)))
+    for n in sorted({1, *(2**i for i in range(1, 12) if 2**i <= limit), limit}):
+        gmm = GaussianMixture(n, covariance_type="full", reg_covar=1e-4, n_init=2, random_state=seed).fit(z)
+        bic = gmm.bic(z)
+        if bic < best_bic:
+            best, best_bic = gmm, bic
+    state = TypicalityModel(statistics=statistic_names(vae), center=center.tolist(), scale=scale.tolist(),
+                            weights=best.weights_.tolist(), means=best.means_.tolist(),
+                            covariances=best.covariances_.tolist(), fit_size=len(stats), num_samples=num_samples,
+                            seed=seed, model_fingerprint=model_fingerprint(vae))
+    fit = -state.log_density(stats)
+    state.fit_scores = np.quantile(fit, [0.5, 0.9, 0.95, 0.99]).tolist()
+    return state
+
+
+def save_typicality(state: TypicalityModel, run_dir: str | Path) -> Path:
+    path = Path(run_dir) / TYPICALITY_FILE
+    atomic_write_json(path, {"format_version": TYPICALITY_FORMAT_VERSION, "vaekit_version": __version__,
+                             "typicality": asdict(state)})
+    return path
+
+
+def load_typicality(run_dir: str | Path, vae: VAE | None = None) -> TypicalityModel | None:
+    """The typicality model saved in a run directory (``None`` when there is none), checked against ``vae``'s weights."""
+    from .scores import model_fingerprint
+
+    path = Path(run_dir) / TYPICALITY_FILE
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    try:
+        if not isinstance(raw, dict) or raw.get("format_version") != TYPICALITY_FORMAT_VERSION:
+            raise ConfigError(f"format_version must be {TYPICALITY_FORMAT_VERSION}")
+        state = dataclass_from_dict(TypicalityModel, raw.get("typicality"), "typicality")
+        _check_state(state)
+    except (ConfigError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a valid vaekit typicality model: {err}") from None
+    if vae is not None and state.model_fingerprint != model_fingerprint(vae):
+        raise CheckpointError(f"{path} was fitted for other weights than the run's model.safetensors; fit it again "
+                              "(vaekit fit-detector RUN, or delete the file)")
+    return state
+
+
+def _check_state(state: TypicalityModel) -> None:
+    k = len(state.statistics)
+    m = len(state.weights)
+    arrays_ok = (len(state.center) == k and len(state.scale) == k and np.shape(state.means) == (m, k)
+                 and np.shape(state.covariances) == (m, k, k))
+    if not arrays_ok or m < 1:
+        raise ConfigError("the mixture's arrays do not fit its statistics")
+    values = np.concatenate([np.ravel(state.center), np.ravel(state.scale), np.ravel(state.weights),
+                             np.ravel(state.means), np.ravel(state.covariances)])
+    if not np.isfinite(values).all() or min(state.scale) <= 0 or min(state.weights) <= 0:
+        raise ConfigError("the mixture holds non-finite, non-positive scales or weights")
+    for cov in state.covariances:
+        try:
+            np.linalg.cholesky(np.asarray(cov))
+        except np.linalg.LinAlgError:
+            raise ConfigError("a covariance is not positive definite") from None
+    if state.num_samples < 1:
+        raise ConfigError("num_samples must be at least 1")
+
+
+def describe(state: TypicalityModel) -> dict[str, Any]:
+    return {"statistics": state.statistics, "components": len(state.weights), "fit_size": state.fit_size}
