@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..anomaly import scores as anomaly
+from .. import anomaly
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import atomic_write_text
 from ..plots import save_figure
@@ -157,7 +157,7 @@ def _run_typicality(run: str, vae, data_dir: str | None):
         print(f"note: {run} has no typicality model and its training data cannot be read ({err}); "
               "scoring without it", file=sys.stderr)
         return None
-    state = typicality.fit_typicality(vae, anomaly._model_units(vae, anomaly.prepare_inputs(vae, x)))
+    state = typicality.fit_typicality(vae, anomaly.model_units(vae, anomaly.prepare_inputs(vae, x)))
     path = typicality.save_typicality(state, run)
     print(f"fitted the typicality model on {state.fit_size:,} training examples of {spec}; saved it as {path}",
           file=sys.stderr)

@@ -26,8 +26,8 @@ import torch
 
 from .._version import __version__
 from ..generation import latent
-from ..anomaly.typicality import TypicalityModel, load_typicality
-from ..anomaly.scores import DETECTOR_FILE, SCORE_DESCRIPTIONS, AnomalyDetector, anomaly_scores, default_score
+from ..anomaly import TypicalityModel, load_typicality
+from ..anomaly import DETECTOR_FILE, SCORE_DESCRIPTIONS, AnomalyDetector, anomaly_scores, default_score
 from ..api import VAE, load
 from ..errors import ConfigError, DataError, VaekitError
 from ..plots import image_grid
