@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,8 +89,14 @@ def test_bernoulli_code_lengths_satisfy_kraft(tmp_path):
 def test_scores_of_a_binarized_model(vae_bin, digits):
     x = digits.x_test[:120].numpy()  # grey values: binarized with the seeded draw as the run's data were
     scores = anomaly.anomaly_scores(vae_bin, x, num_importance_samples=200, seed=3)
-    assert set(scores) == {"neg_elbo", "neg_log_likelihood", "reconstruction_error", "input_complexity"}
+    assert set(scores) == {"neg_elbo", "neg_log_likelihood", "reconstruction_error", "input_complexity",
+                           "posterior_regret"}  # likelihood_regret is slow: only when named
     prepared = anomaly.prepare_inputs(vae_bin, x, seed=3)
+    from vaekit.anomaly.regret import posterior_regret
+
+    np.testing.assert_allclose(scores["posterior_regret"],
+                               posterior_regret(vae_bin.model_, torch.as_tensor(prepared), seed=3).numpy())
+    assert (scores["posterior_regret"] >= 0).all()
     assert set(np.unique(prepared)) == {0.0, 1.0}
     np.testing.assert_array_equal(anomaly.prepare_inputs(vae_bin, prepared, seed=99), prepared)  # binary stays
     nll = -vae_bin.score_samples(prepared, num_importance_samples=200, seed=3)
@@ -289,7 +296,7 @@ def _read_csv(path):
 
 def test_cli_score_with_known_anomalies(binarized_run, tmp_path, capsys):
     out = tmp_path / "scores.csv"
-    assert main(["score", str(binarized_run), "digits", "-o", str(out), "--anomaly-classes", "0",
+    assert main(["score", str(binarized_run), "digits", "-o", str(out), "--anomaly-classes", "0", "--scores", "all",
                  "--num-importance-samples", "10"]) == 0
     printed = capsys.readouterr().out
     table = _read_csv(out)
@@ -386,3 +393,31 @@ def test_a_likelihood_ratio_detector_is_saved_with_its_background_model(binarize
     # A background model only makes sense for the likelihood ratio.
     assert main(["fit-detector", str(run), "--background", str(binarized_run), "--score", "neg_elbo"]) == 2
     assert "--background is for --score likelihood_ratio" in capsys.readouterr().err
+
+
+def test_cli_score_names_each_file_and_explains_the_flagged_ones(tmp_path, digits, capsys):
+    """An image folder: the CSV names every file, --explain writes one heat-map PNG per flagged image."""
+    folder = tmp_path / "images"
+    for i, image in enumerate(digits.x_train.numpy()[:200]):
+        sub = folder / ("odd" if i % 2 else "even")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image[0] * 255).astype(np.uint8)).save(sub / f"img{i:03d}.png")
+    noise = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "even" / "zz_noise.png")
+    run = tmp_path / "run"
+    assert main(["train", str(folder), "--out", str(run), "--epochs", "20", "--no-progress", "--latent-dim", "4",
+                 "--batch-size", "32"]) == 0
+    out, explain = tmp_path / "s.csv", tmp_path / "why"
+    assert main(["score", str(run), str(folder), "-o", str(out), "--scores", "neg_elbo", "--explain", str(explain),
+                 "--explain-top", "3"]) == 0
+    assert "wrote 3 explanation file(s) of the 3 highest scores" in capsys.readouterr().err
+    raw = out.read_bytes()
+    assert b"\r" not in raw  # LF line endings
+    table = _read_csv(out)
+    assert len(table["file"]) == 201 and sorted(Path(f).name for f in table["file"])[-1] == "zz_noise.png"
+    top = np.argsort(-table["score"].astype(float), kind="stable")[:3]
+    assert Path(table["file"][top[0]]).name == "zz_noise.png"  # the noise image is the most anomalous file
+    written = sorted(p.name for p in explain.iterdir())
+    assert written == sorted(Path(table["file"][i]).stem + ".png" for i in top)
+    with Image.open(explain / "zz_noise.png") as picture:
+        assert picture.width > 2 * picture.height

@@ -14,7 +14,8 @@ from .. import anomaly
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import atomic_write_text
 from ..plots import save_figure
-from .common import add_data_options, check_output, load_run, load_run_data, load_run_data_or_own, positive_int
+from .common import (add_data_options, check_output, load_run, load_run_data, load_run_data_or_own, positive_int,
+                     resolved_split)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "compared with the training data (DoSE), which unlike -log p(x) does not rank simpler "
                         "images from elsewhere as more normal; benchmarks/anomaly.py measures it)")
     p.add_argument("--scores", type=_parse_scores, metavar="A,B",
-                   help="only these scores (default: every score that applies); importance sampling is the slow one")
+                   help="the scores to compute besides the default one (default: neg_elbo,reconstruction_error, "
+                        "one fast pass each); 'all': every score that applies, including importance sampling "
+                        "(-log p(x) with K samples) but not likelihood_regret, which is slow and only computed "
+                        "when named")
     p.add_argument("--num-importance-samples", type=positive_int, metavar="K",
                    help="importance samples for -log p(x) (default: the detector's, else 100)")
     p.add_argument("--compressor", choices=anomaly.COMPRESSORS, help="for input_complexity (default: png)")
@@ -42,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="a run trained on perturbed data: adds likelihood_ratio (default: the one saved with the "
                         "run's detector, if any)")
     p.add_argument("--seed", type=int, help="seed of the binarization draw and the posterior samples (default 0)")
+    p.add_argument("--explain", metavar="DIR",
+                   help="write why the flagged examples are anomalous into DIR: for images one PNG each (the image, "
+                        "its reconstruction and a heat map of each pixel's share of -log p(x|z)), for tables "
+                        "explanations.csv with each column's share; flagged = above the detector's threshold, else "
+                        "the --explain-top highest scores")
+    p.add_argument("--explain-top", type=positive_int, default=16, metavar="N",
+                   help="with --explain and no detector (or more flagged examples than N): the N highest scores (default 16)")
     labels = p.add_argument_group("known anomalies (for AUROC, AUPRC and a ROC curve)")
     labels.add_argument("--labels", metavar="FILE",
                         help="one 0/1 (or true/false) per example, 1 = anomaly: .npy, .csv or .txt")
@@ -77,7 +88,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=fit_detector)
 
 
-def _parse_scores(text: str) -> list[str]:
+QUICK_SCORES = ("neg_elbo", "reconstruction_error")
+"""What vaekit score computes besides the default score unless --scores says otherwise: cheap, one pass each."""
+
+
+def _parse_scores(text: str) -> list[str] | str:
+    if text.strip() == "all":
+        return "all"
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in anomaly.SCORE_NAMES]
     if unknown or not names:
@@ -116,16 +133,22 @@ def score(args: argparse.Namespace) -> int:
 
     x, labels, dataset = load_run_data(args.data, vae, args.data_dir)
     truth = _anomaly_truth(args, labels, dataset, len(x))
-    names = args.scores or None
-    if names is not None and default not in names:
-        names = [*names, default]
+    if args.scores == "all":
+        names = None  # every score that applies but likelihood regret (slow: only by name)
+    else:
+        names = list(args.scores or QUICK_SCORES)
+        names += [] if default in names else [default]
     scores = anomaly.anomaly_scores(vae, x, names, num_importance_samples=k, compressor=compressor, seed=seed,
                                     background=background, typicality=typicality_model)
     columns = {**scores, "score": scores[default]}
     if detector is not None and detector.score == default:
         columns["is_anomaly"] = (scores[default] > detector.threshold).astype(int)
-    _write_scores(out, columns, labels, truth)
+    named = example_names(dataset, args.data)
+    _write_scores(out, columns, labels, truth, named)
+    names = named[1] if named is not None and named[0] == "file" else None
     print(f"wrote {len(scores)} scores of {len(x)} examples to {out} (column 'score' = {default})", file=sys.stderr)
+    if args.explain:
+        _explain(args, vae, x, columns, names, seed)
     if truth is not None:
         metrics = anomaly.detection_metrics(scores, truth)
         print(f"{int(truth.sum())} anomalies among {len(truth)} examples")
@@ -162,6 +185,35 @@ def _run_typicality(run: str, vae, data_dir: str | None):
     print(f"fitted the typicality model on {state.fit_size:,} training examples of {spec}; saved it as {path}",
           file=sys.stderr)
     return state
+
+
+def example_names(dataset, spec: str) -> tuple[str, list[str]] | None:
+    """The column naming each example of ``spec``: its file (image folders) or its row in the source file."""
+    ids = dataset.example_ids(resolved_split(spec, dataset))
+    if ids is None:
+        return None
+    return ("file" if dataset.files is not None else "source_row"), ids
+
+
+def _explain(args: argparse.Namespace, vae, x: np.ndarray, columns: dict[str, np.ndarray],
+             names: list[str] | None, seed: int) -> None:
+    from ..anomaly.explain import write_explanations
+
+    score = columns["score"]
+    order = np.argsort(-score, kind="stable")
+    if "is_anomaly" in columns:
+        flagged = order[columns["is_anomaly"][order] == 1][: args.explain_top]
+        why = f"{len(flagged)} of {int(columns['is_anomaly'].sum())} above the detector's threshold"
+    else:
+        flagged = order[: args.explain_top]
+        why = f"the {len(flagged)} highest scores"
+    if len(flagged) == 0:
+        print("no example is above the detector's threshold; nothing to explain", file=sys.stderr)
+        return
+    labels = [Path(n).stem for n in names] if names is not None else None
+    paths = write_explanations(vae, x, args.explain, indices=[int(i) for i in flagged], names=labels, scores=score,
+                               seed=seed)
+    print(f"wrote {len(paths)} explanation file(s) of {why} to {args.explain}", file=sys.stderr)
 
 
 def _anomaly_truth(args: argparse.Namespace, labels: np.ndarray | None, dataset, n: int) -> np.ndarray | None:
@@ -220,15 +272,17 @@ def _as_binary(values: np.ndarray, where: str) -> np.ndarray:
 
 
 def _write_scores(path: Path, columns: dict[str, np.ndarray], labels: np.ndarray | None,
-                  truth: np.ndarray | None) -> None:
+                  truth: np.ndarray | None, named: tuple[str, list[str]] | None = None) -> None:
     n = len(next(iter(columns.values())))
-    header = ["index"] + (["label"] if labels is not None else []) + (["known_anomaly"] if truth is not None else [])
-    header += list(columns)
+    names = named[1] if named is not None else None
+    header = ["index"] + ([named[0]] if named is not None else []) + (["label"] if labels is not None else [])
+    header += (["known_anomaly"] if truth is not None else []) + list(columns)
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for i in range(n):
-        row = [str(i)] + ([str(labels[i])] if labels is not None else []) + ([str(int(truth[i]))] if truth is not None else [])
+        row = [str(i)] + ([names[i]] if names is not None else [])
+        row += ([str(labels[i])] if labels is not None else []) + ([str(int(truth[i]))] if truth is not None else [])
         row += [str(int(v[i])) if v.dtype.kind in "iub" else f"{v[i]:.7g}" for v in columns.values()]
         writer.writerow(row)
     atomic_write_text(path, buffer.getvalue())

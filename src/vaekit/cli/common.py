@@ -81,14 +81,21 @@ def load_run_data(spec: str, vae: VAE, data_dir: str | None = None) -> tuple[np.
 
     Without a ``:split`` suffix the whole file is used in its own order, or the test split of a built-in set.
     """
-    source, split = parse_spec(spec)
+    source, _ = parse_spec(spec)
     dataset = load_dataset(spec, data_dir=data_dir, like=vae.config_.data)
-    if split is None:
-        split = "test" if dataset.order is None else "all"
+    split = resolved_split(spec, dataset)
     x = dataset.split(split).numpy()
     if x.shape[1:] != vae.input_shape_:
         raise DataError(f"{source} has examples of shape {x.shape[1:]} but the model expects {vae.input_shape_}")
     return to_original_units(x, vae.config_.data), dataset.labels(split), dataset
+
+
+def resolved_split(spec: str, dataset: Dataset) -> str:
+    """The split a tool uses for ``spec``: the one named, else all of a file (in its order) or a built-in's test split."""
+    split = parse_spec(spec)[1]
+    if split is None:
+        split = "test" if dataset.order is None else "all"
+    return split
 
 
 def load_run_data_or_own(spec: str | None, vae: VAE, run: str, data_dir: str | None = None,

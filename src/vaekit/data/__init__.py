@@ -101,7 +101,8 @@ def load_dataset(
     config.columns = raw.columns
     return Dataset(name=source, x_train=torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
                    x_test=torch.from_numpy(np.ascontiguousarray(x_test, dtype=np.float32)),
-                   y_train=y_train, y_test=y_test, config=config, class_names=raw.class_names, order=order)
+                   y_train=y_train, y_test=y_test, config=config, class_names=raw.class_names, order=order,
+                   files=raw.extra.get("files"))
 
 
 def _split(raw: RawData, test_fraction: float, seed: int):

@@ -47,6 +47,8 @@ class Dataset:
     # Data bigger than memory: the training split read from disk batch by batch (``x_train`` is then empty,
     # shape (0, *shape)); see ``data.streaming``.
     train_stream: "StreamedSplit | None" = None
+    # The file of each example in source order, for data read from a folder of images.
+    files: list[str] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -82,6 +84,27 @@ class Dataset:
         if self.config.binarize == "none":
             return x
         return binarize(x, self.config.binarize_threshold, generator=split_generator(self.config.split_seed, which))
+
+    def source_positions(self, which: str = "test") -> np.ndarray | None:
+        """Where each example of split ``which`` sits in its source (row or file number, 0-based), in the order
+        ``split(which)`` gives them; ``None`` for data with train and test parts of their own."""
+        if self.order is None:
+            return None
+        n_train = len(self.x_train)
+        if which == "train":
+            return self.order[:n_train]
+        if which == "test":
+            return self.order[n_train:]
+        return np.arange(len(self.order))
+
+    def example_ids(self, which: str = "test") -> list[str] | None:
+        """The file of each example of split ``which`` (image folders), else its row in the source, else ``None``."""
+        positions = self.source_positions(which)
+        if positions is None:
+            return None
+        if self.files is not None:
+            return [self.files[int(i)] for i in positions]
+        return [str(int(i)) for i in positions]
 
     def labels(self, which: str = "test") -> np.ndarray | None:
         if self.y_train is None or self.y_test is None:
