@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--background", metavar="RUN2",
                    help="a run trained on perturbed data: adds likelihood_ratio (default: the one saved with the "
                         "run's detector, if any)")
+    p.add_argument("--llr-k", type=int, default=1, metavar="K",
+                   help="for the llr score: how many of the lowest stochastic layers its second bound takes from the "
+                        "prior (0 < K < the number of layers; default 1)")
     p.add_argument("--seed", type=int, help="seed of the binarization draw and the posterior samples (default 0)")
     p.add_argument("--explain", metavar="DIR",
                    help="write why the flagged examples are anomalous into DIR: for images one PNG each (the image, "
@@ -139,7 +142,7 @@ def score(args: argparse.Namespace) -> int:
         names = list(args.scores or QUICK_SCORES)
         names += [] if default in names else [default]
     scores = anomaly.anomaly_scores(vae, x, names, num_importance_samples=k, compressor=compressor, seed=seed,
-                                    background=background, typicality=typicality_model)
+                                    background=background, typicality=typicality_model, llr_k=args.llr_k)
     columns = {**scores, "score": scores[default]}
     if detector is not None and detector.score == default:
         columns["is_anomaly"] = (scores[default] > detector.threshold).astype(int)
