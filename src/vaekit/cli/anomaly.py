@@ -183,7 +183,11 @@ def _run_typicality(run: str, vae, data_dir: str | None):
         print(f"note: {run} has no typicality model and its training data cannot be read ({err}); "
               "scoring without it", file=sys.stderr)
         return None
-    state = typicality.fit_typicality(vae, anomaly.model_units(vae, anomaly.prepare_inputs(vae, x)))
+    try:
+        state = typicality.fit_typicality(vae, anomaly.model_units(vae, anomaly.prepare_inputs(vae, x)))
+    except DataError as err:
+        print(f"note: no typicality model for {run} ({err}); scoring without it", file=sys.stderr)
+        return None
     path = typicality.save_typicality(state, run)
     print(f"fitted the typicality model on {state.fit_size:,} training examples of {spec}; saved it as {path}",
           file=sys.stderr)

@@ -16,7 +16,7 @@ from ..config import (ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, DEFAULT_BATCH_S
                       INFERENCE_NAMES, OBJECTIVE_NAMES, PRECISIONS, PRIOR_NAMES, RunConfig)
 from ..data.streaming import DEFAULT_LOADER_WORKERS, IN_MEMORY_CHOICES
 from ..data import load_dataset, parse_spec
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..models.likelihoods import LIKELIHOODS
 from ..training.trainer import train
 from .common import add_data_options, parse_hidden, positive_int
@@ -262,6 +262,7 @@ def _write_pictures(out: Path, dataset) -> None:
 
 def _fit_typicality(out: Path, dataset, log) -> None:
     """typicality.json: the density of the model's statistics on the training data, for ``vaekit score``'s default."""
+    from .. import anomaly
     from ..anomaly import typicality
     from ..api import load
 
@@ -269,7 +270,11 @@ def _fit_typicality(out: Path, dataset, log) -> None:
     streamed = dataset.train_stream is not None
     x = dataset.split("test" if streamed else "train").numpy()  # model units, binarized as the model saw them
     started = time.perf_counter()
-    state = typicality.fit_typicality(vae, x)
+    try:
+        state = typicality.fit_typicality(vae, x)
+    except DataError as err:
+        log(f"anomaly scores: no typicality model ({err}); vaekit score will use {anomaly.default_score(vae)}")
+        return
     typicality.save_typicality(state, out)
     log(f"anomaly scores: fitted the typicality model on {state.fit_size:,} {'test' if streamed else 'training'} "
         f"examples ({len(state.weights)} mixture components, {time.perf_counter() - started:.1f} s)")
