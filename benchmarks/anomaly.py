@@ -223,13 +223,117 @@ def out_of_distribution(data, settings: dict, work: Path, use_background: bool, 
     return result
 
 
+# --- (3) the default path: vaekit train and vaekit score with no options ------------------------
+
+DEFAULTS = {"epochs": 10, "seed": 0, "num_importance_samples": 100, "ood_limit": 2000, "test_limit": None,
+            "regret_limit": 300}
+QUICK_DEFAULTS = {"epochs": 1, "seed": 0, "num_importance_samples": 8, "ood_limit": 200, "test_limit": 500,
+                  "regret_limit": 20, "train_limit": 3000}
+DEFAULT_PATH_SCORES = ("typicality", "neg_elbo", "reconstruction_error", "neg_log_likelihood", "posterior_regret",
+                       "likelihood_regret")
+FAR_OOD = ("digits", "glyphs", "photos", "noise", "constant")
+
+
+def default_path_sets(x_test: np.ndarray, limit: int) -> dict[str, np.ndarray]:
+    sets = {"digits": digits_28(), "glyphs": glyphs(), "photos": photo_patches(), "noise": uniform_noise(),
+            "constant": constant_images(), **near_ood(x_test)}
+    return {name: x[:limit] for name, x in sets.items()}
+
+
+def train_with_defaults(run_dir: Path, settings: dict, log, extra: tuple[str, ...] = ()) -> float:
+    """``vaekit train fashion-mnist --out RUN --epochs E [extra]`` as a user runs it (its own process; resumable)."""
+    import subprocess
+
+    if (run_dir / "done").is_file():
+        return json.loads((run_dir / "done").read_text())["seconds"]
+    command = [sys.executable, "-m", "vaekit", "train", "fashion-mnist", "--out", str(run_dir), "--epochs",
+               str(settings["epochs"]), "--seed", str(settings["seed"]), "--no-progress", *extra]
+    if settings.get("train_limit"):  # --quick: a smaller training set through an .npy file
+        subset = run_dir.parent / "train_subset.npy"
+        subset.parent.mkdir(parents=True, exist_ok=True)
+        np.save(subset, fashion_mnist()[0][: settings["train_limit"]])
+        command[4] = str(subset)
+    if (run_dir / "checkpoint.json").is_file():
+        command.append("--resume")
+    log("  " + " ".join(command[2:]))
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    seconds = time.perf_counter() - started
+    atomic_write_json(run_dir / "done", {"seconds": seconds})
+    return seconds
+
+
+HIERARCHY = ("--arch", "mlp", "--inference", "top-down", "--latent-layers", "3", "--free-bits", "0.05", "--warmup-epochs", "2")
+"""The hierarchical model of LLR^{>k}: an MLP (hidden 400) with three top-down layers (20, 10, 5), free bits against collapse."""
+HIERARCHY_SCORES = ("llr", "llr_2", "typicality", "neg_elbo")
+
+
+def default_path(data, settings: dict, work: Path, log, hierarchy: bool = False) -> dict:
+    """Every score on the default model (or, with ``hierarchy``, on a three-layer top-down model): far and near
+    out-of-distribution sets against Fashion-MNIST's test set."""
+    from vaekit.anomaly import typicality
+
+    root = work
+    path = root / "result.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    log("default path: vaekit train fashion-mnist " + (" ".join(HIERARCHY) if hierarchy else "(no options)"))
+    train_seconds = train_with_defaults(root / "model", settings, log, HIERARCHY if hierarchy else ())
+    vae = vaekit.load(root / "model")
+    state = typicality.load_typicality(root / "model", vae)
+    if state is None:  # a run trained before vaekit train fitted it: the same fit on the same training split
+        state = typicality.fit_typicality(vae, vaekit.load_dataset("fashion-mnist").split("train").numpy())
+        typicality.save_typicality(state, root / "model")
+    x_test = data[2][: settings["test_limit"]]
+    sets = {"fashion-mnist": x_test, **default_path_sets(data[2], settings["ood_limit"])}
+    cache = root / "scores"
+    cache.mkdir(parents=True, exist_ok=True)
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    speed: dict[str, float] = {}
+    for set_name, x in sets.items():
+        scores[set_name] = {}
+        for name in HIERARCHY_SCORES if hierarchy else DEFAULT_PATH_SCORES:
+            score, k = ("llr", int(name.split("_")[1])) if name.startswith("llr_") else (name, 1)
+            if score not in anomaly.available_scores(vae, typicality=state):
+                continue
+            subset = x[: settings["regret_limit"]] if name == "likelihood_regret" else x
+            file = cache / f"{set_name}-{name}.npy"
+            if not file.is_file():
+                started = time.perf_counter()
+                values = anomaly.anomaly_scores(vae, subset, [score], num_importance_samples=settings["num_importance_samples"],
+                                                seed=settings["seed"], typicality=state, llr_k=k)[score]
+                seconds = time.perf_counter() - started
+                np.save(file, values)
+                if set_name == "fashion-mnist":
+                    atomic_write_json(cache / f"speed-{name}.json", {"examples": len(subset), "seconds": seconds})
+                log(f"  {set_name:14s} {name:22s} {len(subset):6d} examples  {len(subset) / seconds:8.1f}/s")
+            scores[set_name][name] = np.load(file)
+    for name in scores["fashion-mnist"]:
+        timing = json.loads((cache / f"speed-{name}.json").read_text())
+        speed[name] = timing["examples"] / timing["seconds"]
+    normal = scores.pop("fashion-mnist")
+    result = {"train_seconds": train_seconds, "normal_examples": len(x_test), "examples_per_second": speed,
+              "val_neg_elbo": vae.history_[-1]["val_neg_elbo"] if vae.history_ else None,
+              "typicality_components": len(state.weights) if state else None, "sets": {}}
+    for set_name, per_score in scores.items():
+        metrics = {}
+        for name, values in per_score.items():
+            clean = normal[name][: len(values)] if name == "likelihood_regret" else normal[name]
+            truth = np.r_[np.zeros(len(clean), bool), np.ones(len(values), bool)]
+            metrics[name] = evaluate({name: np.r_[clean, values]}, truth)[name]
+        result["sets"][set_name] = {"examples": len(sets[set_name]), "metrics": metrics}
+    atomic_write_json(path, result)
+    return result
+
+
 # --- report --------------------------------------------------------------------------------------
 
 def table(rows: list[str], columns: list[str], cell) -> str:
     width = max(len(r) for r in rows) + 2
-    lines = [" " * width + "".join(f"{c:>9}" for c in columns)]
+    widths = [max(9, len(c) + 2) for c in columns]
+    lines = [" " * width + "".join(f"{c:>{w}}" for c, w in zip(columns, widths))]
     for row in rows:
-        lines.append(f"{row:<{width}}" + "".join(f"{cell(row, c):>9}" for c in columns))
+        lines.append(f"{row:<{width}}" + "".join(f"{cell(row, c):>{w}}" for c, w in zip(columns, widths)))
     return "\n".join(lines)
 
 
@@ -249,11 +353,20 @@ def print_report(summary: dict) -> None:
     s = summary["settings"]
     m = summary["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)")
+    if summary["one_class_out"] or summary["ood"]:
+        print_published_settings(s)
+    print_parts(summary)
+
+
+def print_published_settings(s: dict) -> None:
     print(f"settings: MLP hidden {s['hidden']}, latent {s['latent_dim']}, {s['epochs']} epochs, batch {s['batch_size']}, "
           f"lr {s['lr']}, binarize {s['binarize']}, seed {s['seed']}, importance samples k={s['num_importance_samples']}"
           + (f", train limit {s['train_limit']}, test limit {s['test_limit']}" if s["train_limit"] else "")
           + (f"; background models: rate {s['background_rate']}, {s.get('background_perturbation', 'copy')} perturbation"
              if s.get("likelihood_ratio") else ""))
+
+
+def print_parts(summary: dict) -> None:
     oco = summary["one_class_out"]
     if oco:
         results = oco["per_class"]
@@ -263,6 +376,21 @@ def print_report(summary: dict) -> None:
         print("    classes: " + ", ".join(f"{c} {FASHION_MNIST_CLASSES[int(c)]}" for c in columns))
         print(table(names, columns + ["mean"],
                     lambda n, c: f"{oco['mean_auroc'][n]:.3f}" if c == "mean" else f"{results[c]['metrics'][n]['auroc']:.3f}"))
+    defaults = summary.get("defaults")
+    if defaults:
+        sets = list(defaults["sets"])
+        names = list(defaults["examples_per_second"])
+        model = summary["defaults_settings"].get("model", "defaults")
+        print(f"\n(3) vaekit train fashion-mnist --epochs {summary['defaults_settings']['epochs']} "
+              + ("(the defaults: conv, Bernoulli on grey values)" if model == "defaults" else model)
+              + f", Fashion-MNIST test ({defaults['normal_examples']}) vs each set: AUROC")
+        print(f"    likelihood_regret on the first {summary['defaults_settings']['regret_limit']} examples of each set")
+        far = [s for s in sets if s in FAR_OOD]
+        print(table([n + (" (default)" if n == anomaly.DEFAULT_SCORE else "") for n in names],
+                    sets + ["far min", "examples/s"],
+                    lambda n, c: (f"{defaults['examples_per_second'][n.split(' ')[0]]:.0f}" if c == "examples/s" else
+                                  f"{min(defaults['sets'][x]['metrics'][n.split(' ')[0]]['auroc'] for x in far):.3f}"
+                                  if c == "far min" else f"{defaults['sets'][c]['metrics'][n.split(' ')[0]]['auroc']:.3f}")))
     ood = summary["ood"]
     if ood:
         sets = list(ood["sets"])
@@ -275,7 +403,9 @@ def print_report(summary: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny budget and two classes: checks the pipeline in about a minute")
-    parser.add_argument("--part", choices=("one-class-out", "ood", "all"), default="all")
+    parser.add_argument("--part", choices=("one-class-out", "ood", "defaults", "hierarchy", "all"), default="all",
+                        help="defaults: the model vaekit train trains with no options, scored by every score; "
+                             "hierarchy: a three-layer top-down model and LLR^{>k} (k = 1, 2)")
     parser.add_argument("--classes", help="held-out classes to run now, e.g. 0,1,2 (default: all ten)")
     parser.add_argument("--epochs", type=int, help="override the number of training epochs")
     parser.add_argument("--likelihood-ratio", action="store_true",
@@ -283,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--background-perturbation", choices=("copy", "online"), default="copy",
                         help="copy: train the background model on one perturbed copy of the data (anomaly.perturb; "
                              "the published table); online: perturb every batch afresh (vaekit train --perturb)")
+    parser.add_argument("--retime", action="store_true",
+                        help="with --part defaults/hierarchy: score Fashion-MNIST's test set again to time every score "
+                             "(on an idle machine; the scores themselves are deterministic and do not change)")
     parser.add_argument("--work-dir", default="runs/bench-anomaly", help="where models and partial results are cached")
     parser.add_argument("--json", metavar="PATH", help="write the summary as JSON")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
@@ -307,7 +440,27 @@ def main(argv: list[str] | None = None) -> int:
 
     data = fashion_mnist()
     chosen = [int(c) for c in args.classes.split(",")] if args.classes else settings["classes"]
-    per_class, ood = [], None
+    per_class, ood, defaults = [], None, None
+    if args.part in ("defaults", "hierarchy", "all"):
+        defaults_settings = dict(QUICK_DEFAULTS if args.quick else DEFAULTS)
+        if args.epochs:
+            defaults_settings["epochs"] = args.epochs
+        hierarchy = args.part == "hierarchy"
+        defaults_settings["model"] = " ".join(HIERARCHY) if hierarchy else "defaults"
+        name = ("hierarchy" if hierarchy else "defaults") + f"-{defaults_settings['epochs']}ep"
+        if args.retime:
+            for stale in [work / name / "result.json", *(work / name / "scores").glob("fashion-mnist-*.npy"),
+                          *(work / name / "scores").glob("speed-*.json")]:
+                stale.unlink(missing_ok=True)
+        defaults = default_path(data, defaults_settings, work / name, log, hierarchy=hierarchy)
+    if args.part in ("defaults", "hierarchy"):
+        summary = {"machine": machine(), "settings": settings, "one_class_out": {}, "ood": None,
+                   "defaults": defaults, "defaults_settings": defaults_settings}
+        print_report(summary)
+        if args.json:
+            atomic_write_json(args.json, summary)
+            log(f"wrote {args.json}")
+        return 0
     if args.part in ("one-class-out", "all"):
         for cls in chosen:
             per_class.append(one_class_out(cls, data, settings, work, args.likelihood_ratio, log))
@@ -317,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         per_class = [json.loads((work / "one-class-out" / f"class-{c}.json").read_text()) for c in settings["classes"]
                      if (work / "one-class-out" / f"class-{c}.json").is_file()]
     summary = summarize(settings, per_class, ood)
+    if defaults is not None:
+        summary["defaults"], summary["defaults_settings"] = defaults, defaults_settings
     print_report(summary)
     if args.json:
         atomic_write_json(args.json, summary)

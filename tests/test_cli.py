@@ -237,3 +237,20 @@ def test_train_with_the_new_model_options(tmp_path, capsys):
     assert "free bits apply to the elbo objective" in capsys.readouterr().err
     assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.npy")]) == 0
     assert np.load(tmp_path / "s.npy").shape == (4, 1, 8, 8)
+
+
+@pytest.mark.parametrize("argv,usage,message", [
+    (["trian"], "usage: vaekit ", "invalid choice: 'trian'"),
+    (["train", "digits", "--out", "{tmp}/r", "--epocs", "3"], "usage: vaekit train", "(did you mean --epochs"),
+    (["train", "digits", "--out", "{tmp}/r", "--epoch", "1"], "usage: vaekit train", "unrecognized arguments: --epoch 1"),
+    (["score", "{tmp}/r", "digits", "-o", "{tmp}/s.csv", "--explain-to", "x"], "usage: vaekit score", "did you mean --explain"),
+])
+def test_mistyped_commands_and_options_get_a_suggestion_and_the_commands_usage(argv, usage, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage) and message in err
+    if argv[0] == "trian":
+        assert "(did you mean train?)" in err
+    assert not (tmp_path / "r").exists()  # an abbreviation is never taken for the option: nothing ran

@@ -40,7 +40,7 @@ from warm_cli import WarmCli
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FIXTURE_COMMAND = "vaekit train digits --out runs/digits --epochs 10 --hidden 128 --latent-dim 8 --no-progress"
-MIN_EXECUTED_BLOCKS = 45  # raise it when blocks are added; a drop means blocks stopped running
+MIN_EXECUTED_BLOCKS = 47  # raise it when blocks are added; a drop means blocks stopped running
 BLOCK_TIMEOUT_S = 180
 
 FENCE = re.compile(r"^```([\w+-]*)\s*$")

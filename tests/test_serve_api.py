@@ -175,6 +175,18 @@ def test_encode_reconstruct_score_analyze_an_uploaded_png(client, vae, explorer,
     np.testing.assert_allclose(body["mean"], mean[0], rtol=1e-5, atol=1e-6)
     assert body["anomaly"]["value"] == pytest.approx(expected["neg_log_likelihood"][0], rel=1e-5)
     assert body["anomaly"]["percentile"] == pytest.approx(share)
+    # The heat map: each pixel's share of -log p(x|z), scaled from 0 to the largest share, viridis.
+    from matplotlib import colormaps
+
+    from vaekit.anomaly import feature_contributions
+
+    heat = feature_contributions(vae, x, seed=0)[0].sum(0)
+    explanation = body["explanation"]
+    assert explanation["kind"] == "image" and explanation["max_nats"] == pytest.approx(heat.max(), rel=1e-6)
+    assert explanation["total_nats"] == pytest.approx(heat.sum(), rel=1e-6)
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(explanation["image"]))).convert("RGB"))
+    expected_rgb = np.rint(255 * colormaps["viridis"](np.clip(heat / heat.max(), 0, 1))[..., :3])
+    assert shown.shape == (8, 8, 3) and np.abs(shown.astype(int) - expected_rgb).max() <= 1
 
 
 def test_json_uploads_are_examples_in_the_datas_units(client, vae, example):

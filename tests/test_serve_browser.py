@@ -162,6 +162,13 @@ def test_uploaded_and_dropped_images_show_reconstruction_and_score(browser_conte
     np.testing.assert_array_equal(shown_pixels(page, "#analysis-reconstruction img"),
                                   as_pixels(vae.reconstruct(x.astype(np.float32))[0, 0]))
     assert page.locator("#analysis-latent circle").count() == vae.latent_dim_
+    # The heat map of each pixel's share of -log p(x|z), beside the reconstruction, at the model's size.
+    from vaekit.anomaly import feature_contributions
+
+    heat = feature_contributions(vae, x.astype(np.float32), seed=0)[0].sum(0)
+    assert page.locator("#analysis-heat img").is_visible()
+    assert shown_pixels(page, "#analysis-heat img").shape == (*heat.shape, 3)  # RGB, at the model's size
+    assert f"0 to {heat.max():.3g} nats" in page.inner_text("#analysis-heat-caption")
 
     # Drag and drop: a real drop event carrying a file, on the drop zone.
     page.evaluate("""([data, name]) => {

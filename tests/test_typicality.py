@@ -161,3 +161,22 @@ def test_train_fits_it_and_score_uses_it_by_default(tmp_path, capsys):
     assert (out / typicality.TYPICALITY_FILE).is_file()
     with open(tmp_path / "t.csv", newline="") as f:
         assert [r["score"] for r in csv.DictReader(f)] == [r["score"] for r in rows]  # the same fit again
+
+
+def test_small_data_keep_the_summary_statistics_and_tiny_data_fall_back(tmp_path):
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(240, 5)).astype(np.float32)
+    vae = vaekit.VAE(latent_dim=4, hidden=(16,), epochs=20, seed=0, device="cpu").fit(table)
+    state = typicality.fit_typicality(vae, table[:150])  # 12 statistics need 2 * 91 examples for the full set
+    assert state.statistics == ["reconstruction", "kl", "posterior_log_std", "code_norm"]
+    far = table[:20] + 8.0
+    scores = state.score(vae, np.r_[table[200:], far])
+    assert roc_auc_score(np.r_[np.zeros(40), np.ones(20)], scores) > 0.95
+    big = typicality.fit_typicality(vae, table[:182])  # 182 = 2 * 91: every statistic
+    assert big.statistics == typicality.statistic_names(vae) and len(big.statistics) == 4 + 8
+    # Too few even for the summary: the detector falls back to the legacy default, with a warning.
+    with pytest.warns(UserWarning, match="cannot be fitted"):
+        detector = anomaly.AnomalyDetector(vae, contamination=0.1).fit(table[:12])
+    assert detector.score_ == anomaly.FALLBACK_SCORE
+    with pytest.raises(DataError, match="too few"):
+        anomaly.AnomalyDetector(vae, "typicality", contamination=0.1).fit(table[:12])

@@ -17,7 +17,7 @@ from .config import DEFAULT_BATCH_SIZE, DataConfig, ModelConfig, RunConfig, Trai
 from .data import Dataset, as_dataset
 from .data.sources import check_finite
 from .data.transforms import to_model_units, to_original_units
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .evaluation.likelihood import DEFAULT_MEMORY_BUDGET_MB, Evaluation, log_likelihood
 from .evaluation.likelihood import elbo as elbo_of
 from .evaluation.likelihood import evaluate as evaluate_model
@@ -28,17 +28,41 @@ from .training.device import resolve_device
 from .training.trainer import train
 
 
+def layer_sizes(latent_dim: int, latent_layers: int) -> tuple[int, ...]:
+    """The sizes of ``latent_layers`` stochastic layers from ``latent_dim`` up, each half the one below (rounded up):
+    D, ceil(D/2), ceil(D/4), ...; e.g. 20, 10, 5 for D = 20 and three layers."""
+    if isinstance(latent_layers, bool) or not isinstance(latent_layers, (int, np.integer)) or latent_layers < 1:
+        raise ConfigError(f"latent_layers must be a whole number of at least 1, got {latent_layers!r}")
+    return tuple(max(1, math.ceil(latent_dim / 2**i)) for i in range(int(latent_layers)))
+
+
+def resolve_upper_latent_dims(latent_dim: int, upper_latent_dims: tuple[int, ...] = (),
+                              latent_layers: int | None = None) -> tuple[int, ...]:
+    """The layers above the first: ``upper_latent_dims`` when given (it wins), else from ``latent_layers``."""
+    upper = tuple(upper_latent_dims)
+    if latent_layers is None:
+        return upper
+    if upper:
+        if len(upper) + 1 != latent_layers:
+            raise ConfigError(f"latent_layers {latent_layers} disagrees with upper_latent_dims {upper} "
+                              f"({len(upper) + 1} layers); give one of them")
+        return upper
+    return layer_sizes(latent_dim, latent_layers)[1:]
+
+
 def make_run_config(dataset: Dataset, *, latent_dim: int = 20, hidden: tuple[int, ...] | None = None,
                     arch: str = "auto", likelihood: str = "auto", activation: str = "relu",
                     gaussian_std: float = 1.0, upper_latent_dims: tuple[int, ...] = (),
                     upper_hidden: tuple[int, ...] = (100, 100), prior: str = "standard-normal",
-                    vamp_components: int = 500, objective_samples: int | None = None,
-                    **train_options: Any) -> RunConfig:
+                    vamp_components: int = 500, inference: str = "bottom-up", latent_layers: int | None = None,
+                    objective_samples: int | None = None, **train_options: Any) -> RunConfig:
     """The full configuration for training on ``dataset``, with 'auto' choices resolved from its shape and kind.
 
     ``objective_samples`` defaults to 1 for the elbo objective and 5 for iwae; the discretized
-    likelihood's number of levels is read off the data (256 for 8-bit images).
+    likelihood's number of levels is read off the data (256 for 8-bit images). ``latent_layers`` L gives
+    L stochastic layers of sizes latent_dim, ceil(latent_dim/2), ... unless ``upper_latent_dims`` names them.
     """
+    upper_latent_dims = resolve_upper_latent_dims(latent_dim, upper_latent_dims, latent_layers)
     arch = default_arch(dataset.shape) if arch == "auto" else arch
     hidden = tuple(hidden) if hidden else DEFAULT_HIDDEN.get(arch, (400,))
     likelihood = default_likelihood(dataset.kind) if likelihood == "auto" else likelihood
@@ -53,7 +77,7 @@ def make_run_config(dataset: Dataset, *, latent_dim: int = 20, hidden: tuple[int
     model = ModelConfig(input_shape=dataset.shape, latent_dim=latent_dim, arch=arch, hidden=hidden,
                         activation=activation, likelihood=likelihood, gaussian_std=gaussian_std, num_levels=num_levels,
                         upper_latent_dims=tuple(upper_latent_dims), upper_hidden=tuple(upper_hidden), prior=prior,
-                        vamp_components=vamp_components)
+                        vamp_components=vamp_components, inference=inference)
     return RunConfig(model=model, data=dataclasses.replace(dataset.config),
                      train=TrainConfig(objective_samples=objective_samples, **train_options))
 
@@ -69,6 +93,8 @@ class VAE(TransformerMixin, BaseEstimator):
 
     Model options beyond a plain VAE: ``upper_latent_dims`` adds stochastic layers (Burda et al.'s
     two-layer model: ``latent_dim=100, hidden=(200, 200), upper_latent_dims=(50,), upper_hidden=(100, 100)``),
+    ``latent_layers=L`` gives L layers of halving sizes instead, ``inference="top-down"`` infers them top-down
+    (the Ladder VAE, Sønderby et al. 2016) instead of bottom-up,
     ``prior="vamp"`` a VampPrior with ``vamp_components`` pseudo-inputs, ``objective="iwae"`` the
     importance-weighted bound with ``objective_samples`` samples (default 5), ``free_bits`` a minimum KL
     per latent dimension (nats), ``likelihood="discretized-logistic"`` for 8-bit images.
@@ -89,7 +115,7 @@ class VAE(TransformerMixin, BaseEstimator):
                  prior: str = "standard-normal", vamp_components: int = 500, objective: str = "elbo",
                  objective_samples: int | None = None, free_bits: float = 0.0,
                  clip_grad_norm: float | None = None, max_rollbacks: int = 3, precision: str = "fp32",
-                 perturb_rate: float = 0.0) -> None:
+                 perturb_rate: float = 0.0, inference: str = "bottom-up", latent_layers: int | None = None) -> None:
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.arch = arch
@@ -123,6 +149,8 @@ class VAE(TransformerMixin, BaseEstimator):
         self.max_rollbacks = max_rollbacks
         self.precision = precision
         self.perturb_rate = perturb_rate
+        self.inference = inference
+        self.latent_layers = latent_layers
 
     # --- training ---------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, run_dir: str | Path | None = None, resume: bool = False) -> "VAE":
@@ -140,7 +168,7 @@ class VAE(TransformerMixin, BaseEstimator):
             prior=self.prior, vamp_components=self.vamp_components, objective=self.objective,
             objective_samples=self.objective_samples, free_bits=self.free_bits, clip_grad_norm=self.clip_grad_norm,
             max_rollbacks=self.max_rollbacks, precision=self.precision,
-            perturb_rate=self.perturb_rate)
+            perturb_rate=self.perturb_rate, inference=self.inference, latent_layers=self.latent_layers)
         model, history = train(config, dataset, run_dir=run_dir, resume=resume, progress=self.progress)
         self._set_fitted(model, config, history)
         return self
@@ -327,7 +355,7 @@ class VAE(TransformerMixin, BaseEstimator):
                         vamp_components=m.vamp_components, objective=t.objective,
                         objective_samples=t.objective_samples, free_bits=t.free_bits,
                         clip_grad_norm=t.clip_grad_norm, max_rollbacks=t.max_rollbacks, precision=t.precision,
-                        perturb_rate=t.perturb_rate)
+                        perturb_rate=t.perturb_rate, inference=m.inference)
         estimator._set_fitted(model, config, ckpt.read_metrics(path))
         return estimator
 

@@ -26,6 +26,9 @@ ARCHITECTURES = ("mlp", "conv")
 # The p(x|z) families of vaekit.models.likelihoods (its registry is checked against this list by the tests).
 LIKELIHOOD_NAMES = ("bernoulli", "gaussian", "gaussian-learned", "gaussian-decoder", "discretized-logistic")
 PRIOR_NAMES = ("standard-normal", "vamp")
+# How q(z|x) runs through several stochastic layers: bottom-up (Burda et al. 2016) or top-down (Ladder VAE,
+# Sønderby et al. 2016). The generative model is the same Markov chain for both.
+INFERENCE_NAMES = ("bottom-up", "top-down")
 OBJECTIVE_NAMES = ("elbo", "iwae")
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "silu")
 BINARIZATIONS = ("none", "static", "dynamic")
@@ -68,6 +71,9 @@ class ModelConfig:
     upper_hidden: tuple[int, ...] = (100, 100)
     prior: str = "standard-normal"
     vamp_components: int = 500
+    # With upper layers: "bottom-up" q(z_1|x) q(z_2|z_1) ..., or "top-down" (Ladder VAE) q(z_L|x) q(z_{L-1}|x, z_L) ...;
+    # a one-layer model is the same model either way.
+    inference: str = "bottom-up"
 
     def __post_init__(self) -> None:
         _check_field_types(self, "model")
@@ -95,6 +101,12 @@ class ModelConfig:
         _check(all(h >= 1 for h in self.upper_hidden), f"upper_hidden must hold positive sizes, got {self.upper_hidden}")
         _check(self.prior in PRIOR_NAMES, f"prior must be one of {', '.join(PRIOR_NAMES)}, got {self.prior!r}")
         _check(self.vamp_components >= 1, f"vamp_components must be at least 1, got {self.vamp_components}")
+        _check(self.inference in INFERENCE_NAMES,
+               f"inference must be one of {', '.join(INFERENCE_NAMES)}, got {self.inference!r}")
+        _check(not (self.inference == "top-down" and self.upper_latent_dims and self.prior == "vamp"),
+               "the VampPrior is not supported with top-down inference over several stochastic layers (its "
+               "components would need the whole top-down pass of every pseudo-input); use --prior standard-normal "
+               "or --inference bottom-up")
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,17 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
             # No typicality model yet: fit it on a seeded half of X, and set the threshold on the other half.
             x = prepare_inputs(self.vae_, X, seed=self.seed)
             order = np.random.default_rng(self.seed).permutation(len(x))
-            fit_part, X = order[: len(x) // 2], x[np.sort(order[len(x) // 2:])]
-            self.typicality_ = fit_typicality(self.vae_, model_units(self.vae_, x[np.sort(fit_part)]), seed=self.seed)
+            fit_part, rest = order[: len(x) // 2], x[np.sort(order[len(x) // 2:])]
+            try:
+                self.typicality_ = fit_typicality(self.vae_, model_units(self.vae_, x[np.sort(fit_part)]),
+                                                  seed=self.seed)
+                X = rest
+            except DataError as err:
+                if self.score is not None:  # asked for by name: say why it cannot be had
+                    raise
+                self.score_ = default_score(self.vae_)
+                warnings.warn(f"the default score typicality cannot be fitted on these data ({err}); "
+                              f"using {self.score_} instead", stacklevel=2)
         scores = self.anomaly_score(X)
         if self.contamination is not None:
             rule, rate = "contamination", self.contamination

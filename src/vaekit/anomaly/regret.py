@@ -99,7 +99,7 @@ class _Encoder(nn.Module):
     """The model's inference network (shared modules, not copies) as one module for ``functional_call``.
 
     The attribute names are the model's, so its parameter names are too (``encoder.*``, ``mean_head.*``,
-    ``logvar_head.*``), and the forward pass is the model's own ``posterior_params``.
+    ``logvar_head.*``), and the forward pass is the model's own ``first_layer_params`` (= ``posterior_params`` for one layer).
     """
 
     def __init__(self, model: VAEModel) -> None:
@@ -109,7 +109,7 @@ class _Encoder(nn.Module):
         self.logvar_head = model.logvar_head
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return VAEModel.posterior_params(self, x)  # type: ignore[arg-type]
+        return VAEModel.first_layer_params(self, x)  # type: ignore[arg-type]
 
 
 def _adam_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],

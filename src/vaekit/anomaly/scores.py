@@ -14,6 +14,8 @@ Every score is per example and **higher means more anomalous**:
                           et al. 2020; 100 Adam steps, lr 2e-4, batched with torch.func); slow: only when asked for
     posterior_regret      nats the bound gains when the example's posterior (mu, log-variance) is optimized directly:
                           the amortization gap, the cheap variant of likelihood regret (50 Adam steps, lr 0.05)
+    llr                   LLR^{>k} = ELBO - L^{>k}, nats: how much worse the top layers alone explain x than the whole
+                          hierarchy (Havtorn et al. 2021; ``llr_k``, default 1); models with 2+ stochastic layers
     typicality            -log density of the model's own per-example statistics (reconstruction, KL, posterior
                           entropy, code norm) under a mixture fitted on clean data: DoSE (Morningstar et al. 2021);
                           needs ``typicality=`` (``vaekit train`` fits one on the training data; see ``typicality.py``)
@@ -57,11 +59,13 @@ SCORE_DESCRIPTIONS = {
     "likelihood_regret": "nats gained by fine-tuning the encoder on the example alone (Xiao et al. 2020); slow",
     "posterior_regret": "nats gained by optimizing the example's posterior directly (the amortization gap)",
     "typicality": "-log density of the model's statistics under their distribution on clean data (DoSE, Morningstar et al. 2021)",
+    "llr": "ELBO minus the bound with the k lowest latent layers from the prior, nats (Havtorn et al. 2021); 2+ layers",
 }
 SCORE_NAMES = tuple(SCORE_DESCRIPTIONS)
 SLOW_SCORES = ("likelihood_regret",)
 """Scores computed only when asked for by name: about 10-15 examples/s on 2 cores (see ``regret.py``)."""
 ONE_LAYER_SCORES = ("likelihood_regret", "posterior_regret")
+MULTI_LAYER_SCORES = ("llr",)
 DEFAULT_SCORE = "typicality"
 # Without a typicality model (a run from before it existed whose data cannot be read again): input complexity
 # for images it applies to, else -log p(x).
@@ -210,19 +214,28 @@ def available_scores(vae: VAE, background: VAE | None = None, x: np.ndarray | No
     names = [n for n in SCORE_NAMES if n != "input_complexity" or complexity_problem(vae, x) is None]
     names = [n for n in names if n != "typicality" or typicality is not None]
     names = [n for n in names if n not in ONE_LAYER_SCORES or len(vae.model_.latent_dims) == 1]
+    names = [n for n in names if n not in MULTI_LAYER_SCORES or len(vae.model_.latent_dims) > 1]
     return tuple(n for n in names if n != "likelihood_ratio" or background is not None)
 
 
 def anomaly_scores(vae: VAE, X: Any, scores: tuple[str, ...] | list[str] | None = None, *,
                    num_importance_samples: int = 100, compressor: str = "png", seed: int = 0,
-                   background: VAE | None = None, typicality: "TypicalityModel | None" = None) -> dict[str, np.ndarray]:
-    """Per-example anomaly scores (higher = more anomalous), one array per name in ``scores`` (default: all that apply)."""
+                   background: VAE | None = None, typicality: "TypicalityModel | None" = None,
+                   llr_k: int = 1) -> dict[str, np.ndarray]:
+    """Per-example anomaly scores (higher = more anomalous), one array per name in ``scores`` (default: all that apply).
+
+    ``llr_k``: the k of the ``llr`` score, how many of the lowest stochastic layers its second bound takes from the prior.
+    """
     if num_importance_samples < 1:
         raise ConfigError(f"num_importance_samples must be at least 1, got {num_importance_samples}")
     x = prepare_inputs(vae, X, seed=seed)
     names = list([n for n in available_scores(vae, background, x, typicality) if n not in SLOW_SCORES]
                  if scores is None else scores)
     _check_score_names(vae, names, background, x, typicality)
+    if "llr" in names:
+        from .hierarchical import check_k
+
+        check_k(vae.model_, llr_k, for_ratio=True)
     result: dict[str, np.ndarray] = {}
     need_nll = {"neg_log_likelihood", "input_complexity", "likelihood_ratio"} & set(names)
     nll = -vae.score_samples(x, num_importance_samples=num_importance_samples, seed=seed) if need_nll else None
@@ -243,6 +256,11 @@ def anomaly_scores(vae: VAE, X: Any, scores: tuple[str, ...] | list[str] | None 
             result[name] = typicality.score(vae, model_units(vae, x))
         elif name in ONE_LAYER_SCORES:
             result[name] = _regret(vae, x, name, seed)
+        elif name == "llr":
+            from .hierarchical import llr_above
+
+            xt = torch.as_tensor(model_units(vae, x), device=next(vae.model_.parameters()).device)
+            result[name] = llr_above(vae.model_, xt, llr_k, seed=seed).numpy()
     return result
 
 

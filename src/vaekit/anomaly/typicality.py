@@ -16,11 +16,13 @@ The statistics (per example, from ``num_samples`` seeded posterior draws):
                         complexity that makes simple images look likely (Serra et al. 2020)
     mu_i, log_var_i     the posterior's mean and log-variance per dimension of the first stochastic layer
 
-Without ``compressed_bits`` a blank image, whose reconstruction is easy, lies near simple clean images;
+The per-dimension statistics are used when the fitting data hold at least twice as many examples as one
+full-covariance Gaussian over all statistics has parameters (2,162 for a 20-dimensional latent space);
+with fewer, the density is fitted on the summary statistics alone. Without ``compressed_bits`` a blank image, whose reconstruction is easy, lies near simple clean images;
 without the per-dimension posterior, digits lie near Fashion-MNIST's own statistics (measured in
 ``benchmarks/anomaly.py``). They are scaled robustly (median and median absolute deviation on the
 fitting data) and modelled by a Gaussian mixture with full covariances whose number of components
-(1, 2, 4, ... up to ``max_components``, and at most one per ten times its parameter count in examples)
+(1, 2, 4, ... up to ``max_components``, and at most one per twice its parameter count in examples)
 is chosen by BIC, as scikit-learn fits it. The fitted state is plain JSON (``typicality.json`` in the run
 directory), tied to the weights by their fingerprint; nothing is pickled.
 """
@@ -46,7 +48,7 @@ TYPICALITY_FILE = "typicality.json"
 TYPICALITY_FORMAT_VERSION = 1
 DEFAULT_NUM_SAMPLES = 4
 DEFAULT_MAX_COMPONENTS = 16
-DEFAULT_FIT_SIZE = 10_000
+DEFAULT_FIT_SIZE = 20_000
 """Examples the state is fitted on at most (a seeded subsample): enough for a few-dimensional mixture."""
 
 
@@ -136,10 +138,12 @@ class TypicalityModel:
 
     def score(self, vae: VAE, x: np.ndarray) -> np.ndarray:
         """-log density of each prepared example's statistics: higher = less typical."""
-        if statistic_names(vae) != self.statistics:
+        names = statistic_names(vae)
+        if not set(self.statistics) <= set(names):
             raise ConfigError(f"this typicality model was fitted on the statistics {self.statistics}; the model "
-                              f"gives {statistic_names(vae)}: fit it again for this run")
-        return -self.log_density(model_statistics(vae, x, self.num_samples, self.seed))
+                              f"gives {names}: fit it again for this run")
+        columns = [names.index(n) for n in self.statistics]
+        return -self.log_density(model_statistics(vae, x, self.num_samples, self.seed)[:, columns])
 
 
 def fit_typicality(vae: VAE, x: np.ndarray, *, num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0,
@@ -155,7 +159,13 @@ def fit_typicality(vae: VAE, x: np.ndarray, *, num_samples: int = DEFAULT_NUM_SA
     if len(x) > max_examples:
         x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_examples, replace=False))]
     stats = model_statistics(vae, x, num_samples, seed)
+    names = statistic_names(vae)
+    # The per-dimension posterior needs a covariance of (k^2 + k) / 2 values: only with enough examples for
+    # twice that; fewer examples keep the summary statistics, which every model has.
     k = stats.shape[1]
+    if len(stats) < 2 * _gaussian_parameters(k):
+        keep = [i for i, n in enumerate(names) if not n.startswith(("mu_", "log_var_"))]
+        stats, names, k = stats[:, keep], [names[i] for i in keep], len(keep)
     if len(stats) < 2 * (k + 1):
         raise DataError(f"{len(stats)} examples are too few to fit the typicality density of {k} statistics; "
                         f"give at least {2 * (k + 1)}")
@@ -165,21 +175,25 @@ def fit_typicality(vae: VAE, x: np.ndarray, *, num_samples: int = DEFAULT_NUM_SA
     scale = np.where(scale > 1e-12, scale, np.where(spread > 1e-12, spread, 1.0))
     z = (stats - center) / scale
     best, best_bic = None, np.inf
-    # Each component needs room for its mean and covariance: at most one per 10 * (parameters) examples.
-    per_component = k + k * (k + 1) // 2 + 1
-    limit = max(1, min(max_components, len(z) // (10 * per_component)))
+    # Each component needs room for its mean and covariance: at most one per twice its parameters in examples.
+    limit = max(1, min(max_components, len(z) // (2 * _gaussian_parameters(k))))
     for n in sorted({1, *(2**i for i in range(1, 12) if 2**i <= limit), limit}):
         gmm = GaussianMixture(n, covariance_type="full", reg_covar=1e-4, n_init=2, random_state=seed).fit(z)
         bic = gmm.bic(z)
         if bic < best_bic:
             best, best_bic = gmm, bic
-    state = TypicalityModel(statistics=statistic_names(vae), center=center.tolist(), scale=scale.tolist(),
+    state = TypicalityModel(statistics=names, center=center.tolist(), scale=scale.tolist(),
                             weights=best.weights_.tolist(), means=best.means_.tolist(),
                             covariances=best.covariances_.tolist(), fit_size=len(stats), num_samples=num_samples,
                             seed=seed, model_fingerprint=model_fingerprint(vae))
     fit = -state.log_density(stats)
     state.fit_scores = np.quantile(fit, [0.5, 0.9, 0.95, 0.99]).tolist()
     return state
+
+
+def _gaussian_parameters(k: int) -> int:
+    """Free parameters of one mixture component over k statistics: weight, mean and full covariance."""
+    return 1 + k + k * (k + 1) // 2
 
 
 def save_typicality(state: TypicalityModel, run_dir: str | Path) -> Path:

@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--background", metavar="RUN2",
                    help="a run trained on perturbed data: adds likelihood_ratio (default: the one saved with the "
                         "run's detector, if any)")
+    p.add_argument("--llr-k", type=int, default=1, metavar="K",
+                   help="for the llr score: how many of the lowest stochastic layers its second bound takes from the "
+                        "prior (0 < K < the number of layers; default 1)")
     p.add_argument("--seed", type=int, help="seed of the binarization draw and the posterior samples (default 0)")
     p.add_argument("--explain", metavar="DIR",
                    help="write why the flagged examples are anomalous into DIR: for images one PNG each (the image, "
@@ -139,7 +142,7 @@ def score(args: argparse.Namespace) -> int:
         names = list(args.scores or QUICK_SCORES)
         names += [] if default in names else [default]
     scores = anomaly.anomaly_scores(vae, x, names, num_importance_samples=k, compressor=compressor, seed=seed,
-                                    background=background, typicality=typicality_model)
+                                    background=background, typicality=typicality_model, llr_k=args.llr_k)
     columns = {**scores, "score": scores[default]}
     if detector is not None and detector.score == default:
         columns["is_anomaly"] = (scores[default] > detector.threshold).astype(int)
@@ -180,7 +183,11 @@ def _run_typicality(run: str, vae, data_dir: str | None):
         print(f"note: {run} has no typicality model and its training data cannot be read ({err}); "
               "scoring without it", file=sys.stderr)
         return None
-    state = typicality.fit_typicality(vae, anomaly.model_units(vae, anomaly.prepare_inputs(vae, x)))
+    try:
+        state = typicality.fit_typicality(vae, anomaly.model_units(vae, anomaly.prepare_inputs(vae, x)))
+    except DataError as err:
+        print(f"note: no typicality model for {run} ({err}); scoring without it", file=sys.stderr)
+        return None
     path = typicality.save_typicality(state, run)
     print(f"fitted the typicality model on {state.fit_size:,} training examples of {spec}; saved it as {path}",
           file=sys.stderr)

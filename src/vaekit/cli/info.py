@@ -37,7 +37,7 @@ def info(args: argparse.Namespace) -> int:
     print(f"run          {args.run}")
     print(f"data         {d.source}  (kind {d.kind}, shape {tuple(m.input_shape)}, binarize {d.binarize}"
           + (", standardized" if d.standardize_mean is not None else "") + ")")
-    upper = (f", upper layers {','.join(map(str, m.upper_latent_dims))} (hidden {','.join(map(str, m.upper_hidden))})"
+    upper = (f", upper layers {','.join(map(str, m.upper_latent_dims))} (hidden {','.join(map(str, m.upper_hidden))}, {m.inference} inference)"
              if m.upper_latent_dims else "")
     prior = f"vamp ({m.vamp_components} pseudo-inputs)" if m.prior == "vamp" else m.prior
     print(f"model        {m.arch} hidden {','.join(map(str, m.hidden))}, latent {m.latent_dim}{upper}, "

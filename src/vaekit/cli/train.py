@@ -13,10 +13,10 @@ from ..training import checkpoint as ckpt
 from ..training import distributed
 from ..api import make_run_config
 from ..config import (ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, DEFAULT_BATCH_SIZE, LR_SCHEDULES,
-                      OBJECTIVE_NAMES, PRECISIONS, PRIOR_NAMES, RunConfig)
+                      INFERENCE_NAMES, OBJECTIVE_NAMES, PRECISIONS, PRIOR_NAMES, RunConfig)
 from ..data.streaming import DEFAULT_LOADER_WORKERS, IN_MEMORY_CHOICES
 from ..data import load_dataset, parse_spec
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..models.likelihoods import LIKELIHOODS
 from ..training.trainer import train
 from .common import add_data_options, parse_hidden, positive_int
@@ -33,7 +33,7 @@ DEFAULTS = {
     "device": "auto", "checkpoint_every": None, "test_fraction": 0.1, "upper_latent_dims": (),
     "upper_hidden": (100, 100), "prior": "standard-normal", "vamp_components": 500, "objective": "elbo",
     "objective_samples": None, "free_bits": 0.0, "clip_grad_norm": None, "max_rollbacks": 3, "precision": "fp32",
-    "perturb_rate": 0.0,
+    "perturb_rate": 0.0, "inference": "bottom-up", "latent_layers": None,
 }
 
 
@@ -59,6 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--upper-latent-dims", type=parse_hidden, metavar="SIZES",
                    help="stochastic layers above the first, bottom to top, e.g. 50 for Burda et al.'s two-layer model "
                         "(--hidden 200,200 --latent-dim 100 --upper-latent-dims 50); default none")
+    g.add_argument("--latent-layers", type=positive_int, metavar="L",
+                   help="L stochastic layers of sizes D, D/2, D/4, ... (rounded up) for --latent-dim D, e.g. 20,10,5 "
+                        "for L = 3; --upper-latent-dims names the sizes instead (default 1)")
+    g.add_argument("--inference", choices=INFERENCE_NAMES,
+                   help="with several stochastic layers: bottom-up, q(z_1|x) q(z_2|z_1) ... (Burda et al. 2016), or "
+                        "top-down, q(z_L|x) q(z_{L-1}|x, z_L) ... from a deterministic bottom-up pass (the Ladder VAE, "
+                        "Sønderby et al. 2016); the generative model is the same chain (default bottom-up)")
     g.add_argument("--upper-hidden", type=parse_hidden, metavar="SIZES",
                    help="hidden sizes of the MLPs between stochastic layers, both directions (default 100,100)")
     g.add_argument("--prior", choices=PRIOR_NAMES,
@@ -203,7 +210,7 @@ def _train(args: argparse.Namespace) -> int:
             vamp_components=opts["vamp_components"], objective=opts["objective"],
             objective_samples=opts["objective_samples"], free_bits=opts["free_bits"],
             clip_grad_norm=opts["clip_grad_norm"], max_rollbacks=opts["max_rollbacks"], precision=opts["precision"],
-            perturb_rate=opts["perturb_rate"])
+            perturb_rate=opts["perturb_rate"], inference=opts["inference"], latent_layers=opts["latent_layers"])
 
     context = distributed.initialize(config.train.device)  # joins torchrun's process group, if launched by it
     log = _logger(args.progress) if context.is_main else (lambda message: None)
@@ -211,7 +218,8 @@ def _train(args: argparse.Namespace) -> int:
     log(f"data: {dataset}")
     t = config.train
     latents = ",".join(map(str, (m.latent_dim, *m.upper_latent_dims)))
-    log(f"model: {m.arch} {','.join(map(str, m.hidden))} -> latent {latents}, likelihood {m.likelihood}, prior {m.prior}; "
+    inference = f" ({m.inference})" if m.upper_latent_dims else ""
+    log(f"model: {m.arch} {','.join(map(str, m.hidden))} -> latent {latents}{inference}, likelihood {m.likelihood}, prior {m.prior}; "
         f"training {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} ({t.lr_schedule}), objective {t.objective}"
         + (f" (k={t.objective_samples})" if t.objective_samples > 1 else "")
         + (f", free bits {t.free_bits}" if t.free_bits else "")
@@ -254,6 +262,7 @@ def _write_pictures(out: Path, dataset) -> None:
 
 def _fit_typicality(out: Path, dataset, log) -> None:
     """typicality.json: the density of the model's statistics on the training data, for ``vaekit score``'s default."""
+    from .. import anomaly
     from ..anomaly import typicality
     from ..api import load
 
@@ -261,7 +270,11 @@ def _fit_typicality(out: Path, dataset, log) -> None:
     streamed = dataset.train_stream is not None
     x = dataset.split("test" if streamed else "train").numpy()  # model units, binarized as the model saw them
     started = time.perf_counter()
-    state = typicality.fit_typicality(vae, x)
+    try:
+        state = typicality.fit_typicality(vae, x)
+    except DataError as err:
+        log(f"anomaly scores: no typicality model ({err}); vaekit score will use {anomaly.default_score(vae)}")
+        return
     typicality.save_typicality(state, out)
     log(f"anomaly scores: fitted the typicality model on {state.fit_size:,} {'test' if streamed else 'training'} "
         f"examples ({len(state.weights)} mixture components, {time.perf_counter() - started:.1f} s)")

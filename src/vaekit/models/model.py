@@ -12,6 +12,19 @@ With more stochastic layers (Burda et al. 2016) z = (z_1, ..., z_L) and both dir
 every conditional a diagonal Gaussian from a small MLP (``StochasticLayer``). One layer is the case
 L = 1: the same modules, names and numbers as a plain VAE. The KL term is then the Monte Carlo estimate
 E_q[log q(z|x) - log p(z)], in closed form wherever it has one (the top layer under a normal prior).
+
+With ``inference="top-down"`` (the Ladder VAE, Sønderby et al. 2016) the generative chain is the same,
+but q runs from the top. A deterministic bottom-up pass d_1 = encoder(x), d_{i+1} = MLP(d_i) gives every
+layer a Gaussian N(mu_hat_i, var_hat_i); then
+
+    q(z_L|x)           = N(mu_hat_L, var_hat_L)
+    q(z_i|x, z_{i+1})  = N(mu_q, var_q),  var_q = 1 / (1/var_hat_i + 1/var_p),  mu_q = var_q (mu_hat_i/var_hat_i + mu_p/var_p)
+
+with N(mu_p, var_p) = p(z_i|z_{i+1}) (Sønderby et al. eq. 17-18). Both Gaussians of layer i condition on
+the same z_{i+1}, so its KL term KL(q(z_i|x, z_{i+1}) || p(z_i|z_{i+1})) is in closed form for the drawn
+z_{i+1}: the ELBO is E_q[log p(x|z_1)] - sum_i E_q[KL_i], with lower variance than the single-sample
+estimate. ``encode``/``posterior_params`` give q(z_1|x, z_2) along the mean path (z_L at its mean, each
+layer below at the mean of its q given the mean above), a deterministic code for z_1.
 """
 
 from __future__ import annotations
@@ -77,19 +90,29 @@ class GaussianConditional(nn.Module):
         self.logvar_head = nn.Linear(features, n_out)
 
     def forward(self, v: Tensor) -> tuple[Tensor, Tensor]:
-        features = self.body(v.reshape(-1, v.shape[-1]))
+        return self.heads(self.body(v.reshape(-1, v.shape[-1])), v.shape[:-1])
+
+    def heads(self, features: Tensor, batch_shape: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor]:
+        """Mean and (soft-clamped) log-variance from the body's output ``features`` of shape (rows, width)."""
+        batch_shape = features.shape[:-1] if batch_shape is None else batch_shape
         # Under mixed precision the networks run in bf16/fp16, the probabilistic part in float32.
-        mu = full_precision(self.mean_head(features)).reshape(*v.shape[:-1], -1)
-        logvar = soft_clamp(full_precision(self.logvar_head(features)), LOGVAR_MIN, LOGVAR_MAX).reshape(*v.shape[:-1], -1)
+        mu = full_precision(self.mean_head(features)).reshape(*batch_shape, -1)
+        logvar = soft_clamp(full_precision(self.logvar_head(features)), LOGVAR_MIN, LOGVAR_MAX).reshape(*batch_shape, -1)
         return mu, logvar
 
 
 class StochasticLayer(nn.Module):
-    """A stochastic layer above the first: inference q(z_above | z_below), generative p(z_below | z_above)."""
+    """A stochastic layer above the first: inference q(z_above | z_below), generative p(z_below | z_above).
 
-    def __init__(self, below_dim: int, above_dim: int, hidden: tuple[int, ...], activation: str) -> None:
+    Under top-down inference ``inference`` takes the deterministic features d_below of width
+    ``inference_in`` instead of z_below: its body gives d_above, its heads (mu_hat, logvar_hat) of z_above.
+    """
+
+    def __init__(self, below_dim: int, above_dim: int, hidden: tuple[int, ...], activation: str,
+                 inference_in: int | None = None) -> None:
         super().__init__()
-        self.inference = GaussianConditional(below_dim, hidden, above_dim, activation)
+        self.inference = GaussianConditional(below_dim if inference_in is None else inference_in, hidden, above_dim,
+                                             activation)
         self.generative = GaussianConditional(above_dim, tuple(reversed(hidden)), below_dim, activation)
 
 
@@ -107,9 +130,12 @@ class VAEModel(nn.Module):
         self.decoder = build_decoder(config, self.likelihood.params_per_value)
         dims = self.latent_dims
         # Empty for a one-layer model, which therefore has exactly the weights (and names) of a plain VAE.
+        # Top-down: the inference MLPs chain the deterministic features, d_1 (the encoder's) to d_L.
+        widths = [features] + [config.upper_hidden[-1] if config.upper_hidden else features] * (len(dims) - 2)
         self.upper_layers = nn.ModuleList(
-            StochasticLayer(below, above, config.upper_hidden, config.activation)
-            for below, above in zip(dims[:-1], dims[1:]))
+            StochasticLayer(below, above, config.upper_hidden, config.activation,
+                            inference_in=width if config.inference == "top-down" else None)
+            for below, above, width in zip(dims[:-1], dims[1:], widths))
         if config.prior == "vamp":
             unit_data = config.likelihood in ("bernoulli", *DISCRETE_LIKELIHOODS)
             self.prior = VampPrior(dims[-1], config.input_shape, config.vamp_components, unit_data)
@@ -130,17 +156,59 @@ class VAEModel(nn.Module):
     def input_shape(self) -> tuple[int, ...]:
         return self.config.input_shape
 
+    @property
+    def top_down(self) -> bool:
+        """Whether q runs top-down (Ladder VAE); a one-layer model is the same either way and says False."""
+        return self.config.inference == "top-down" and len(self.upper_layers) > 0
+
     # --- inference network -------------------------------------------------------------------
-    def posterior_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and log-variance of q(z_1|x), each of shape (batch, latent_dim)."""
-        features = self.encoder(x)
+    def first_layer_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The encoder and its heads: q(z_1|x) bottom-up, (mu_hat_1, logvar_hat_1) top-down."""
+        # Called on the one-layer encoder of ``anomaly.regret`` too, which holds just these three modules.
+        return VAEModel._first_heads(self, self.encoder(x))  # type: ignore[arg-type]
+
+    def _first_heads(self, features: Tensor) -> tuple[Tensor, Tensor]:
         # Under mixed precision (torch.autocast) only the networks run in bf16/fp16; densities,
         # KL terms and their sums stay in float32 (a no-op without autocast).
         logvar = soft_clamp(full_precision(self.logvar_head(features)), LOGVAR_MIN, LOGVAR_MAX)
         return full_precision(self.mean_head(features)), logvar
 
+    def posterior_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of q(z_1|x), each of shape (batch, latent_dim).
+
+        Top-down: of q(z_1|x, z_2) with z_2 on the mean path (z_L = mu_hat_L, then each layer at the
+        mean of its q given the one above); the exact E_q[z_1|x] is ``posterior_means``' Monte Carlo average.
+        """
+        if not self.top_down:
+            return self.first_layer_params(x)
+        params = self.bottom_up_params(x)
+        mu, logvar = params[-1]
+        for i in reversed(range(len(self.upper_layers))):
+            mu, logvar = self.precision_weighted(*params[i], *self.upper_layers[i].generative(mu))
+        return mu, logvar
+
+    def bottom_up_params(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Top-down inference's deterministic pass: (mu_hat_i, logvar_hat_i) of every layer, bottom first."""
+        d = self.encoder(x)
+        params = [self._first_heads(d)]
+        for layer in self.upper_layers:
+            d = layer.inference.body(d)
+            params.append(layer.inference.heads(d))
+        return params
+
+    @staticmethod
+    def precision_weighted(mu_hat: Tensor, logvar_hat: Tensor, mu_p: Tensor, logvar_p: Tensor) -> tuple[Tensor, Tensor]:
+        """The product of N(mu_hat, var_hat) and N(mu_p, var_p), normalized (Sønderby et al. eq. 17-18).
+
+        var_q = 1 / (1/var_hat + 1/var_p) as -logaddexp(-logvar_hat, -logvar_p); mu_q = var_q (mu_hat/var_hat +
+        mu_p/var_p) as w mu_hat + (1 - w) mu_p with w = var_p / (var_hat + var_p), which never divides.
+        """
+        logvar = soft_clamp(-torch.logaddexp(-logvar_hat, -logvar_p), LOGVAR_MIN, LOGVAR_MAX)
+        weight = torch.sigmoid(logvar_p - logvar_hat)
+        return mu_p + weight * (mu_hat - mu_p), logvar
+
     def encode(self, x: Tensor) -> Distribution:
-        """q(z_1|x) as a distribution with event shape (latent_dim,)."""
+        """q(z_1|x) as a distribution with event shape (latent_dim,) (top-down: see ``posterior_params``)."""
         mu, logvar = self.posterior_params(x)
         return diagonal_gaussian(mu, logvar)
 
@@ -154,10 +222,45 @@ class VAEModel(nn.Module):
 
     def infer(self, x: Tensor, num_samples: int | None = None, generator: torch.Generator | None = None,
               noise: list[Tensor] | None = None) -> list[tuple[Tensor, Distribution]]:
-        """Draw z_1, ..., z_L bottom-up from q; returns (z_i, q(z_i | what is below)) for every layer.
+        """Draw z_1, ..., z_L from q; returns (z_i, q(z_i | what it is conditioned on)) for every layer, bottom first.
 
-        ``noise`` may give the standard-normal draws to use, one tensor per layer shaped like its z.
+        Bottom-up the layers are drawn from the first up, top-down from the top down. ``noise`` may give the
+        standard-normal draws to use, one tensor per layer (bottom first) shaped like its z.
         """
+        return self._infer_with_priors(x, num_samples, generator, noise)[0]
+
+    def _infer_with_priors(self, x: Tensor, num_samples: int | None = None, generator: torch.Generator | None = None,
+                           noise: list[Tensor] | None = None,
+                           ) -> tuple[list[tuple[Tensor, Distribution]], list[Distribution]]:
+        """``infer``'s draws and the conditional priors p(z_i|z_{i+1}) at them, i = 1 .. L-1."""
+        if self.top_down:
+            return self._infer_top_down(x, num_samples, generator, noise)
+        drawn = self._infer_bottom_up(x, num_samples, generator, noise)
+        return drawn, self.conditional_priors([z for z, _ in drawn])
+
+    def _infer_top_down(self, x: Tensor, num_samples: int | None, generator: torch.Generator | None,
+                        noise: list[Tensor] | None) -> tuple[list[tuple[Tensor, Distribution]], list[Distribution]]:
+        params = self.bottom_up_params(x)
+        top = len(params) - 1
+        q = diagonal_gaussian(*params[top])
+        if noise is None:
+            z = self.reparameterize(q.base_dist.loc, q.base_dist.scale, num_samples=num_samples, generator=generator)
+        else:
+            z = q.base_dist.loc + q.base_dist.scale * noise[top]
+        drawn, priors = [(z, q)], []
+        for i in reversed(range(top)):
+            mu_p, logvar_p = self.upper_layers[i].generative(z)
+            priors.append(diagonal_gaussian(mu_p, logvar_p))
+            q = diagonal_gaussian(*self.precision_weighted(*params[i], mu_p, logvar_p))
+            if noise is None:
+                z = self.reparameterize(q.base_dist.loc, q.base_dist.scale, generator=generator)
+            else:
+                z = q.base_dist.loc + q.base_dist.scale * noise[i]
+            drawn.append((z, q))
+        return drawn[::-1], priors[::-1]
+
+    def _infer_bottom_up(self, x: Tensor, num_samples: int | None, generator: torch.Generator | None,
+                         noise: list[Tensor] | None) -> list[tuple[Tensor, Distribution]]:
         q = self.encode(x)
         if noise is None:
             z = self.reparameterize(q.base_dist.loc, q.base_dist.scale, num_samples=num_samples, generator=generator)
@@ -178,8 +281,13 @@ class VAEModel(nn.Module):
         """E_q[z_i | x] for every layer, each (batch, dim_i): exact for the first layer, Monte Carlo above it.
 
         Above the first layer the conditional means E[z_i | z_{i-1}] are averaged over draws of the
-        layers below, so a unit whose mean does not depend on x gets no Monte Carlo noise.
+        layers below, so a unit whose mean does not depend on x gets no Monte Carlo noise. Top-down the
+        other way round: exact for the top layer, below it the means of q(z_i|x, z_{i+1}) averaged over
+        draws of the layers above.
         """
+        if self.top_down:
+            drawn = self.infer(x, num_samples=num_samples, generator=generator)
+            return [q.base_dist.loc.mean(0) if q.base_dist.loc.dim() > 2 else q.base_dist.loc for _, q in drawn]
         q = self.encode(x)
         means = [q.base_dist.loc]
         if not len(self.upper_layers):
@@ -234,14 +342,11 @@ class VAEModel(nn.Module):
         One posterior draw per example, or the average over ``num_samples`` draws (Burda et al.'s
         k-sample VAE objective). ``prior`` may pass a precomputed ``prior_distribution()``.
         """
-        drawn = self.infer(x, num_samples=num_samples, generator=generator)
+        drawn, priors = self._infer_with_priors(x, num_samples=num_samples, generator=generator)
         zs = [z for z, _ in drawn]
         reconstruction = self.likelihood.negative_log_prob(self.decoder_params(zs[0]), x)  # = -decode(z).log_prob(x)
         prior = self.prior_distribution() if prior is None else prior
-        # Layers below the top: single-sample Monte Carlo, since q(z_i|z_{i-1}) and p(z_i|z_{i+1}) depend on
-        # different draws and have no closed-form KL.
-        per_dim = [q.base_dist.log_prob(z) - p.base_dist.log_prob(z)
-                   for (z, q), p in zip(drawn[:-1], self.conditional_priors(zs))]
+        per_dim = self.lower_layer_kl_per_dim(drawn, priors)
         z_top, q_top = drawn[-1]
         if isinstance(self.prior, StandardNormalPrior):
             top_kl = kl_divergence(q_top.base_dist, prior.base_dist)  # closed form, per dimension
@@ -264,15 +369,27 @@ class VAEModel(nn.Module):
         kl_per_dim = lambda: torch.cat([*per_dim, average_top(top_per_dim())], dim=-1)  # noqa: E731
         return ElboTerms(reconstruction=reconstruction, kl=kl, kl_per_dim=kl_per_dim)
 
+    def lower_layer_kl_per_dim(self, drawn: list[tuple[Tensor, Distribution]],
+                               priors: list[Distribution]) -> list[Tensor]:
+        """The KL terms of the layers below the top, per dimension, for draws and priors from ``_infer_with_priors``.
+
+        Bottom-up: single-sample Monte Carlo log q(z_i|z_{i-1}) - log p(z_i|z_{i+1}), since the two depend on
+        different draws and have no closed-form KL. Top-down: KL(q(z_i|x, z_{i+1}) || p(z_i|z_{i+1})) in closed
+        form, both conditioned on the same drawn z_{i+1}.
+        """
+        if self.top_down:
+            return [kl_divergence(q.base_dist, p.base_dist) for (_, q), p in zip(drawn[:-1], priors)]
+        return [q.base_dist.log_prob(z) - p.base_dist.log_prob(z) for (z, q), p in zip(drawn[:-1], priors)]
+
     def latent_log_densities(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None,
                              prior: Distribution | None = None, noise: list[Tensor] | None = None,
                              ) -> tuple[Tensor, Tensor, Tensor]:
         """Draws z_1 ~ q (shape (num_samples, batch, latent_dim)) with log p(z) and log q(z|x) over all layers."""
-        drawn = self.infer(x, num_samples=num_samples, generator=generator, noise=noise)
+        drawn, priors = self._infer_with_priors(x, num_samples=num_samples, generator=generator, noise=noise)
         zs = [z for z, _ in drawn]
         prior = self.prior_distribution() if prior is None else prior
         log_pz = prior.log_prob(zs[-1])
-        for p, z in zip(self.conditional_priors(zs), zs[:-1]):
+        for p, z in zip(priors, zs[:-1]):
             log_pz = log_pz + p.log_prob(z)
         log_qz = drawn[0][1].log_prob(zs[0])
         for z, q in drawn[1:]:

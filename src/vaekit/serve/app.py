@@ -118,11 +118,22 @@ class Anomaly(BaseModel):
     is_anomaly: bool | None = None
 
 
+class Explanation(BaseModel):
+    kind: Literal["image", "vector"]
+    image: str | None = Field(None, description="heat map PNG, base64: each pixel's share of -log p(x|z) (viridis, "
+                                                  "0 to max_nats)")
+    max_nats: float | None = Field(None, description="the largest share of one pixel, nats (image models)")
+    total_nats: float = Field(description="-log p(x|z) averaged over posterior draws: the sum of all shares, nats")
+    columns: list[str] | None = Field(None, description="the column names (vector models)")
+    contributions: list[float] | None = Field(None, description="each column's share, nats (vector models)")
+
+
 class AnalyzeResponse(BaseModel):
     input: Outputs
     reconstruction: Outputs
     mean: list[float]
     variance: list[float]
+    explanation: Explanation
     anomaly: Anomaly
     note: str
 

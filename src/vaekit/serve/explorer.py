@@ -26,7 +26,7 @@ import torch
 
 from .._version import __version__
 from ..generation import latent
-from ..anomaly import TypicalityModel, load_typicality
+from ..anomaly import TypicalityModel, feature_contributions, load_typicality
 from ..anomaly import DETECTOR_FILE, SCORE_DESCRIPTIONS, AnomalyDetector, anomaly_scores, default_score
 from ..api import VAE, load
 from ..errors import ConfigError, DataError, VaekitError
@@ -504,11 +504,28 @@ class Explorer:
         mean, variance = self.encode(x)
         score = self.score(x)
         return {"input": self.outputs(x), "reconstruction": self.outputs(self.reconstruct(x)),
-                "mean": mean[0].tolist(), "variance": variance[0].tolist(),
+                "mean": mean[0].tolist(), "variance": variance[0].tolist(), "explanation": self.explanation(x),
                 "anomaly": {"score": score["score"], "value": score["values"][0], "scores": {k: v[0] for k, v in score["scores"].items()},
                             "percentile": None if score["percentiles"] is None else score["percentiles"][0],
                             "threshold": score["threshold"],
                             "is_anomaly": None if score["is_anomaly"] is None else score["is_anomaly"][0]}}
+
+    def explanation(self, x: np.ndarray) -> dict[str, Any]:
+        """Each value's share of -log p(x|z) in nats (``anomaly.explain``): a heat-map PNG for an image (viridis,
+        0 to the largest share), the shares with their column names for a table."""
+        contributions = feature_contributions(self.vae, x, seed=0)[0]
+        total = float(contributions.sum())
+        if not self.is_image:
+            return {"kind": "vector", "columns": self.columns, "contributions": contributions.reshape(-1).tolist(),
+                    "total_nats": total, "image": None, "max_nats": None}
+        from matplotlib import colormaps
+
+        heat = contributions.sum(axis=0)  # over channels
+        top = float(heat.max())
+        scaled = np.clip(heat / top, 0.0, 1.0) if top > 0 else np.zeros_like(heat)
+        rgb = colormaps["viridis"](scaled)[..., :3].transpose(2, 0, 1)
+        return {"kind": "image", "image": png_base64(rgb.astype(np.float32)), "max_nats": top, "total_nats": total,
+                "columns": None, "contributions": None}
 
     @staticmethod
     def _check_count(value: int, limit: int, what: str, minimum: int = 1) -> None:

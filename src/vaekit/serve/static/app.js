@@ -253,6 +253,7 @@ function showAnalysis(result, name) {
   $("#analysis").hidden = false;
   renderOutput($("#analysis-input"), outputAt(result.input, 0));
   renderOutput($("#analysis-reconstruction"), outputAt(result.reconstruction, 0));
+  showExplanation(result.explanation);
   const a = result.anomaly;
   const box = $("#analysis-score");
   box.replaceChildren();
@@ -286,6 +287,32 @@ function showAnalysis(result, name) {
   $("#analysis-note").textContent = `${name}: ${result.note}. Other scores: ` +
     Object.entries(a.scores).filter(([k]) => k !== a.score).map(([k, v]) => `${k} ${fmt(v, 4)}`).join(", ");
   updateMapMarker();
+}
+
+// Each pixel's (or column's) share of -log p(x|z): where the model finds the example hard to explain.
+function showExplanation(e) {
+  const box = $("#analysis-heat");
+  box.replaceChildren();
+  if (e.kind === "image") {
+    const img = document.createElement("img");
+    img.src = `data:image/png;base64,${e.image}`;
+    img.alt = "heat map of each pixel's share of -log p(x|z)";
+    box.append(img);
+    $("#analysis-heat-caption").textContent = `heat map: each pixel's share of -log p(x|z), 0 to ${fmt(e.max_nats, 3)} nats`;
+    return;
+  }
+  const order = e.contributions.map((v, j) => j).sort((i, j) => e.contributions[j] - e.contributions[i]);
+  const table = document.createElement("table");
+  table.className = "row";
+  for (const j of order.slice(0, 8)) {
+    const tr = table.insertRow();
+    const th = document.createElement("th");
+    th.textContent = e.columns[j];
+    tr.append(th);
+    tr.insertCell().textContent = `${fmt(e.contributions[j], 4)} nats`;
+  }
+  box.append(table);
+  $("#analysis-heat-caption").textContent = "columns with the largest share of -log p(x|z)";
 }
 
 function drawLatentPosition(mean, variance) {
