@@ -1,5 +1,6 @@
-# vaekit: `make demo` trains on the embedded digits data and writes image grids; `make test` runs the tests.
-# Both set up .venv first (PyTorch pinned to the 2.13.0 CPU build; see DEVELOPERS.md).
+# vaekit: `make demo` trains on the embedded digits data and writes image grids; `make test` runs the tests;
+# `make docs` builds the user guide (docs/) as a web site in site/.
+# All set up .venv first (PyTorch pinned to the 2.13.0 CPU build; see DEVELOPERS.md).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -8,7 +9,7 @@ VAEKIT := $(VENV)/bin/vaekit
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test docs bench clean
 
 setup: $(STAMP)
 
@@ -30,5 +31,13 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# The dev extra already holds the docs tools (tests/test_docs.py builds the site); the check covers a .venv set up
+# before they were added. The CLI reference page is regenerated from the parsers; --strict fails on broken links.
+docs: setup
+	@$(PY) -c "import mkdocs, material, mkdocstrings_handlers.python" 2>/dev/null || $(PY) -m pip install --quiet -e '.[docs]'
+	$(PY) docs/gen_cli_reference.py
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+	@echo "Open site/index.html"
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) runs .pytest_cache build site src/*.egg-info
