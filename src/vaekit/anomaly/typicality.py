@@ -80,8 +80,9 @@ def model_statistics(vae: VAE, x: np.ndarray, num_samples: int = DEFAULT_NUM_SAM
     dims = model.latent_dims
     rows = []
     try:
-        for start in range(0, len(x), vae.config_.train.eval_batch_size):
-            batch = torch.as_tensor(x[start:start + vae.config_.train.eval_batch_size], device=device)
+        size = max(1, vae.config_.train.eval_batch_size // num_samples)  # the draws share one batch's memory
+        for start in range(0, len(x), size):
+            batch = torch.as_tensor(x[start:start + size], device=device)
             terms = model.elbo_terms(batch, generator=generator, prior=prior, num_samples=num_samples)
             mu, logvar = model.posterior_params(batch)
             columns = [terms.reconstruction]
