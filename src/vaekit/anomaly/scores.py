@@ -24,7 +24,7 @@ Raw likelihood is known to fail as an anomaly score: images with less detail get
 even when they come from another distribution (Nalisnick et al. 2019). Both corrections divide out the
 part of the likelihood that measures generic complexity; typicality asks instead whether an example's
 statistics look like those of clean data, in either direction. ``DEFAULT_SCORE`` (typicality) is the
-best-performing score on the default path in ``benchmarks/anomaly.py`` (see the README for the table);
+best-performing score on the default path in ``benchmarks/anomaly.py`` (the table: docs/benchmarks.md);
 it applies to every model and data type once a typicality model is fitted.
 
 The calibrated detector built on these scores is ``detector.AnomalyDetector``. Inputs are prepared as the model's training data was: when the run binarized its data, examples are

@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "posteriors of learned pseudo-inputs; its KL is estimated by sampling); default standard-normal")
     g.add_argument("--vamp-components", type=positive_int, metavar="K", help="pseudo-inputs of the VampPrior (default 500)")
     g.add_argument("--binarize", choices=BINARIZATIONS,
-                   help="for [0, 1] data: static (threshold, or one fixed random draw), dynamic (a fresh draw every epoch)")
+                   help="for [0, 1] data: static (threshold, or one fixed random draw), dynamic (a fresh draw at every step)")
     g.add_argument("--binarize-threshold", type=float, metavar="T", help="with --binarize static: threshold instead of a random draw")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=positive_int, help="passes over the training data (default 10)")
@@ -107,7 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--nproc", type=positive_int, metavar="N",
                    help="train in N processes on this machine with DistributedDataParallel (starts torchrun; gloo on "
                         "CPU, NCCL on GPUs); --batch-size is the global batch. For several machines run torchrun "
-                        "yourself (see the README)")
+                        "yourself (see docs/training.md)")
     t.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS",
                    help="also checkpoint every this many steps (default: at the end of every epoch)")
     t.add_argument("--clip-grad-norm", type=float, metavar="NORM",
