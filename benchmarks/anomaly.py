@@ -35,7 +35,7 @@ from vaekit import anomaly
 from vaekit.data.sources import FASHION_MNIST_CLASSES
 from vaekit.fileio import atomic_write_json
 
-from common import machine  # benchmarks/common.py
+from common import log, machine, settled_work_dir  # benchmarks/common.py
 
 # Adam 1e-3 at a constant rate with beta2 0.999: the settings the published table was trained with (before the
 # trainer's defaults became a cosine schedule and beta2 0.99), pinned so that the table stays reproducible.
@@ -427,16 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         settings["epochs"] = args.epochs
     settings["likelihood_ratio"] = args.likelihood_ratio
     settings["background_perturbation"] = args.background_perturbation
-    work = Path(args.work_dir) / ("quick" if args.quick else "full")
-    work.mkdir(parents=True, exist_ok=True)
-    settings_file = work / "settings.json"
-    if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
-        print(f"{work} holds results for other settings; remove it or use another --work-dir", file=sys.stderr)
+    work = settled_work_dir(args.work_dir, args.quick, settings)
+    if work is None:
         return 2
-    atomic_write_json(settings_file, settings)
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
 
     data = fashion_mnist()
     chosen = [int(c) for c in args.classes.split(",")] if args.classes else settings["classes"]

@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -66,7 +65,7 @@ import vaekit
 from vaekit import anomaly
 from vaekit.fileio import atomic_write_json
 
-from common import machine  # benchmarks/common.py
+from common import log, machine, settled_work_dir  # benchmarks/common.py
 
 TABLES = ("breast-cancer", "wine", "iris", "digits")
 TABLE_IDS = {name: i for i, name in enumerate(TABLES)}  # part of each split's seed
@@ -504,16 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown table(s) or detector(s): {', '.join(unknown)}")
     detectors = [d for d in DETECTORS if d in detectors]
-    work = Path(args.work_dir) / ("quick" if args.quick else "full")
-    work.mkdir(parents=True, exist_ok=True)
-    settings_file = work / "settings.json"
-    if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
-        print(f"{work} holds results for other settings; remove it or use another --work-dir", file=sys.stderr)
+    work = settled_work_dir(args.work_dir, args.quick, settings)
+    if work is None:
         return 2
-    atomic_write_json(settings_file, settings)
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
 
     started = time.perf_counter()
     counts = {"computed": 0, "cached": 0}

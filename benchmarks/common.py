@@ -21,3 +21,28 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "vaekit": vaekit.__version__, "python": platform.python_version(), "platform": platform.platform()}
+
+
+def settled_work_dir(root: str | Path, quick: bool, settings: dict) -> Path | None:
+    """``root/quick`` or ``root/full``, created, holding ``settings.json``; ``None`` (after saying why) when it
+    already holds results of other settings, which a resumed run must not mix with."""
+    import json
+    import sys
+
+    from vaekit.fileio import atomic_write_json
+
+    work = Path(root) / ("quick" if quick else "full")
+    work.mkdir(parents=True, exist_ok=True)
+    settings_file = work / "settings.json"
+    if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
+        print(f"{work} holds results for other settings; remove it or use another --work-dir", file=sys.stderr)
+        return None
+    atomic_write_json(settings_file, settings)
+    return work
+
+
+def log(message: str) -> None:
+    """Progress for the person watching, on stderr, so that the table on stdout stays clean."""
+    import sys
+
+    print(message, file=sys.stderr, flush=True)

@@ -62,17 +62,12 @@ def reference_likelihood_regret(model: VAEModel, x: torch.Tensor, steps: int, lr
     with torch.no_grad():
         prior = model.prior_distribution()
     encoder_params = [*copied.encoder.parameters(), *copied.mean_head.parameters(), *copied.logvar_head.parameters()]
-    optimizer = torch.optim.Adam(encoder_params, lr=lr)
-    bounds = []
-    for step in range(steps + 1):
+
+    def bound():
         generator = torch.Generator().manual_seed(seed)
-        bound = copied.elbo_terms(x, generator=generator, prior=prior, num_samples=num_samples).neg_elbo.sum()
-        bounds.append(bound.item())
-        if step < steps:
-            optimizer.zero_grad()
-            bound.backward()
-            optimizer.step()
-    return bounds[0] - min(bounds)
+        return copied.elbo_terms(x, generator=generator, prior=prior, num_samples=num_samples).neg_elbo.sum()
+
+    return adam_regret(encoder_params, bound, steps, lr)
 
 
 def reference_posterior_regret(model: VAEModel, x: torch.Tensor, steps: int, lr: float, eps: torch.Tensor) -> float:
@@ -80,18 +75,27 @@ def reference_posterior_regret(model: VAEModel, x: torch.Tensor, steps: int, lr:
     with torch.no_grad():
         mu, logvar = model.posterior_params(x)
     mu, logvar = mu.clone().requires_grad_(True), logvar.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([mu, logvar], lr=lr)
-    bounds = []
-    for step in range(steps + 1):
+
+    def bound():
         std = torch.exp(0.5 * logvar)
         z = mu + std * eps[:, None]  # (samples, 1, latent)
         reconstruction = -model.decode(z).log_prob(x).mean(0)
         kl = kl_divergence(Normal(mu, std), Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum(-1)
-        bound = (reconstruction + kl).sum()
-        bounds.append(bound.item())
+        return (reconstruction + kl).sum()
+
+    return adam_regret([mu, logvar], bound, steps, lr)
+
+
+def adam_regret(params, bound, steps: int, lr: float) -> float:
+    """The first value of ``bound()`` minus its lowest over ``steps`` steps of torch.optim.Adam on ``params``."""
+    optimizer = torch.optim.Adam(params, lr=lr)
+    bounds = []
+    for step in range(steps + 1):
+        value = bound()
+        bounds.append(value.item())
         if step < steps:
             optimizer.zero_grad()
-            bound.backward()
+            value.backward()
             optimizer.step()
     return bounds[0] - min(bounds)
 

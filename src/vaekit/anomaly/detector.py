@@ -23,7 +23,7 @@ from .._version import __version__
 from ..api import VAE, load
 from ..config import dataclass_from_dict
 from ..errors import CheckpointError, ConfigError, DataError
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, read_json
 from .scores import (BACKGROUND_DIR, COMPRESSORS, DEFAULT_SCORE, DETECTOR_FILE, DETECTOR_FORMAT_VERSION, SCORE_NAMES,
                      anomaly_scores, default_score, model_fingerprint, model_units, prepare_inputs)
 from .typicality import TypicalityModel, fit_typicality, load_typicality, save_typicality
@@ -280,10 +280,7 @@ def read_detector_state(run_dir: str | Path) -> DetectorState:
     path = Path(run_dir) / DETECTOR_FILE
     if not path.is_file():
         raise CheckpointError(f"{run_dir} has no anomaly detector ({DETECTOR_FILE}); create one with vaekit fit-detector")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    raw = read_json(path)
     try:
         if not isinstance(raw, dict) or raw.get("format_version") != DETECTOR_FORMAT_VERSION:
             raise ConfigError(f"format_version must be {DETECTOR_FORMAT_VERSION}")

@@ -31,11 +31,10 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent
 
 from ..api import VAE
-from ..data.transforms import to_model_units
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_text
 from ..plots import new_figure, save_figure, to_display
-from .scores import is_image_model, prepare_inputs
+from .scores import is_image_model, model_units, prepare_inputs
 
 TABLE_FILE = "explanations.csv"
 """What ``write_explanations`` writes for a model of tabular data (one PNG per example for images)."""
@@ -59,7 +58,7 @@ def feature_contributions(vae: VAE, X: Any, *, num_samples: int = 16, seed: int 
     _check_count(num_samples, "num_samples")
     _check_seed(seed)
     x = prepare_inputs(vae, X, seed=int(seed))  # original units, binarized as the run's data were
-    x_model = _to_model_units(vae, x)
+    x_model = model_units(vae, x)
     model = vae.model_
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(int(seed))
@@ -101,10 +100,6 @@ def per_dimension_log_prob(dist: Distribution, x: Tensor) -> Tensor:
         raise TypeError(f"{type(dist.base_dist).__name__}.log_prob gives shape {tuple(log_prob.shape)}, "
                         f"not one value per data dimension {tuple(expected)}")
     return log_prob
-
-
-def _to_model_units(vae: VAE, x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(to_model_units(x, vae.config_.data), dtype=np.float32)
 
 
 # --- tables --------------------------------------------------------------------------------------

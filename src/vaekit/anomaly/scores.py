@@ -259,8 +259,7 @@ def anomaly_scores(vae: VAE, X: Any, scores: tuple[str, ...] | list[str] | None 
         elif name == "llr":
             from .hierarchical import llr_above
 
-            xt = torch.as_tensor(model_units(vae, x), device=next(vae.model_.parameters()).device)
-            result[name] = llr_above(vae.model_, xt, llr_k, seed=seed).numpy()
+            result[name] = llr_above(vae.model_, _model_tensor(vae, x), llr_k, seed=seed).cpu().numpy()
     return result
 
 
@@ -268,17 +267,18 @@ def _regret(vae: VAE, x: np.ndarray, name: str, seed: int) -> np.ndarray:
     from .regret import likelihood_regret, posterior_regret
 
     regret = likelihood_regret if name == "likelihood_regret" else posterior_regret
-    model = vae.model_
-    device = next(model.parameters()).device
-    xt = torch.as_tensor(model_units(vae, x), device=device)
-    return regret(model, xt, seed=seed).cpu().numpy()  # chunked inside (memory), batched within each chunk
+    # chunked inside (memory), batched within each chunk
+    return regret(vae.model_, _model_tensor(vae, x), seed=seed).cpu().numpy()
 
 
 def model_units(vae: VAE, x: np.ndarray) -> np.ndarray:
     """Prepared examples (original units) in the units the model sees (standardized for real-valued tables)."""
-    from ..data.transforms import to_model_units
+    return vae._as_model_input(x).numpy()  # the estimator's own conversion
 
-    return np.ascontiguousarray(to_model_units(x, vae.config_.data), dtype=np.float32)
+
+def _model_tensor(vae: VAE, x: np.ndarray) -> torch.Tensor:
+    """``model_units`` as a tensor on the model's device."""
+    return vae._as_model_input(x).to(vae._device())
 
 
 def _log_scale(vae: VAE) -> float:

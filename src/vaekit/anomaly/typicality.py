@@ -29,7 +29,6 @@ directory), tied to the weights by their fingerprint; nothing is pickled.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from .._version import __version__
 from ..api import VAE
 from ..config import dataclass_from_dict
 from ..errors import CheckpointError, ConfigError, DataError
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, read_json
 
 TYPICALITY_FILE = "typicality.json"
 TYPICALITY_FORMAT_VERSION = 1
@@ -211,10 +210,7 @@ def load_typicality(run_dir: str | Path, vae: VAE | None = None) -> TypicalityMo
     path = Path(run_dir) / TYPICALITY_FILE
     if not path.is_file():
         return None
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    raw = read_json(path)
     try:
         if not isinstance(raw, dict) or raw.get("format_version") != TYPICALITY_FORMAT_VERSION:
             raise ConfigError(f"format_version must be {TYPICALITY_FORMAT_VERSION}")

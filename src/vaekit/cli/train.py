@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..training import checkpoint as ckpt
 from ..training import distributed
-from ..api import make_run_config
+from ..api import load, make_run_config
 from ..config import (ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, DEFAULT_BATCH_SIZE, LR_SCHEDULES,
                       INFERENCE_NAMES, OBJECTIVE_NAMES, PRECISIONS, PRIOR_NAMES, RunConfig)
 from ..data.streaming import DEFAULT_LOADER_WORKERS, IN_MEMORY_CHOICES
@@ -230,20 +230,19 @@ def _train(args: argparse.Namespace) -> int:
     model, history = train(config, dataset, run_dir=out, resume=args.resume, progress=args.progress, log=log)
     if not context.is_main:
         return 0
-    _write_pictures(out, dataset)
-    _fit_typicality(out, dataset, log)
+    vae = load(out)  # as saved: what every later command sees
+    _write_pictures(vae, out, dataset)
+    _fit_typicality(vae, out, dataset, log)
     last = history[-1] if history else {}
     log(f"done in {time.perf_counter() - started:.1f} s: validation -ELBO {last.get('val_neg_elbo', float('nan')):.3f} "
         f"nats/example. Run directory: {out}")
     return 0
 
 
-def _write_pictures(out: Path, dataset) -> None:
+def _write_pictures(vae, out: Path, dataset) -> None:
     """samples.png and reconstructions.png in the run directory, for a first look."""
-    from ..api import load
     from .common import write_examples
 
-    vae = load(out)
     write_examples(vae.sample(64, seed=0), out / "samples.png", vae, title="samples")
     originals = dataset.split("test")[:32].numpy()
     from ..data import to_original_units
@@ -260,13 +259,11 @@ def _write_pictures(out: Path, dataset) -> None:
         write_examples(both, out / "reconstructions.png", vae, title="originals (even rows) and reconstructions")
 
 
-def _fit_typicality(out: Path, dataset, log) -> None:
+def _fit_typicality(vae, out: Path, dataset, log) -> None:
     """typicality.json: the density of the model's statistics on the training data, for ``vaekit score``'s default."""
     from .. import anomaly
     from ..anomaly import typicality
-    from ..api import load
 
-    vae = load(out)
     streamed = dataset.train_stream is not None
     x = dataset.split("test" if streamed else "train").numpy()  # model units, binarized as the model saw them
     started = time.perf_counter()

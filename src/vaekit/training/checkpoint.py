@@ -30,7 +30,7 @@ from safetensors.torch import save as st_save
 
 from ..config import FORMAT_VERSION, RunConfig
 from ..errors import CheckpointError, ConfigError
-from ..fileio import atomic_write_bytes, atomic_write_json, fsync_dir
+from ..fileio import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
 from ..models.model import VAEModel
 
 CONFIG_FILE = "config.json"
@@ -95,10 +95,7 @@ def load_config(run_dir: str | Path) -> RunConfig:
         raise CheckpointError(f"{run_dir} does not exist")
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a vaekit run directory (it has no {CONFIG_FILE})")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    raw = read_json(path)
     try:
         return RunConfig.from_dict(raw)
     except ConfigError as err:
