@@ -50,7 +50,8 @@ def test_quick_run_on_breast_cancer_writes_every_number_and_resumes_from_its_cac
             assert result["error"] is None
             assert 0.5 < result["auroc"] <= 1.0 and 0.0 < result["auprc"] <= 1.0
             assert result["fit_seconds"] >= 0 and result["score_seconds"] >= 0
-        assert unit["results"]["vaekit"]["info"]["optimizer_steps"] == 10  # 193 training rows: one batch an epoch
+        # 214 training rows: the data-scaled default (batch 27, 8 steps an epoch, 250 epochs) gives 2,000 steps
+        assert unit["results"]["vaekit"]["info"]["optimizer_steps"] == 2000
         assert table["mean"]["pyod:ECOD"]["auroc"] == unit["results"]["pyod:ECOD"]["auroc"]  # one class, one seed
         assert summary["mean_auroc"]["breast-cancer"]["vaekit"] == unit["results"]["vaekit"]["auroc"]
 

@@ -39,7 +39,10 @@ def test_npy_vectors_are_standardized_and_come_back_in_original_units(tmp_path):
     assert ds.shape == (5,) and ds.kind == "real"
     assert len(ds.x_test) == 50 and len(ds.x_train) == 150
     assert abs(float(ds.x_train.mean())) < 1e-4
-    np.testing.assert_allclose(to_original_units(ds.split("all").numpy(), ds.config), x, rtol=1e-5)
+    np.testing.assert_allclose(ds.split("all").numpy(), x, rtol=1e-5)  # original units by default
+    model = ds.split("all", units="model").numpy()
+    np.testing.assert_allclose(to_original_units(model, ds.config), x, rtol=1e-5)
+    assert abs(float(ds.split("train", units="model").mean())) < 1e-4
 
 
 @pytest.mark.parametrize("layout", ["nhw", "nchw", "nhwc", "nhwc4"])
@@ -85,14 +88,15 @@ def test_image_folder_rgb_and_default_size(tmp_path):
 
 def test_csv_with_header_label_column_and_standardization(tmp_path):
     path = tmp_path / "t.csv"
-    rows = ["height,weight,species"] + [f"{150 + i},{50 + 2 * i},{'a' if i % 2 else 'b'}" for i in range(40)]
+    rows = ["height,weight,species"] + [f"{150 + 3 * i},{50.5 + 2 * i},{'a' if i % 2 else 'b'}" for i in range(40)]
     path.write_text("\n".join(rows) + "\n")
     ds = load_dataset(str(path), label_column="species", test_fraction=0.2)
     assert ds.shape == (2,) and ds.config.columns == ["height", "weight"]
-    assert ds.kind == "real" and ds.config.standardize_mean is not None
-    assert set(ds.labels("all")) == {"a", "b"}
-    back = to_original_units(ds.split("all").numpy(), ds.config)
-    np.testing.assert_allclose(back[:, 0], np.arange(150, 190), rtol=1e-5)
+    assert ds.kind == "table" and [c["kind"] for c in ds.config.table["columns"]] == ["integer", "continuous"]
+    assert ds.class_names == ["a", "b"] and set(ds.labels("all")) == {0, 1}
+    back = ds.split("all")  # the rows as written, in file order
+    np.testing.assert_array_equal(back["height"], np.arange(150, 270, 3))
+    assert abs(float(ds.split("train", units="model").mean())) < 0.5  # standardized per column
 
 
 def test_csv_without_header(tmp_path):
@@ -179,8 +183,8 @@ def test_unreadable_image(tmp_path):
 
 def test_non_numeric_csv_column(tmp_path):
     path = tmp_path / "t.csv"
-    path.write_text("a,b\n1,2\n3,oops\n")
-    with pytest.raises(DataError, match="line 3, column 'b': 'oops' is not a number"):
+    path.write_text("a,b\n" + "".join(f"{i},{i * 1.5}\n" for i in range(30)) + "3,oops\n")
+    with pytest.raises(DataError, match="column 'b' mixes numbers and text: 'oops' in row 30"):
         load_dataset(str(path))
 
 
@@ -224,8 +228,11 @@ def test_bad_arrays(tmp_path, array, match):
 
 
 def test_unknown_format_and_single_image(tmp_path):
-    (tmp_path / "x.parquet").write_bytes(b"PAR1")
+    (tmp_path / "x.hdf5").write_bytes(b"\x89HDF")
     with pytest.raises(DataError, match="unknown data format"):
+        load_dataset(str(tmp_path / "x.hdf5"))
+    (tmp_path / "x.parquet").write_bytes(b"PAR1")
+    with pytest.raises(DataError, match="cannot read .*x.parquet as Parquet"):
         load_dataset(str(tmp_path / "x.parquet"))
     Image.new("L", (4, 4)).save(tmp_path / "one.png")
     with pytest.raises(DataError, match="single image"):

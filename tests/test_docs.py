@@ -10,6 +10,7 @@ the guide's examples name as "yours":
     my-images/      150 8x8 grayscale PNGs (digits 0-4) in one subfolder per class
     my-array.npy    300 8x8 images as float32 in [0, 1]
     my-table.csv    300 rows of three numeric columns and a 0/1 label column
+    my-mixed.csv    300 rows of a mixed table: an integer, a number with empty cells, a text category, yes/no
 
 Bash blocks run with ``bash -euo pipefail``; Python blocks run in this process (no second PyTorch start),
 each with fresh globals. Identical blocks (the README repeats some of the guide's) run once. The fixture run
@@ -142,6 +143,13 @@ def write_user_files(directory: Path) -> None:
     rows = ["height,weight,income,label"] + [f"{h:.1f},{w:.1f},{m:.2f},{int(h > 180)}"
                                              for h, w, m in zip(height, weight, income)]
     (directory / "my-table.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    cities = rng.choice(["rome", "paris", "oslo"], 300)
+    age = rng.integers(18, 80, 300)
+    pay = 20000 + 600 * age + np.where(cities == "oslo", 9000, 0) + rng.normal(0, 4000, 300)
+    mixed = ["age,income,city,member"] + [
+        f"{a},{'' if rng.random() < 0.1 else f'{p:.2f}'},{c},{'yes' if rng.random() < 0.4 else 'no'}"
+        for a, p, c in zip(age, pay, cities)]
+    (directory / "my-mixed.csv").write_text("\n".join(mixed) + "\n", encoding="utf-8")
 
 
 def block_env() -> dict[str, str]:

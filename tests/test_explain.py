@@ -41,7 +41,7 @@ def wine(tmp_path_factory):
 
 def _wine_vae(path, likelihood: str) -> vaekit.VAE:
     return vaekit.VAE(latent_dim=4, hidden=(32,), epochs=3, likelihood=likelihood, seed=0, device="cpu").fit(
-        vaekit.load_dataset(str(path)))
+        vaekit.load_dataset(str(path), as_table=False))  # a numeric array for the array likelihoods
 
 
 def _first_layer_draws(vae: vaekit.VAE, x_model: np.ndarray, num_samples: int, seed: int) -> torch.Tensor:
@@ -71,7 +71,7 @@ def test_bernoulli_contributions_are_binary_cross_entropies_at_the_same_draws(di
     assert not np.allclose(got, feature_contributions(digits_vae, x, num_samples=4, seed=4))
 
 
-@pytest.mark.parametrize("likelihood", [*sorted(LIKELIHOODS), "bernoulli, two layers"])
+@pytest.mark.parametrize("likelihood", [*sorted(set(LIKELIHOODS) - {"table"}), "bernoulli, two layers"])
 def test_every_likelihood_splits_its_reconstruction_term(digits, likelihood):
     name, _, layers = likelihood.partition(", ")
     vae = vaekit.VAE(latent_dim=3, hidden=(16,), epochs=1, likelihood=name, seed=0, device="cpu",

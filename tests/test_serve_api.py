@@ -287,7 +287,10 @@ def test_tabular_runs_decode_rows_with_their_column_names_in_original_units(csv_
         by_name = c.post("/api/encode", files=upload(json.dumps(row).encode(), "row.json", "application/json")).json()
         by_order = c.post("/api/encode", files=upload(json.dumps(table[0].tolist()).encode(), "r.json", "application/json")).json()
         assert by_name["mean"] == by_order["mean"]
-        np.testing.assert_allclose(by_name["mean"], vae.transform(table[:1]), rtol=1e-5, atol=1e-6)
+        import pandas as pd
+
+        rows_in = pd.DataFrame(table[:1], columns=info["columns"])  # a table run takes its rows as a DataFrame
+        np.testing.assert_allclose(by_name["mean"], vae.transform(rows_in), rtol=1e-5, atol=1e-6)
         assert c.post("/api/encode", files=upload(png(np.zeros((8, 8), np.uint8)))).status_code == 415
         assert c.post("/api/decode.png", json={"z": [[0.0, 0.0]]}).status_code == 415
         missing = c.post("/api/encode", files=upload(json.dumps({"price": 1.0}).encode(), "r.json", "application/json"))

@@ -256,7 +256,7 @@ def test_a_tabular_run_shows_decoded_rows_as_tables_with_column_names(browser_co
         names = page.locator("#explorer-output th").all_inner_texts()
         values = [float(v) for v in page.locator("#explorer-output td").all_inner_texts()]
         assert names == ["price", "rate", "noise"]
-        np.testing.assert_allclose(values, vae.decode(np.zeros((1, 2), np.float32))[0], rtol=1e-4)  # original units
+        np.testing.assert_allclose(values, vae.decode(np.zeros((1, 2), np.float32)).iloc[0].to_numpy(float), rtol=1e-4)  # original units
         row = json.dumps({"price": 1010.0, "rate": 0.02, "noise": 0.5}).encode()
         page.set_input_files("#file-input", files=[{"name": "row.json", "mimeType": "application/json", "buffer": row}])
         page.wait_for_selector("#analysis:not([hidden]) #analysis-reconstruction table")

@@ -13,9 +13,10 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
 from .training import checkpoint as ckpt
-from .config import DEFAULT_BATCH_SIZE, DataConfig, ModelConfig, RunConfig, TrainConfig
+from .config import DataConfig, default_schedule, ModelConfig, RunConfig, TrainConfig
 from .data import Dataset, as_dataset
 from .data.sources import check_finite
+from .data.table import TableSchema, is_frame
 from .data.transforms import to_model_units, to_original_units
 from .errors import ConfigError, DataError
 from .evaluation.likelihood import DEFAULT_MEMORY_BUDGET_MB, Evaluation, log_likelihood
@@ -63,9 +64,20 @@ def make_run_config(dataset: Dataset, *, latent_dim: int = 20, hidden: tuple[int
     L stochastic layers of sizes latent_dim, ceil(latent_dim/2), ... unless ``upper_latent_dims`` names them.
     """
     upper_latent_dims = resolve_upper_latent_dims(latent_dim, upper_latent_dims, latent_layers)
+    if train_options.get("epochs") is None or train_options.get("batch_size") is None:
+        train_options["batch_size"], train_options["epochs"], _ = default_schedule(
+            dataset.num_train, train_options.get("batch_size"), train_options.get("epochs"))
     arch = default_arch(dataset.shape) if arch == "auto" else arch
     hidden = tuple(hidden) if hidden else DEFAULT_HIDDEN.get(arch, (400,))
     likelihood = default_likelihood(dataset.kind) if likelihood == "auto" else likelihood
+    table_columns = None
+    if dataset.config.table is not None:
+        if likelihood != "table":
+            raise ConfigError(f"a mixed table is modelled column by column (likelihood 'table'); {likelihood!r} "
+                              "applies to arrays and images")
+        table_columns = TableSchema.from_dict(dataset.config.table).model_columns()
+    elif likelihood == "table":
+        raise ConfigError("the table likelihood needs a table (a .csv/.tsv/.parquet file or a pandas DataFrame)")
     num_levels = 256
     if likelihood == DiscretizedLogisticLikelihood.name:
         num_levels = detect_levels(dataset.x_train) if dataset.config.binarize == "none" else 2
@@ -77,7 +89,7 @@ def make_run_config(dataset: Dataset, *, latent_dim: int = 20, hidden: tuple[int
     model = ModelConfig(input_shape=dataset.shape, latent_dim=latent_dim, arch=arch, hidden=hidden,
                         activation=activation, likelihood=likelihood, gaussian_std=gaussian_std, num_levels=num_levels,
                         upper_latent_dims=tuple(upper_latent_dims), upper_hidden=tuple(upper_hidden), prior=prior,
-                        vamp_components=vamp_components, inference=inference)
+                        vamp_components=vamp_components, inference=inference, table_columns=table_columns)
     return RunConfig(model=model, data=dataclasses.replace(dataset.config),
                      train=TrainConfig(objective_samples=objective_samples, **train_options))
 
@@ -105,8 +117,8 @@ class VAE(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, latent_dim: int = 20, hidden: tuple[int, ...] | None = None, arch: str = "auto",
-                 likelihood: str = "auto", activation: str = "relu", gaussian_std: float = 1.0, epochs: int = 10,
-                 batch_size: int = DEFAULT_BATCH_SIZE, lr: float | None = None, lr_schedule: str = "cosine",
+                 likelihood: str = "auto", activation: str = "relu", gaussian_std: float = 1.0, epochs: int | None = None,
+                 batch_size: int | None = None, lr: float | None = None, lr_schedule: str = "cosine",
                  adam_beta2: float = 0.99, weight_decay: float = 0.0, kl_weight: float = 1.0,
                  warmup_epochs: int = 0, patience: int | None = None, binarize: str = "none",
                  binarize_threshold: float | None = None, test_fraction: float = 0.1, seed: int = 0,
@@ -115,7 +127,9 @@ class VAE(TransformerMixin, BaseEstimator):
                  prior: str = "standard-normal", vamp_components: int = 500, objective: str = "elbo",
                  objective_samples: int | None = None, free_bits: float = 0.0,
                  clip_grad_norm: float | None = None, max_rollbacks: int = 3, precision: str = "fp32",
-                 perturb_rate: float = 0.0, inference: str = "bottom-up", latent_layers: int | None = None) -> None:
+                 perturb_rate: float = 0.0, inference: str = "bottom-up", latent_layers: int | None = None,
+                 standardize: bool | str = "auto", categorical: list[str] | None = None,
+                 continuous: list[str] | None = None, drop_columns: list[str] | None = None) -> None:
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.arch = arch
@@ -151,13 +165,18 @@ class VAE(TransformerMixin, BaseEstimator):
         self.perturb_rate = perturb_rate
         self.inference = inference
         self.latent_layers = latent_layers
+        self.standardize = standardize
+        self.categorical = categorical
+        self.continuous = continuous
+        self.drop_columns = drop_columns
 
     # --- training ---------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, run_dir: str | Path | None = None, resume: bool = False) -> "VAE":
         """Train on ``X`` (array or ``Dataset``); with ``run_dir`` keep checkpoints, metrics and a loss curve there."""
         dataset = X if isinstance(X, Dataset) else as_dataset(
-            X, y, test_fraction=self.test_fraction, split_seed=self.seed, binarize=self.binarize,
-            binarize_threshold=self.binarize_threshold)
+            X, None if is_frame(X) else y, test_fraction=self.test_fraction, split_seed=self.seed,
+            binarize=self.binarize, binarize_threshold=self.binarize_threshold, standardize=self.standardize,
+            categorical=self.categorical, continuous=self.continuous, drop_columns=self.drop_columns)
         config = make_run_config(
             dataset, latent_dim=self.latent_dim, hidden=self.hidden, arch=self.arch, likelihood=self.likelihood,
             activation=self.activation, gaussian_std=self.gaussian_std, epochs=self.epochs,
@@ -180,6 +199,13 @@ class VAE(TransformerMixin, BaseEstimator):
         self.input_shape_ = tuple(config.model.input_shape)
         self.n_features_in_ = math.prod(self.input_shape_)
         self.latent_dim_ = config.model.latent_dim
+        self.schema_ = TableSchema.from_dict(config.data.table) if config.data.table is not None else None
+
+    @property
+    def is_table_(self) -> bool:
+        """Whether the model was trained on a mixed table (DataFrame rows in, DataFrame rows out)."""
+        self._check_fitted()
+        return self.schema_ is not None
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
@@ -197,6 +223,10 @@ class VAE(TransformerMixin, BaseEstimator):
     def _as_model_input(self, X: Any, units: str = "original") -> torch.Tensor:
         """``X`` as a float32 tensor of shape (n, *input_shape) in model units, validated."""
         self._check_fitted()
+        if self.schema_ is not None:
+            return self._table_input(X)
+        if is_frame(X):
+            X = X.to_numpy()
         array = _as_array(X, "X")
         if array.dtype.kind not in "buif":
             raise DataError(f"X has dtype {array.dtype}; it must hold numbers")
@@ -218,6 +248,30 @@ class VAE(TransformerMixin, BaseEstimator):
         check_finite(array, "X")
         if units == "original":
             array = to_model_units(array, self.config_.data)
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+    def _table_input(self, X: Any) -> torch.Tensor:
+        """Rows of a table run: a DataFrame (encoded with the run's schema), or an array of the encoded values
+        (what ``Dataset.split(units="model")`` gives, NaN for missing cells)."""
+        schema = self.schema_
+        if is_frame(X):
+            array = schema.encode(X, where="X")
+        else:
+            array = _as_array(X, "X")
+            if array.ndim == 1:
+                array = array[None]
+            if array.dtype.kind not in "buif" or array.ndim != 2 or array.shape[1] != schema.width:
+                raise DataError(f"this model was trained on a table: pass its rows as a pandas DataFrame with the "
+                                f"columns {', '.join(schema.names)} (got {'an array of shape ' + str(array.shape) if hasattr(array, 'shape') else type(X).__name__})")
+            array = array.astype(np.float32)
+            if np.isinf(array).any():
+                raise DataError("X holds infinite values")
+            cont = [at for c, at in zip(schema.columns, schema.offsets()) if c.kind in ("continuous", "integer")]
+            if cont and np.nanmax(np.abs(array[:, cont]), initial=0.0) > 1e3:
+                raise DataError("these values look like the table's own units, not its encoded (standardized) values; "
+                                "pass the rows as a pandas DataFrame")
+        if len(array) == 0:
+            raise DataError("X holds no examples; pass at least one")
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
     def _batches(self, x: torch.Tensor):
@@ -273,14 +327,22 @@ class VAE(TransformerMixin, BaseEstimator):
             else:
                 outputs.append(dist.mean.float().cpu())
         x = torch.cat(outputs).numpy() if outputs else np.zeros((0, *self.input_shape_), dtype=np.float32)
+        if self.schema_ is not None:
+            return self.schema_.decode(x)  # a DataFrame in the table's own form
         return to_original_units(x, self.config_.data)
 
     def inverse_transform(self, Z: Any) -> np.ndarray:
         return self.decode(Z)
 
-    def sample(self, n: int = 1, *, seed: int | None = None, sample_output: bool = False) -> np.ndarray:
-        """Generate ``n`` examples by decoding z ~ N(0, I); the encoder is not used."""
+    def sample(self, n: int = 1, *, seed: int | None = None, sample_output: bool | None = None) -> np.ndarray:
+        """Generate ``n`` examples by decoding z ~ N(0, I); the encoder is not used.
+
+        ``sample_output``: draw x ~ p(x|z) instead of taking its mean; the default is False for images and arrays
+        (the mean is the usual picture) and True for tables, whose synthetic rows must follow every column's
+        distribution (a DataFrame in the table's own form, with missing cells at the learned rates)."""
         self._check_fitted()
+        if sample_output is None:
+            sample_output = self.schema_ is not None
         if not _is_count(n) or n < 1:
             raise DataError(f"the number of samples must be a whole number of at least 1, got {n!r}")
         generator = _seeded(self._device(), self.seed if seed is None else seed)
@@ -325,6 +387,58 @@ class VAE(TransformerMixin, BaseEstimator):
                 setattr(result, name, getattr(result, name) - shift)
                 result.per_example[name] = result.per_example[name] - shift
         return result
+
+    def column_nll(self, X: Any, num_importance_samples: int = 100, seed: int = 0) -> dict[str, float]:
+        """A table run's mean -log p(x_c) per column (nats; importance-weighted marginals, see
+        ``evaluation.column_log_likelihood``); continuous columns in their own units."""
+        self._check_fitted()
+        if self.schema_ is None:
+            raise DataError("per-column log-likelihoods apply to runs trained on a table")
+        from .evaluation.likelihood import column_log_likelihood
+
+        values = column_log_likelihood(self.model_, self._as_model_input(X), num_importance_samples, seed)
+        return {name: float(-values[:, i].double().mean()) for i, name in enumerate(self.schema_.names)}
+
+    def impute(self, X: Any, *, draws: int | None = None, num_importance_samples: int = 100, seed: int = 0):
+        """Fill a table's missing cells from the model given each row's observed cells; observed cells are kept.
+
+        ``draws=None``: one table with the best single guess, the importance-weighted posterior mean of each
+        missing value (most probable label for categories), as in MIWAE (Mattei and Frellsen 2019). ``draws=K``:
+        K tables (multiple imputation), each missing cell drawn from p(x_miss | x_obs) by sampling-importance-
+        resampling of z ~ q(z|x_obs). Returns a DataFrame (or a list of K)."""
+        self._check_fitted()
+        if self.schema_ is None:
+            raise DataError("imputation applies to runs trained on a table")
+        if draws is not None and (not _is_count(draws) or draws < 1):
+            raise DataError(f"draws must be a whole number of at least 1, got {draws!r}")
+        x = self._as_model_input(X)
+        generator = _seeded(self._device(), seed)
+        likelihood = self.model_.likelihood
+        fills = [[] for _ in range(draws or 1)]
+        with torch.no_grad():
+            for batch in self._batches(x):
+                z, log_pz, log_qz = self.model_.latent_log_densities(batch, num_importance_samples, generator=generator)
+                params = self.model_.decoder_params(z)  # (K, batch, 3, width)
+                log_w = -likelihood.column_nll(params, batch).sum(-1) + log_pz - log_qz  # observed cells only
+                weights = torch.softmax(log_w, 0)  # (K, batch)
+                if draws is None:
+                    means = likelihood.mean_values(params)  # probabilities for categories: their weighted mean
+                    fills[0].append((weights.unsqueeze(-1) * means).sum(0))
+                    continue
+                for d in range(draws):
+                    k = torch.multinomial(weights.T, 1, generator=generator).squeeze(1)  # one z per row
+                    chosen = params[k, torch.arange(len(batch))]
+                    fills[d].append(likelihood.draw(chosen, generator, missing=False))
+        originals = x.numpy()
+        observed = ~np.isnan(originals)
+        tables = []
+        for parts in fills:
+            filled = torch.cat(parts).cpu().numpy()
+            tables.append(self.schema_.decode(np.where(observed, originals, filled)))
+        if is_frame(X):
+            for table in tables:
+                table.index = X.index
+        return tables[0] if draws is None else tables
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean estimated log-likelihood (nats per example); higher is better."""
@@ -381,7 +495,7 @@ def _seeded(device: torch.device, seed: Any) -> torch.Generator:
 
 def _sample(dist, generator: torch.Generator) -> torch.Tensor:
     """A draw from p(x|z) using an explicit generator (``Distribution.sample`` takes none)."""
-    base = dist.base_dist
+    base = getattr(dist, "base_dist", dist)
     if isinstance(base, torch.distributions.Bernoulli):
         return torch.bernoulli(base.probs, generator=generator)
     if isinstance(base, torch.distributions.Normal):

@@ -24,7 +24,7 @@ FORMAT_VERSION = 1
 
 ARCHITECTURES = ("mlp", "conv")
 # The p(x|z) families of vaekit.models.likelihoods (its registry is checked against this list by the tests).
-LIKELIHOOD_NAMES = ("bernoulli", "gaussian", "gaussian-learned", "gaussian-decoder", "discretized-logistic")
+LIKELIHOOD_NAMES = ("bernoulli", "gaussian", "gaussian-learned", "gaussian-decoder", "discretized-logistic", "table")
 PRIOR_NAMES = ("standard-normal", "vamp")
 # How q(z|x) runs through several stochastic layers: bottom-up (Burda et al. 2016) or top-down (Ladder VAE,
 # Sønderby et al. 2016). The generative model is the same Markov chain for both.
@@ -32,7 +32,8 @@ INFERENCE_NAMES = ("bottom-up", "top-down")
 OBJECTIVE_NAMES = ("elbo", "iwae")
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "silu")
 BINARIZATIONS = ("none", "static", "dynamic")
-DATA_KINDS = ("unit", "real")  # unit: every value in [0, 1] (intensities); real: any real number
+DATA_KINDS = ("unit", "real", "table")  # unit: every value in [0, 1] (intensities); real: any real number;
+# table: a mixed table encoded by vaekit.data.table (DataConfig.table describes its columns)
 LR_SCHEDULES = ("cosine", "constant")
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_LR = 6e-3  # at DEFAULT_BATCH_SIZE; tuned for time to a test ELBO on Fashion-MNIST (benchmarks/speed.py)
@@ -41,6 +42,32 @@ DEFAULT_LR = 6e-3  # at DEFAULT_BATCH_SIZE; tuned for time to a test ELBO on Fas
 def default_lr(batch_size: int) -> float:
     """The learning rate used unless one is given: 6e-3 at batch 256, scaled by sqrt(batch / 256) for Adam."""
     return DEFAULT_LR * math.sqrt(batch_size / DEFAULT_BATCH_SIZE)
+# Without --epochs / --batch-size, training takes at least this many optimizer steps: ten epochs of a large data
+# set, more epochs (and batches of at least 8 per epoch) for a small one, which 10 epochs would barely move.
+MIN_DEFAULT_STEPS = 2000
+SMALL_DATA = 8 * DEFAULT_BATCH_SIZE
+
+
+def default_schedule(num_train: int, batch_size: int | None = None, epochs: int | None = None) -> tuple[int, int, str]:
+    """Batch size and epochs for ``num_train`` training examples where not given, and a sentence saying what was
+    chosen: batch 256 (for fewer than 2,048 examples one eighth of them, at least 16), and 10 epochs or as many
+    as give ``MIN_DEFAULT_STEPS`` steps."""
+    chosen = []
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH_SIZE if num_train >= SMALL_DATA else max(16, math.ceil(num_train / 8))
+        batch_size = max(1, min(batch_size, num_train))
+        if batch_size != DEFAULT_BATCH_SIZE:
+            chosen.append(f"batch {batch_size}")
+    if epochs is None:
+        steps_per_epoch = max(1, math.ceil(num_train / batch_size))
+        epochs = max(10, math.ceil(MIN_DEFAULT_STEPS / steps_per_epoch))
+        if epochs != 10:
+            chosen.append(f"{epochs} epochs")
+    reason = (f"{' and '.join(chosen)} chosen for {num_train:,} training examples (at least {MIN_DEFAULT_STEPS:,} "
+              "optimizer steps; give --epochs / --batch-size to choose yourself)") if chosen else ""
+    return batch_size, epochs, reason
+
+
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 # fp32: everything in float32; bf16/fp16: the networks run under torch.autocast in that type (fp16 with
 # gradient scaling), densities and sums stay in float32.
@@ -74,6 +101,8 @@ class ModelConfig:
     # With upper layers: "bottom-up" q(z_1|x) q(z_2|z_1) ..., or "top-down" (Ladder VAE) q(z_L|x) q(z_{L-1}|x, z_L) ...;
     # a one-layer model is the same model either way.
     inference: str = "bottom-up"
+    # The table likelihood's columns (vaekit.data.table.TableSchema.model_columns): kind, width, missing, scale.
+    table_columns: list[dict] | None = None
 
     def __post_init__(self) -> None:
         _check_field_types(self, "model")
@@ -107,6 +136,18 @@ class ModelConfig:
                "the VampPrior is not supported with top-down inference over several stochastic layers (its "
                "components would need the whole top-down pass of every pseudo-input); use --prior standard-normal "
                "or --inference bottom-up")
+        _check((self.likelihood == "table") == (self.table_columns is not None),
+               "the table likelihood and table_columns go together (a model of a mixed table)")
+        if self.table_columns is not None:
+            _check(isinstance(self.table_columns, list) and all(isinstance(c, dict) and isinstance(c.get("width"), int)
+                                                                and c["width"] >= 1 for c in self.table_columns),
+                   "table_columns must be a list of column descriptions with a positive width")
+            _check(len(self.input_shape) == 1 and sum(c["width"] for c in self.table_columns) == self.input_shape[0],
+                   f"table_columns encode to {sum(c['width'] for c in self.table_columns)} values, but input_shape is "
+                   f"{self.input_shape}")
+            _check(self.arch == "mlp", "a table model uses the mlp architecture")
+            _check(self.prior != "vamp", "the VampPrior is not available for tables (its pseudo-inputs would need "
+                                         "one-hot categories and missing cells); use --prior standard-normal")
 
 
 @dataclass
@@ -125,9 +166,12 @@ class DataConfig:
     columns: list[str] | None = None
     standardize_mean: list[float] | None = None
     standardize_std: list[float] | None = None
+    # A mixed table's columns (vaekit.data.table.TableSchema.to_dict): kinds, labels, scales, missing rates.
+    table: dict | None = None
 
     def __post_init__(self) -> None:
         _check_field_types(self, "data")
+        _check((self.kind == "table") == (self.table is not None), "data kind 'table' and a table description go together")
         if self.image_size is not None:
             self.image_size = tuple(self.image_size)
             _check(len(self.image_size) == 2 and all(s >= 1 for s in self.image_size),

@@ -131,6 +131,10 @@ def export_model(vae: VAE, path: str | Path, part: str = "decoder", *, verify: b
                  check_batch: int = 64, seed: int = 0) -> ExportResult:
     """Write the decoder (or encoder) of a fitted VAE to ``path``; the suffix picks the format (see module doc)."""
     vae._check_fitted()
+    if vae.is_table_:
+        raise ConfigError("exporting a model of a mixed table is not supported: its decoder's outputs are per-column "
+                          "parameters (softmax logits, discretized Gaussians, missingness) that only vaekit turns into "
+                          "rows; use the Python API or vaekit serve for it")
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:

@@ -113,12 +113,22 @@ def save_loss_curve(history: Sequence[dict[str, Any]], path: str | Path) -> None
     save_figure(loss_curve_figure(history), path)
 
 
-def vectors_figure(rows: np.ndarray, title: str = "", columns: Sequence[str] | None = None):
-    """A heat map of feature vectors (one row per example) for data that is not images."""
+def vectors_figure(rows: np.ndarray, title: str = "", columns: Sequence[str] | None = None,
+                   center: Sequence[float] | None = None, scale: Sequence[float] | None = None):
+    """A heat map of feature vectors (one row per example) for data that is not images.
+
+    With ``center``/``scale`` (a standardized data set's per-column mean and sd) each column is shown on its own
+    scale, in standard deviations from its mean, so that one large column does not hide the others."""
     fig = new_figure((min(12.0, 2.0 + 0.35 * rows.shape[1]), min(10.0, 1.5 + 0.25 * len(rows))))
     ax = fig.add_subplot(1, 1, 1)
+    label = None
+    if center is not None and scale is not None:
+        rows = (rows - np.asarray(center)) / np.asarray(scale)
+        label = "standard deviations from the column's mean"
     image = ax.imshow(rows, aspect="auto", cmap="viridis", interpolation="nearest")
-    fig.colorbar(image, ax=ax)
+    bar = fig.colorbar(image, ax=ax)
+    if label:
+        bar.set_label(label, fontsize=8)
     ax.set_ylabel("example")
     if columns is not None and len(columns) <= 40:
         ax.set_xticks(range(len(columns)))

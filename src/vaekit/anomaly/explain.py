@@ -48,7 +48,7 @@ MAX_NAME_LENGTH = 100
 def feature_contributions(vae: VAE, X: Any, *, num_samples: int = 16, seed: int = 0) -> np.ndarray:
     """Each value's share of -log p(x|z) in nats, averaged over ``num_samples`` draws z ~ q(z|x).
 
-    Returns float64 of shape (n, *vae.input_shape_); summed over the dimensions it is the reconstruction
+    Returns float64 of shape (n, *vae.input_shape_) (a table run: (n, columns), each column's likelihood term); summed over the dimensions it is the reconstruction
     term over the same draws, in the data's own units (+ log std_j per column for standardized data).
     ``X`` is prepared as ``anomaly_scores`` prepares it (validated, binarized with the seeded draw the
     run used). The draws come from one ``torch.Generator`` seeded with ``seed`` on the model's device,
@@ -73,9 +73,14 @@ def feature_contributions(vae: VAE, X: Any, *, num_samples: int = 16, seed: int 
                 q = model.encode(batch)
                 z = model.reparameterize(q.base_dist.loc, q.base_dist.scale, num_samples=num_samples,
                                          generator=generator)
-                total = torch.zeros(batch.shape, dtype=torch.float64, device=device)
+                table = vae.is_table_  # a table's contributions are per column: its likelihood's terms
+                shape = (len(batch), len(vae.schema_.columns)) if table else batch.shape
+                total = torch.zeros(shape, dtype=torch.float64, device=device)
                 for draw in z:  # one decoder pass per draw: memory of one batch, whatever num_samples is
-                    total -= per_dimension_log_prob(model.decode(draw), batch).double()
+                    if table:
+                        total += model.likelihood.column_nll(model.decoder_params(draw), batch).double()
+                    else:
+                        total -= per_dimension_log_prob(model.decode(draw), batch).double()
                 parts.append((total / num_samples).cpu())
     finally:
         model.train(was_training)

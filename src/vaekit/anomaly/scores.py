@@ -245,8 +245,7 @@ def anomaly_scores(vae: VAE, X: Any, scores: tuple[str, ...] | list[str] | None 
         elif name == "neg_log_likelihood":
             result[name] = nll
         elif name == "reconstruction_error":
-            diff = (x - vae.reconstruct(x)).reshape(len(x), -1).astype(np.float64)
-            result[name] = (diff**2).mean(axis=1)
+            result[name] = reconstruction_error(vae, x)
         elif name == "input_complexity":
             result[name] = model_bits(vae, nll) - compressed_bits(x, compressor)
         elif name == "likelihood_ratio":
@@ -269,6 +268,21 @@ def _regret(vae: VAE, x: np.ndarray, name: str, seed: int) -> np.ndarray:
     regret = likelihood_regret if name == "likelihood_regret" else posterior_regret
     # chunked inside (memory), batched within each chunk
     return regret(vae.model_, _model_tensor(vae, x), seed=seed).cpu().numpy()
+
+
+def reconstruction_error(vae: VAE, x: np.ndarray) -> np.ndarray:
+    """Mean squared error of each example's reconstruction, in model units: standardized columns, so that every
+    column counts on its own scale (one column with large values does not make up the whole error); for a table,
+    over its observed encoded values (one-hot categories, 0/1 booleans, standardized numbers)."""
+    target = model_units(vae, x).reshape(len(x), -1).astype(np.float64)
+    if vae.is_table_:
+        with torch.no_grad():
+            mu = vae.model_.posterior_params(_model_tensor(vae, x))[0]
+            recon = vae.model_.likelihood.mean_values(vae.model_.decoder_params(mu)).cpu().numpy().astype(np.float64)
+        diff = (target - recon.reshape(len(x), -1)) ** 2
+        return np.nanmean(diff, axis=1)
+    recon = model_units(vae, vae.reconstruct(x)).reshape(len(x), -1).astype(np.float64)
+    return ((target - recon) ** 2).mean(axis=1)
 
 
 def model_units(vae: VAE, x: np.ndarray) -> np.ndarray:

@@ -80,11 +80,14 @@ def load_run_data(spec: str, vae: VAE, data_dir: str | None = None) -> tuple[np.
     """Examples of ``spec`` prepared exactly as the run's training data was, in the data's original units.
 
     Without a ``:split`` suffix the whole file is used in its own order, or the test split of a built-in set.
+    A table's rows come as their encoded values (NaN for missing cells), which the run's estimator takes as they are.
     """
     source, _ = parse_spec(spec)
     dataset = load_dataset(spec, data_dir=data_dir, like=vae.config_.data)
     split = resolved_split(spec, dataset)
-    x = dataset.split(split).numpy()
+    x = dataset.split(split, units="model").numpy()
+    if vae.is_table_:
+        return x, dataset.labels(split), dataset
     if x.shape[1:] != vae.input_shape_:
         raise DataError(f"{source} has examples of shape {x.shape[1:]} but the model expects {vae.input_shape_}")
     return to_original_units(x, vae.config_.data), dataset.labels(split), dataset
@@ -114,12 +117,31 @@ def to_images(x: np.ndarray, vae: VAE) -> np.ndarray | None:
     return x.reshape(len(x), *vae.input_shape_) if len(vae.input_shape_) == 3 else None
 
 
-EXAMPLE_FORMATS = (".png", ".npy", ".csv")
+EXAMPLE_FORMATS = (".png", ".npy", ".csv", ".tsv", ".parquet")
 
 
-def write_examples(x: np.ndarray, path: Path, vae: VAE, title: str = "") -> None:
-    """Write examples as a PNG (image grid, or a heat map for vectors), a .npy array or a CSV table."""
+def write_examples(x, path: Path, vae: VAE, title: str = "") -> None:
+    """Write examples as a PNG (image grid, or a heat map for vectors), a .npy array or a CSV table; a table run's
+    rows (a DataFrame) as CSV, TSV or Parquet in the table's own form."""
     suffix = path.suffix.lower()
+    if vae.is_table_:
+        if suffix == ".png":
+            from ..plots import save_figure, vectors_figure
+
+            values = table_picture_values(vae.schema_, x)
+            fig = vectors_figure(values, title=title, columns=vae.schema_.names)
+            fig.axes[-1].set_ylabel("each column on its own scale: sd from the mean (numbers), 0/1 (two values), "
+                                    "category number (categories); blank: empty", fontsize=7)
+            save_figure(fig, path)
+            return
+        if suffix not in (".csv", ".tsv", ".parquet"):
+            raise DataError(f"{path}: a table run writes rows as .csv, .tsv, .parquet or a .png picture, not {suffix}")
+        from ..data.table import write_table as write_frame
+
+        write_frame(x, path)
+        return
+    if suffix in (".tsv", ".parquet"):
+        raise DataError(f"{path}: {suffix} holds tables; this run writes .png, .npy or .csv")
     if suffix == ".npy":
         save_npy(path, x)
     elif suffix == ".csv":
@@ -131,7 +153,21 @@ def write_examples(x: np.ndarray, path: Path, vae: VAE, title: str = "") -> None
         if images is not None:
             save_image_grid(images, path)
         else:
-            save_figure(vectors_figure(x.reshape(len(x), -1), title=title, columns=vae.config_.data.columns), path)
+            data = vae.config_.data
+            save_figure(vectors_figure(x.reshape(len(x), -1), title=title, columns=data.columns,
+                                       center=data.standardize_mean, scale=data.standardize_std), path)
+
+
+def table_picture_values(schema, frame) -> np.ndarray:
+    """A table's rows as one number per cell for a heat map, every column on its own scale: standard deviations
+    from the mean for numbers, 0/1 for two-valued columns, the category's number for categories, NaN if empty."""
+    encoded = schema.encode(frame, where="the rows")
+    out = np.full((len(encoded), len(schema.columns)), np.nan)
+    for j, (c, at) in enumerate(zip(schema.columns, schema.offsets())):
+        block = encoded[:, at:at + c.width]
+        present = ~np.isnan(block).any(axis=1)
+        out[present, j] = block[present, 0] if c.kind != "categorical" else block[present].argmax(axis=1)
+    return out
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

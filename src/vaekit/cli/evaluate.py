@@ -60,14 +60,29 @@ def evaluate(args: argparse.Namespace) -> int:
         if labels is not None and labels.dtype.kind in "iu":
             columns["label"] = labels
         write_table(per_example, columns)
+    columns_nll = vae.column_nll(x, num_importance_samples=min(args.importance_samples, 1000), seed=args.seed) \
+        if vae.is_table_ else None
     if args.json:
         summary = {"run": str(args.run), "data": spec, **result.to_dict()}
+        if columns_nll is not None:
+            summary["column_nll"] = columns_nll
         print(json.dumps(summary, indent=2))
     else:
         print(describe(result, str(args.run), spec, parse_spec(spec)[1] is None))
+        if columns_nll is not None:
+            print(describe_columns(columns_nll, min(args.importance_samples, 1000)))
     if per_example is not None:
         print(f"wrote {result.num_examples} examples' values to {per_example}", file=sys.stderr)
     return 0
+
+
+def describe_columns(columns_nll: dict[str, float], k: int) -> str:
+    """The per-column -log p(x_c) of a table run, one line each."""
+    width = max(len(n) for n in columns_nll)
+    lines = [f"  per column: -log p(x_c), the column's marginal (importance-weighted, K={k}; nats, continuous columns "
+             "in their own units; a missing cell counts as the probability of being missing)"]
+    lines += [f"    {name:<{width}}  {value:10.3f}" for name, value in columns_nll.items()]
+    return "\n".join(lines)
 
 
 def describe(result: Evaluation, run: str, spec: str, whole: bool = False) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..training import checkpoint as ckpt
 from ..training import distributed
 from ..api import load, make_run_config
-from ..config import (ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, DEFAULT_BATCH_SIZE, LR_SCHEDULES,
+from ..config import (ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, LR_SCHEDULES, default_schedule,
                       INFERENCE_NAMES, OBJECTIVE_NAMES, PRECISIONS, PRIOR_NAMES, RunConfig)
 from ..data.streaming import DEFAULT_LOADER_WORKERS, IN_MEMORY_CHOICES
 from ..data import load_dataset, parse_spec
@@ -25,7 +25,7 @@ from .common import add_data_options, parse_hidden, positive_int
 RESUMABLE_OPTIONS = {"epochs", "device", "precision", "checkpoint_every", "progress", "data_dir", "max_rollbacks"}
 
 DEFAULTS = {
-    "epochs": 10, "batch_size": DEFAULT_BATCH_SIZE, "lr": None, "lr_schedule": "cosine", "weight_decay": 0.0,
+    "epochs": None, "batch_size": None, "lr": None, "lr_schedule": "cosine", "weight_decay": 0.0,
     "adam_beta2": 0.99,
     "latent_dim": 20, "hidden": None,
     "arch": "auto", "activation": "relu", "likelihood": "auto", "gaussian_std": 1.0, "binarize": "none",
@@ -35,6 +35,13 @@ DEFAULTS = {
     "objective_samples": None, "free_bits": 0.0, "clip_grad_norm": None, "max_rollbacks": 3, "precision": "fp32",
     "perturb_rate": 0.0, "inference": "bottom-up", "latent_layers": None,
 }
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give one or more column names separated by commas")
+    return names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -75,9 +82,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--binarize", choices=BINARIZATIONS,
                    help="for [0, 1] data: static (threshold, or one fixed random draw), dynamic (a fresh draw at every step)")
     g.add_argument("--binarize-threshold", type=float, metavar="T", help="with --binarize static: threshold instead of a random draw")
+    tab = p.add_argument_group("tables", "column kinds are inferred from the values (see docs/tables.md); these override it")
+    tab.add_argument("--categorical", type=_names, metavar="A,B", help="model these columns as categories")
+    tab.add_argument("--continuous", type=_names, metavar="C", help="model these columns as real numbers")
+    tab.add_argument("--drop-columns", type=_names, metavar="D", help="leave these columns out of the model")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=positive_int, help="passes over the training data (default 10)")
-    t.add_argument("--batch-size", type=positive_int, help="examples per step (default 256)")
+    t.add_argument("--epochs", type=positive_int, help="passes over the training data (default 10, or more for a small "
+                   "data set: at least 2,000 optimizer steps)")
+    t.add_argument("--batch-size", type=positive_int, help="examples per step (default 256; for fewer than 2,048 training examples one eighth of them, at least 16)")
     t.add_argument("--lr", type=float, help="Adam learning rate, the peak of the cosine schedule "
                    "(default 6e-3 * sqrt(batch size / 256))")
     t.add_argument("--lr-schedule", choices=LR_SCHEDULES,
@@ -198,7 +210,10 @@ def _train(args: argparse.Namespace) -> int:
         dataset = load_dataset(source, data_dir=args.data_dir, image_size=args.image_size, channels=args.channels,
                                label_column=args.label_column, test_fraction=opts["test_fraction"],
                                split_seed=opts["seed"], binarize=opts["binarize"],
-                               binarize_threshold=opts["binarize_threshold"], **data_options)
+                               binarize_threshold=opts["binarize_threshold"], categorical=args.categorical,
+                               continuous=args.continuous, drop_columns=args.drop_columns,
+                               # an array likelihood named for a table of numbers: read it as a numeric array
+                               as_table=opts["likelihood"] in ("auto", "table"), **data_options)
         config = make_run_config(
             dataset, latent_dim=opts["latent_dim"], hidden=opts["hidden"], arch=opts["arch"],
             likelihood=opts["likelihood"], activation=opts["activation"], gaussian_std=opts["gaussian_std"],
@@ -216,6 +231,14 @@ def _train(args: argparse.Namespace) -> int:
     log = _logger(args.progress) if context.is_main else (lambda message: None)
     m = config.model
     log(f"data: {dataset}")
+    if dataset.config.table is not None:
+        from ..data.table import TableSchema
+
+        log("columns:\n" + "\n".join(TableSchema.from_dict(dataset.config.table).describe()))
+    if not args.resume:
+        reason = default_schedule(dataset.num_train, _given(args).get("batch_size"), _given(args).get("epochs"))[2]
+        if reason:
+            log(reason)
     t = config.train
     latents = ",".join(map(str, (m.latent_dim, *m.upper_latent_dims)))
     inference = f" ({m.inference})" if m.upper_latent_dims else ""
@@ -240,14 +263,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _write_pictures(vae, out: Path, dataset) -> None:
-    """samples.png and reconstructions.png in the run directory, for a first look."""
+    """samples.png and reconstructions.png in the run directory, for a first look (a table: samples.csv)."""
     from .common import write_examples
 
-    write_examples(vae.sample(64, seed=0), out / "samples.png", vae, title="samples")
-    originals = dataset.split("test")[:32].numpy()
-    from ..data import to_original_units
+    if vae.is_table_:
+        from ..data.table import write_table
 
-    originals = to_original_units(originals, vae.config_.data)
+        write_table(vae.sample(64, seed=0), out / "samples.csv")
+        return
+    write_examples(vae.sample(64, seed=0), out / "samples.png", vae, title="samples")
+    originals = dataset.split("test")[:32].numpy()  # in the data's own units
     if len(vae.input_shape_) == 3:
         from ..plots import save_reconstruction_grid
 
@@ -265,7 +290,7 @@ def _fit_typicality(vae, out: Path, dataset, log) -> None:
     from ..anomaly import typicality
 
     streamed = dataset.train_stream is not None
-    x = dataset.split("test" if streamed else "train").numpy()  # model units, binarized as the model saw them
+    x = dataset.split("test" if streamed else "train", units="model").numpy()  # binarized as the model saw them
     started = time.perf_counter()
     try:
         state = typicality.fit_typicality(vae, x)

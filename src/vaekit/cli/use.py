@@ -18,9 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Generate examples from the prior: decode z ~ N(0, I) (the encoder is not used).")
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("-n", "--num", type=positive_int, default=64, help="how many (default 64)")
-    p.add_argument("-o", "--output", required=True, help="output: .png (grid), .npy or .csv")
+    p.add_argument("-o", "--output", required=True, help="output: .png (grid), .npy or .csv; for a table run .csv, .tsv "
+                   "or .parquet, in the table's own form")
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of taking its mean")
+    p.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of taking its mean (always done for "
+                   "tables, whose rows must follow every column's distribution)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
     p.set_defaults(func=sample)
 
@@ -58,6 +60,100 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=decode)
 
 
+    p = subparsers.add_parser("impute", help="fill a table's empty cells from the model",
+                              description="Fill the missing cells of a table from a run trained on a table, given each "
+                                          "row's observed cells (observed cells are kept as they are). Without --draws "
+                                          "one table with the best single guess (importance-weighted posterior mean, "
+                                          "the most probable label for categories); with --draws K, K tables of "
+                                          "draws (multiple imputation), one after the other with a 'draw' column.")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("data", metavar="TABLE", help="the table (.csv, .tsv or .parquet) with empty cells")
+    p.add_argument("-o", "--output", required=True, help="output: .csv, .tsv or .parquet")
+    p.add_argument("--draws", type=positive_int, metavar="K", help="K imputations drawn from p(x_missing | x_observed)")
+    p.add_argument("--importance-samples", type=positive_int, default=100, help="z samples per row (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=impute)
+    register_report(subparsers)
+
+
+def register_report(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("report", help="how close a table run's synthetic rows are to the real ones",
+                              description="A quality report for a table run's synthetic rows, with the metrics as "
+                                          "SDMetrics defines them: column shapes (KS / TV complement), column-pair "
+                                          "trends (correlation / contingency similarity), their average, a detection "
+                                          "AUROC (a classifier telling real from synthetic rows; 0.5 is best) and, "
+                                          "with --target, machine-learning efficacy on the held-out real rows. "
+                                          "Writes report.json, report.md and marginals.png to the output folder.")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("data", metavar="TABLE", nargs="?",
+                   help="the real rows (default: the run's own table): its training split is compared, its test "
+                        "split serves --target")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the report")
+    p.add_argument("-n", "--num", type=positive_int, help="synthetic rows (default: as many as the real training rows)")
+    p.add_argument("--target", metavar="COLUMN", help="a column to predict for the machine-learning efficacy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=report)
+
+
+def report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..data import load_dataset
+    from ..generation.report import format_summary, quality_report, write_report
+
+    vae = load_run(args.run, args.device)
+    if not vae.is_table_:
+        raise ConfigError(f"{args.run} was not trained on a table; the quality report compares synthetic tables")
+    source = args.data or vae.config_.data.source
+    if source == "array":
+        raise ConfigError(f"{args.run} was trained on an in-memory DataFrame; name the TABLE of real rows")
+    dataset = load_dataset(source, like=vae.config_.data)
+    real, holdout = dataset.split("train"), dataset.split("test")
+    kinds = {c.name: c.kind for c in vae.schema_.columns}
+    if args.target is not None and args.target not in kinds:
+        raise ConfigError(f"--target {args.target}: the model's columns are {', '.join(kinds)}")
+    synthetic = vae.sample(args.num or len(real), seed=args.seed)
+    result = quality_report(real, synthetic, kinds, target=args.target, holdout=holdout if args.target else None,
+                            seed=args.seed)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_report(result, real, synthetic, kinds, out)
+    print(format_summary(result))
+    _done(out, ", ".join(p.name for p in written))
+    return 0
+
+
+def impute(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..data.table import read_table, write_table
+
+    out = check_output(args.output, (".csv", ".tsv", ".parquet"))
+    vae = load_run(args.run, args.device)
+    if not vae.is_table_:
+        raise ConfigError(f"{args.run} was not trained on a table; impute fills the empty cells of tables")
+    frame = read_table(Path(args.data).expanduser())
+    missing_before = int(frame[vae.schema_.names].isna().sum().sum()) if set(vae.schema_.names) <= set(frame.columns) else 0
+    filled = vae.impute(frame, draws=args.draws, num_importance_samples=args.importance_samples, seed=args.seed)
+    tables = [filled] if args.draws is None else filled
+    results = []
+    for d, table in enumerate(tables):
+        whole = frame.copy()
+        for name in vae.schema_.names:  # the modelled columns filled; every other column as it was
+            whole[name] = table[name].to_numpy()
+        if args.draws is not None:
+            whole.insert(0, "draw", d + 1)
+        results.append(whole)
+    import pandas as pd
+
+    write_table(pd.concat(results, ignore_index=True), out)
+    _done(out, f"{len(frame)} rows with {missing_before} empty cells filled"
+          + (f", {args.draws} draws" if args.draws else ""))
+    return 0
+
+
 def _done(path, what: str) -> None:
     print(f"wrote {what} to {path}", file=sys.stderr)
 
@@ -65,7 +161,7 @@ def _done(path, what: str) -> None:
 def sample(args: argparse.Namespace) -> int:
     out = check_output(args.output, EXAMPLE_FORMATS)
     vae = load_run(args.run, args.device)
-    x = vae.sample(args.num, seed=args.seed, sample_output=args.draw)
+    x = vae.sample(args.num, seed=args.seed, sample_output=True if args.draw else None)
     write_examples(x, out, vae, title=f"{args.num} samples")
     _done(out, f"{args.num} samples")
     return 0

@@ -6,7 +6,7 @@ A data specification is a built-in name (``digits``, ``fashion-mnist``) or a pat
 
 from __future__ import annotations
 
-import dataclasses
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +37,10 @@ def load_dataset(
     in_memory: str = "auto",
     memory_budget_mb: float | None = None,
     loader_workers: int = streaming.DEFAULT_LOADER_WORKERS,
+    categorical: list[str] | None = None,
+    continuous: list[str] | None = None,
+    drop_columns: list[str] | None = None,
+    as_table: bool = True,
 ) -> Dataset:
     """Load a data set by specification (a trailing ``:split`` is ignored here; see ``parse_spec``).
 
@@ -47,6 +51,11 @@ def load_dataset(
     available memory) and otherwise streams the training split of a ``.npy`` file, a folder of ``.npy``
     shards or a folder of images from disk (``Dataset.train_stream``, read by ``loader_workers`` DataLoader
     worker processes); ``yes`` always loads it whole, ``no`` always streams.
+
+    A table (``.csv``, ``.tsv``, ``.txt``, ``.parquet``) is read as a mixed table (``vaekit.data.table``): column
+    kinds inferred from the values, or forced with ``categorical``/``continuous``, columns left out with
+    ``drop_columns``; missing cells are kept (NaN) for the model to mask. ``as_table=False`` reads a table of
+    numbers as a standardized numeric array instead, for the array likelihoods (``--likelihood gaussian-learned``).
     """
     source, _ = parse_spec(spec)
     if like is not None:
@@ -62,6 +71,13 @@ def load_dataset(
         raise DataError(f"the memory budget must be a positive number of MiB, got {memory_budget_mb}")
     if loader_workers < 0:
         raise DataError(f"loader_workers must be zero or more, got {loader_workers}")
+    if as_table and _is_table_source(source, like):
+        from .table import read_table
+        from .table_data import table_dataset
+
+        frame = read_table(Path(source).expanduser())
+        return table_dataset(frame, source, config, like=like, label_column=label_column,
+                                   categorical=categorical, continuous=continuous, drop=drop_columns)
     if in_memory != "yes":
         budget = memory_budget_mb if memory_budget_mb is not None else streaming.default_memory_budget_mb()
         sources = streaming.open_streamable(source, image_size, channels)
@@ -105,6 +121,16 @@ def load_dataset(
                    files=raw.extra.get("files"))
 
 
+def _is_table_source(source: str, like: DataConfig | None) -> bool:
+    """Whether ``source`` is read as a mixed table: a table file, unless it is read for a run trained on other data
+    (numeric arrays, or a numeric CSV read by a vaekit from before mixed tables): then as numbers."""
+    from .table import TABLE_SUFFIXES
+
+    if Path(source).suffix.lower() not in TABLE_SUFFIXES or not Path(source).expanduser().is_file():
+        return False
+    return like is None or like.table is not None
+
+
 def _split(raw: RawData, test_fraction: float, seed: int):
     if raw.x_test is not None:
         return raw.x, raw.y, raw.x_test, raw.y_test, None
@@ -115,19 +141,47 @@ def _split(raw: RawData, test_fraction: float, seed: int):
 
 
 def as_dataset(x, y=None, *, test_fraction: float = 0.1, split_seed: int = 0, binarize: str = "none",
-               binarize_threshold: float | None = None, name: str = "array") -> Dataset:
-    """Wrap an in-memory array (the Python API's ``fit(X)``) as a ``Dataset`` without standardizing it."""
-    from .sources import _array_to_raw
+               binarize_threshold: float | None = None, name: str = "array", standardize: bool | str = "auto",
+               label_column: str | None = None, categorical: list[str] | None = None,
+               continuous: list[str] | None = None, drop_columns: list[str] | None = None) -> Dataset:
+    """Wrap in-memory data (the Python API's ``fit(X)``) as a ``Dataset``.
 
+    A pandas DataFrame is a mixed table (``vaekit.data.table``; ``label_column`` and the column overrides apply).
+    An array is prepared as ``vaekit train`` prepares the same values in a ``.npy`` file: real-valued feature
+    vectors (values outside [0, 1]) are standardized per column with the training split's mean and standard
+    deviation (``standardize="auto"``; ``True``/``False`` to force it), and images never are.
+    """
+    from .sources import _array_to_raw
+    from .table import is_frame
+    from .table_data import table_dataset
+
+    config = DataConfig(source=name, binarize=binarize, binarize_threshold=binarize_threshold,
+                        test_fraction=test_fraction, split_seed=split_seed)
+    if is_frame(x):
+        if y is not None:
+            raise DataError("with a DataFrame, name the label column (label_column=...) instead of passing y")
+        if binarize != "none":
+            raise DataError("binarization applies to images, not to tables")
+        return table_dataset(x, name, config, label_column=label_column, categorical=categorical,
+                             continuous=continuous, drop=drop_columns)
+    if standardize not in ("auto", True, False):
+        raise DataError(f"standardize must be 'auto', True or False, got {standardize!r}")
     array = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
     raw = _array_to_raw(array, None if y is None else np.asarray(y), name)
     check_finite(raw.x, name)
     x_train, y_train, x_test, y_test, order = _split(raw, test_fraction, split_seed)
-    unit = bool(raw.x.min() >= 0 and raw.x.max() <= 1)
-    config = DataConfig(source=name, kind="unit" if unit else "real", binarize=binarize,
-                        binarize_threshold=binarize_threshold, test_fraction=test_fraction, split_seed=split_seed)
+    if standardize is True and raw.x.ndim != 2:
+        raise DataError("standardize=True applies to feature vectors (n, features), not to images")
+    if raw.standardize if standardize == "auto" else standardize:
+        mean, std = standardize_stats(x_train.astype(np.float64))
+        config.standardize_mean, config.standardize_std = mean.tolist(), std.tolist()
+        x_train, x_test = to_model_units(x_train, config), to_model_units(x_test, config)
+        unit = False
+    else:
+        unit = bool(raw.x.min() >= 0 and raw.x.max() <= 1)
+    config.kind = "unit" if unit else "real"
     if binarize != "none" and not unit:
         raise DataError("binarization needs data in [0, 1]; these values are outside it")
-    return Dataset(name=name, x_train=torch.from_numpy(np.ascontiguousarray(x_train)),
-                   x_test=torch.from_numpy(np.ascontiguousarray(x_test)), y_train=y_train, y_test=y_test,
-                   config=dataclasses.replace(config), order=order)
+    return Dataset(name=name, x_train=torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
+                   x_test=torch.from_numpy(np.ascontiguousarray(x_test, dtype=np.float32)), y_train=y_train,
+                   y_test=y_test, config=config, order=order)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..config import DataConfig
 from ..errors import DataError
-from .transforms import binarize, split_generator
+from .transforms import binarize, split_generator, to_original_units
 
 if TYPE_CHECKING:
     from .streaming import StreamedSplit
@@ -67,8 +67,15 @@ class Dataset:
     def is_image(self) -> bool:
         return len(self.shape) == 3
 
-    def split(self, which: str = "test") -> Tensor:
-        """The examples of split ``which`` ('train', 'test' or 'all'), binarized as the config says."""
+    def split(self, which: str = "test", units: str = "original"):
+        """The examples of split ``which`` ('train', 'test' or 'all'), binarized as the config says.
+
+        ``units="original"`` (the default): in the data's own units, what the estimator's methods take (a
+        standardized array is un-standardized; a table comes back as a DataFrame in its own form).
+        ``units="model"``: the values the model sees (standardized; a table's encoded values, NaN where missing).
+        """
+        if units not in ("original", "model"):
+            raise DataError(f"units must be 'original' or 'model', got {units!r}")
         if self.train_stream is not None and which in ("train", "all"):
             raise DataError(f"the training split of {self.name} is streamed from disk (it does not fit the memory "
                             "budget), so it cannot be returned whole; use its test split, or load it with "
@@ -81,9 +88,17 @@ class Dataset:
             x = self.x_train if which == "train" else self.x_test
         else:
             raise DataError(f"unknown split {which!r}; use one of {', '.join(SPLITS)}")
-        if self.config.binarize == "none":
+        if self.config.binarize != "none":
+            x = binarize(x, self.config.binarize_threshold, generator=split_generator(self.config.split_seed, which))
+        if units == "model":
             return x
-        return binarize(x, self.config.binarize_threshold, generator=split_generator(self.config.split_seed, which))
+        if self.config.table is not None:
+            from .table import TableSchema
+
+            return TableSchema.from_dict(self.config.table).decode(x.numpy())
+        if self.config.standardize_mean is not None:
+            return torch.from_numpy(to_original_units(x.numpy(), self.config))
+        return x
 
     def source_positions(self, which: str = "test") -> np.ndarray | None:
         """Where each example of split ``which`` sits in its source (row or file number, 0-based), in the order

@@ -381,8 +381,10 @@ def load_source(source: str, *, data_dir: str | None = None, image_size: tuple[i
         return load_csv(path, label_column=label_column)
     if suffix in IMAGE_SUFFIXES:
         raise DataError(f"{path} is a single image; point vaekit at the folder that holds your images")
-    raise DataError(f"{path}: unknown data format {suffix or '(no suffix)'!r}; vaekit reads .npy, .npz, .csv "
-                    "and folders of images")
+    if suffix in (".parquet", ".pq"):
+        raise DataError(f"{path} is a table; the run it is read for was trained on numeric arrays, not a table")
+    raise DataError(f"{path}: unknown data format {suffix or '(no suffix)'!r}; vaekit reads .npy, .npz, tables "
+                    "(.csv, .tsv, .parquet) and folders of images")
 
 
 def check_finite(x: np.ndarray, name: str) -> None:

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..models.decoder_kernels import BernoulliMLPLogProb, DiscretizedLogisticLogProb
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..models.likelihoods import BernoulliLikelihood, DiscretizedLogisticLikelihood
 from ..models.model import VAEModel
 from ..models.priors import StandardNormalPrior
@@ -387,3 +387,27 @@ def evaluate(model: VAEModel, x: Tensor, num_importance_samples: int = 5000, see
         result.per_example["bits_per_dim"] = nll * to_bits
     result.seconds = time.perf_counter() - started
     return result
+
+
+@torch.no_grad()
+def column_log_likelihood(model: VAEModel, x: Tensor, num_importance_samples: int = 100, seed: int = 0,
+                          batch_size: int = 256) -> Tensor:
+    """Importance-weighted estimate of log p(x_c) for every column c of every table row, shape (n, columns).
+
+    p(x_c) = E_{z~q(z|x)}[p(x_c|z) p(z) / q(z|x)]: the proposal may condition on the whole row, the estimate is
+    still of the column's marginal. A missing cell's term is the probability of its being missing (for columns
+    with missing cells in training), else 0. In nats, continuous columns in their own units.
+    """
+    likelihood = model.likelihood
+    if not hasattr(likelihood, "column_nll"):
+        raise DataError("per-column log-likelihoods apply to models of tables")
+    device = _device_of(model)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for start in range(0, len(x), batch_size):
+        batch = x[start:start + batch_size].to(device)
+        z, log_pz, log_qz = model.latent_log_densities(batch, num_importance_samples, generator=generator)
+        log_px_z = -likelihood.column_nll(model.decoder_params(z), batch)  # (K, batch, columns)
+        log_w = log_px_z + (log_pz - log_qz).unsqueeze(-1)
+        out.append((torch.logsumexp(log_w, 0) - math.log(num_importance_samples)).cpu())
+    return torch.cat(out)

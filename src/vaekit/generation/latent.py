@@ -68,7 +68,7 @@ def interpolate(vae: VAE, x_start: Any, x_end: Any, steps: int = 10,
     """Latent path between the latent means of two examples and its decoding: ``(z (steps, d), x (steps, ...))``."""
     means = vae.transform(np.stack([_one_example(vae, x_start), _one_example(vae, x_end)]))
     z = interpolate_latents(means[0], means[1], steps, method)
-    return z, vae.decode(z)
+    return z, decoded_values(vae, z)
 
 
 def _one_example(vae: VAE, x: Any) -> np.ndarray:
@@ -148,7 +148,7 @@ def traverse(vae: VAE, dims: Sequence[int], base: np.ndarray | None = None, step
     z = np.repeat(base[None, None], len(dims), axis=0).repeat(steps, axis=1)  # (dims, steps, latent_dim)
     for row, d in enumerate(dims):
         z[row, :, d] += offsets
-    decoded = vae.decode(z.reshape(-1, latent_dim))
+    decoded = decoded_values(vae, z.reshape(-1, latent_dim))
     return offsets, decoded.reshape(len(dims), steps, *decoded.shape[1:])
 
 
@@ -220,10 +220,21 @@ def _prior_marginal_quantiles(vae: VAE, probs: np.ndarray) -> np.ndarray:
         return np.quantile(draws, probs, axis=0)
 
 
+def decoded_values(vae: VAE, z: np.ndarray) -> np.ndarray:
+    """The decoder's mean for latent vectors as an array: ``vae.decode`` for images and arrays; for a table run its
+    encoded values (standardized numbers, P(second value), category probabilities), which pictures can show."""
+    if not vae.is_table_:
+        return vae.decode(z)
+    with torch.no_grad():
+        z = torch.as_tensor(np.asarray(z, dtype=np.float32)).to(vae._device())
+        params = vae.model_.decoder_params(z)
+        return vae.model_.likelihood.mean_values(params).float().cpu().numpy()
+
+
 def manifold(vae: VAE, steps: int = 20, quantile_range: tuple[float, float] = (0.05, 0.95)) -> tuple[np.ndarray, np.ndarray]:
     """Decode the prior-quantile grid of a 2-D latent: ``(z (steps, steps, 2), x (steps, steps, *input_shape))``."""
     grid = prior_quantile_grid(vae, steps, quantile_range)
-    decoded = vae.decode(grid.reshape(-1, 2))
+    decoded = decoded_values(vae, grid.reshape(-1, 2))
     return grid, decoded.reshape(steps, steps, *decoded.shape[1:])
 
 

@@ -248,19 +248,236 @@ class DiscretizedLogisticLikelihood(Likelihood):
         return True
 
 
+class TableDistribution(Distribution):
+    """p(x|z) over one row of a mixed table (see ``TableLikelihood``); NaN values in ``x`` are missing cells."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, likelihood: "TableLikelihood", params: Tensor) -> None:
+        self.likelihood, self.params = likelihood, params
+        super().__init__(params.shape[:-2], validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return -self.likelihood.column_nll(self.params, value).sum(-1)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.likelihood.mean_values(self.params)
+
+    def sample_with(self, generator: torch.Generator | None = None) -> Tensor:
+        return self.likelihood.draw(self.params, generator)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.sample_with()
+
+
+class TableLikelihood(Likelihood):
+    """A mixed table's row: one likelihood per column, summed into log p(x|z) (``vaekit.data.table``).
+
+    Per encoded value the decoder gives three numbers: (location or logit, log-scale, missingness logit).
+
+        continuous   Gaussian N(loc, s^2) on the standardized value, its density reported in the column's own
+                     units (the Jacobian of the standardization is included: -log p gains log sd)
+        integer      discretized Gaussian: P(k) = Phi((k + 1/2 - m) / S) - Phi((k - 1/2 - m) / S) on the
+                     observed range [low, high], the two ends taking the tails, so P sums to one over it
+        boolean      Bernoulli with the logit
+        categorical  softmax over the column's logits (one per category)
+
+    A missing cell (NaN) adds nothing to its column's term; for columns with missing cells in the training
+    data whether a cell is missing is itself modelled, a Bernoulli on the missingness logit of the column's
+    first value: the likelihood is then p(x_observed, m | z). Scales are soft-clamped to [0.01, 100] column
+    standard deviations: a column with repeated values would otherwise let one spike dominate the loss.
+    """
+
+    name = "table"
+    params_per_value = 3
+    description = "mixed tables: Gaussian, discretized Gaussian, Bernoulli and softmax columns, missing cells masked"
+    MIN_LOG_SCALE = math.log(1e-2)
+    MAX_LOG_SCALE = math.log(1e2)
+
+    def __init__(self, data_shape: tuple[int, ...], columns: list[dict]) -> None:
+        super().__init__(data_shape)
+        self.columns = [dict(c) for c in columns]
+        first, at = [], 0
+        for c in self.columns:
+            first.append(at)
+            at += int(c["width"])
+        if len(self.data_shape) != 1 or at != self.data_shape[0]:
+            raise DataError(f"the table columns encode to {at} values but the model's input has shape {self.data_shape}")
+        kinds = [c["kind"] for c in self.columns]
+
+        def index(kind: str) -> list[int]:
+            return [i for i, k in enumerate(kinds) if k == kind]
+
+        def buffer(name: str, values, dtype=torch.long) -> None:
+            tensor = values.to(dtype) if isinstance(values, Tensor) else torch.tensor(values, dtype=dtype)
+            self.register_buffer(name, tensor, persistent=False)
+
+        self.n_columns = len(self.columns)
+        buffer("first", first)
+        for kind in ("continuous", "integer", "boolean"):
+            cols = index(kind)
+            buffer(f"{kind}_cols", cols)
+            buffer(f"{kind}_pos", [first[i] for i in cols])
+        buffer("cont_log_sd", [math.log(self.columns[i]["std"]) for i in index("continuous")], torch.float32)
+        ints = [self.columns[i] for i in index("integer")]
+        # Integer columns in standardized units: value z = (k - mean) / sd, bins of half-width 0.5 / sd.
+        buffer("int_half", [0.5 / c["std"] for c in ints], torch.float64)
+        buffer("int_low", [(c["low"] - c["mean"]) / c["std"] for c in ints], torch.float64)
+        buffer("int_high", [(c["high"] - c["mean"]) / c["std"] for c in ints], torch.float64)
+        buffer("int_mean", [c["mean"] for c in ints], torch.float64)
+        buffer("int_sd", [c["std"] for c in ints], torch.float64)
+        cats = index("categorical")
+        widest = max([int(self.columns[i]["width"]) for i in cats], default=1)
+        buffer("cat_cols", cats)
+        # (categorical columns, widest) positions of each column's one-hot values; padding points at value 0.
+        buffer("cat_index", [[first[i] + j if j < self.columns[i]["width"] else 0 for j in range(widest)] for i in cats]
+               or torch.zeros(0, widest, dtype=torch.long))
+        buffer("cat_pad", [[j >= self.columns[i]["width"] for j in range(widest)] for i in cats]
+               or torch.zeros(0, widest, dtype=torch.bool), torch.bool)
+        missing = [i for i, c in enumerate(self.columns) if c.get("missing")]
+        buffer("miss_cols", missing)
+        buffer("miss_pos", [first[i] for i in missing])
+
+    def forward(self, params: Tensor) -> Distribution:
+        return TableDistribution(self, params)
+
+    def negative_log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        return self.column_nll(params, x).sum(-1)
+
+    def _parts(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        loc = self.param(params, 0)
+        log_scale = soft_clamp(self.param(params, 1), self.MIN_LOG_SCALE, self.MAX_LOG_SCALE)
+        return loc, log_scale, self.param(params, 2)
+
+    def column_nll(self, params: Tensor, x: Tensor) -> Tensor:
+        """-log p of every column of every row, shape (*batch, columns); a missing cell's value term is 0."""
+        loc, log_scale, miss_logit = self._parts(params)
+        x = x.to(loc.dtype).expand_as(loc)
+        observed_values = ~torch.isnan(x)
+        x0 = torch.where(observed_values, x, torch.zeros_like(x))  # no NaN reaches a gradient
+        observed = observed_values.index_select(-1, self.first)  # (*batch, columns)
+        out = torch.zeros(*loc.shape[:-1], self.n_columns, dtype=loc.dtype, device=loc.device)
+        if len(self.continuous_pos):
+            p = self.continuous_pos
+            z = (x0.index_select(-1, p) - loc.index_select(-1, p)) * torch.exp(-log_scale.index_select(-1, p))
+            nll = 0.5 * z * z + log_scale.index_select(-1, p) + 0.5 * math.log(2 * math.pi) + self.cont_log_sd.to(z.dtype)
+            out = out.index_copy(-1, self.continuous_cols, nll)
+        if len(self.integer_pos):
+            out = out.index_copy(-1, self.integer_cols, self._integer_nll(loc, log_scale, x0).to(out.dtype))
+        if len(self.boolean_pos):
+            p = self.boolean_pos
+            nll = F.binary_cross_entropy_with_logits(loc.index_select(-1, p), x0.index_select(-1, p), reduction="none")
+            out = out.index_copy(-1, self.boolean_cols, nll)
+        if len(self.cat_cols):
+            logits = loc[..., self.cat_index].masked_fill(self.cat_pad, -math.inf)  # (*batch, cats, widest)
+            onehot = x0[..., self.cat_index].masked_fill(self.cat_pad, 0.0)
+            nll = -(onehot * torch.log_softmax(logits, -1).masked_fill(self.cat_pad, 0.0)).sum(-1)
+            out = out.index_copy(-1, self.cat_cols, nll)
+        out = torch.where(observed, out, torch.zeros_like(out))
+        if len(self.miss_cols):
+            target = (~observed.index_select(-1, self.miss_cols)).to(loc.dtype)
+            nll = F.binary_cross_entropy_with_logits(miss_logit.index_select(-1, self.miss_pos), target, reduction="none")
+            out = out.index_add(-1, self.miss_cols, nll)
+        return out
+
+    def _integer_nll(self, loc: Tensor, log_scale: Tensor, x0: Tensor) -> Tensor:
+        """-log P(k) of the discretized Gaussian, in float64: bins can be narrow next to the scale."""
+        p = self.integer_pos
+        m = loc.index_select(-1, p).double()
+        inv = torch.exp(-log_scale.index_select(-1, p).double())
+        z = x0.index_select(-1, p).double()
+        upper = (z + self.int_half - m) * inv
+        lower = (z - self.int_half - m) * inv
+        at_low = z <= self.int_low + 0.5 * self.int_half
+        at_high = z >= self.int_high - 0.5 * self.int_half
+        # log(Phi(b) - Phi(a)) with both edges moved to the left tail by symmetry, where log Phi is accurate.
+        flip = (upper + lower) > 0
+        a = torch.where(flip, -upper, lower)
+        b = torch.where(flip, -lower, upper)
+        log_b, log_a = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
+        interior = log_b + log1mexp((log_b - log_a).clamp_min(1e-300))
+        log_p = torch.where(at_low & at_high, torch.zeros_like(z),
+                            torch.where(at_low, torch.special.log_ndtr(upper),
+                                        torch.where(at_high, torch.special.log_ndtr(-lower), interior)))
+        return -log_p
+
+    def mean_values(self, params: Tensor) -> Tensor:
+        """Model values a reconstruction shows: locations, P(true) for booleans, category probabilities."""
+        loc, _, _ = self._parts(params)
+        out = loc.clone()
+        if len(self.boolean_pos):
+            out[..., self.boolean_pos] = torch.sigmoid(loc[..., self.boolean_pos])
+        if len(self.cat_cols):
+            probs = torch.softmax(loc[..., self.cat_index].masked_fill(self.cat_pad, -math.inf), -1)
+            for row, index in enumerate(self.cat_index):
+                width = int((~self.cat_pad[row]).sum())
+                out[..., index[:width]] = probs[..., row, :width]
+        if len(self.integer_pos):
+            out[..., self.integer_pos] = self._round_integers(out[..., self.integer_pos])
+        return out
+
+    def _round_integers(self, z: Tensor) -> Tensor:
+        k = (z.double() * self.int_sd + self.int_mean).round()
+        k = torch.minimum(torch.maximum(k, self.int_low * self.int_sd + self.int_mean), self.int_high * self.int_sd + self.int_mean)
+        return ((k - self.int_mean) / self.int_sd).to(z.dtype)
+
+    def draw(self, params: Tensor, generator: torch.Generator | None = None, missing: bool = True) -> Tensor:
+        """One row per set of parameters: every column drawn from its likelihood, cells left missing (NaN) at the
+        modelled rates (``missing=False``: every cell filled)."""
+        loc, log_scale, miss_logit = self._parts(params)
+
+        def uniform(shape) -> Tensor:
+            return torch.rand(shape, generator=generator, device=loc.device, dtype=loc.dtype)
+
+        out = loc.clone()
+        for pos in (self.continuous_pos, self.integer_pos):
+            if len(pos):
+                noise = torch.randn(loc[..., pos].shape, generator=generator, device=loc.device, dtype=loc.dtype)
+                out[..., pos] = loc[..., pos] + torch.exp(log_scale[..., pos]) * noise
+        if len(self.integer_pos):
+            out[..., self.integer_pos] = self._round_integers(out[..., self.integer_pos])
+        if len(self.boolean_pos):
+            p = self.boolean_pos
+            out[..., p] = (uniform(loc[..., p].shape) < torch.sigmoid(loc[..., p])).to(loc.dtype)
+        if len(self.cat_cols):
+            probs = torch.softmax(loc[..., self.cat_index].masked_fill(self.cat_pad, -math.inf), -1)
+            flat = probs.reshape(-1, probs.shape[-1])
+            choice = torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+            onehot = F.one_hot(choice, probs.shape[-1]).to(loc.dtype)
+            for row, index in enumerate(self.cat_index):
+                width = int((~self.cat_pad[row]).sum())
+                out[..., index[:width]] = onehot[..., row, :width]
+        if missing and len(self.miss_cols):
+            gone = uniform(miss_logit[..., self.miss_pos].shape) < torch.sigmoid(miss_logit[..., self.miss_pos])
+            for j, col in enumerate(self.miss_cols.tolist()):
+                start, width = int(self.first[col]), int(self.columns[col]["width"])
+                out[..., start:start + width] = out[..., start:start + width].masked_fill(gone[..., j:j + 1], math.nan)
+        return out
+
+    def check_data(self, x: Tensor) -> None:
+        if x.numel() and torch.isinf(x).any():
+            raise DataError("the table's encoded values hold infinite values")
+
+
 LIKELIHOODS: dict[str, type[Likelihood]] = {
     cls.name: cls
     for cls in (BernoulliLikelihood, GaussianLikelihood, LearnedGaussianLikelihood, DecoderGaussianLikelihood,
-                DiscretizedLogisticLikelihood)
+                DiscretizedLogisticLikelihood, TableLikelihood)
 }
 
 DISCRETE_LIKELIHOODS = ("discretized-logistic",)
 
 
 def make_likelihood(name: str, data_shape: tuple[int, ...], gaussian_std: float = 1.0,
-                    num_levels: int = 256) -> Likelihood:
+                    num_levels: int = 256, table_columns: list[dict] | None = None) -> Likelihood:
     """Build the likelihood called ``name`` for examples of shape ``data_shape``."""
     cls = LIKELIHOODS[name]
+    if cls is TableLikelihood:
+        if not table_columns:
+            raise DataError("the table likelihood needs the table's columns (a run trained on a table file or DataFrame)")
+        return TableLikelihood(data_shape, table_columns)
     if cls is GaussianLikelihood:
         return GaussianLikelihood(data_shape, std=gaussian_std)
     if cls is DiscretizedLogisticLikelihood:
@@ -282,4 +499,6 @@ def detect_levels(x: Tensor, most: int = 256) -> int | None:
 
 def default_likelihood(kind: str) -> str:
     """The likelihood vaekit picks for a data kind: Bernoulli for [0, 1] data, a learned Gaussian otherwise."""
+    if kind == "table":
+        return "table"
     return "bernoulli" if kind == "unit" else "gaussian-learned"

@@ -126,7 +126,7 @@ class VAEModel(nn.Module):
         self.mean_head = nn.Linear(features, config.latent_dim)
         self.logvar_head = nn.Linear(features, config.latent_dim)
         self.likelihood = make_likelihood(config.likelihood, config.input_shape, config.gaussian_std,
-                                          config.num_levels)
+                                          config.num_levels, config.table_columns)
         self.decoder = build_decoder(config, self.likelihood.params_per_value)
         dims = self.latent_dims
         # Empty for a one-layer model, which therefore has exactly the weights (and names) of a plain VAE.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
@@ -43,10 +44,38 @@ def _conv_sizes(height: int, width: int, stages: int) -> list[tuple[int, int]]:
     return sizes
 
 
+class TableInput(nn.Module):
+    """The encoder's view of a table row: NaN (missing) values as 0, plus one 0/1 input per column that had
+    missing cells in training, saying whether its cell is missing (the masked input of HI-VAE / MIWAE)."""
+
+    def __init__(self, columns: list[dict]) -> None:
+        super().__init__()
+        first, at = [], 0
+        for c in columns:
+            if c.get("missing"):
+                first.append(at)
+            at += int(c["width"])
+        self.register_buffer("missing_pos", torch.tensor(first, dtype=torch.long), persistent=False)
+        self.extra = len(first)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(1)
+        missing = torch.isnan(x)
+        values = torch.where(missing, torch.zeros_like(x), x)
+        if not self.extra:
+            return values
+        return torch.cat([values, missing.index_select(-1, self.missing_pos).to(values.dtype)], -1)
+
+
 def build_encoder(config: ModelConfig) -> tuple[nn.Module, int]:
     """The encoder body and the size of the features it hands to the mean and variance heads."""
     if config.arch == "mlp":
         n_in = math.prod(config.input_shape)
+        if config.table_columns is not None:  # a table: missing cells zeroed, a 0/1 missingness input per column
+            table_input = TableInput(config.table_columns)
+            body = nn.Sequential(table_input, mlp([n_in + table_input.extra, *config.hidden], config.activation,
+                                                  final_activation=True))
+            return body, config.hidden[-1]
         body = nn.Sequential(nn.Flatten(), mlp([n_in, *config.hidden], config.activation, final_activation=True))
         return body, config.hidden[-1]
     channels, height, width = config.input_shape

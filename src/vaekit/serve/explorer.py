@@ -143,7 +143,11 @@ class Explorer:
         self.n_features = int(np.prod(self.input_shape))
         self.is_image = len(self.input_shape) == 3
         columns = vae.config_.data.columns
-        self.columns = list(columns) if columns and len(columns) == self.n_features else [f"x{i}" for i in range(self.n_features)]
+        self.schema = vae.schema_  # a table run: rows of named, mixed columns
+        if self.schema is not None:
+            self.columns = list(self.schema.names)
+        else:
+            self.columns = list(columns) if columns and len(columns) == self.n_features else [f"x{i}" for i in range(self.n_features)]
         self.detector = detector
         self.detector_problem = detector_problem
         self.typicality = detector.typicality_ if detector is not None and detector.typicality_ is not None else typicality
@@ -231,6 +235,13 @@ class Explorer:
         """Decoded examples as the API returns them: PNGs for images, rows with column names otherwise."""
         if self.is_image:
             return {"kind": "image", "images": [png_base64(image) for image in x], "rows": None, "columns": None}
+        if self.schema is not None:  # a table: decoded rows (or encoded values) as JSON values, empty cells null
+            from ..data.table import is_frame
+
+            frame = x if is_frame(x) else self.schema.decode(np.asarray(x))
+            rows = [[None if _is_missing(v) else (v.item() if isinstance(v, np.generic) else v) for v in row]
+                    for row in frame[self.columns].astype(object).itertuples(index=False)]
+            return {"kind": "vector", "images": None, "rows": rows, "columns": self.columns}
         rows = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         if not np.isfinite(rows).all():
             raise DataError("the decoder produced non-finite values for these latent vectors")
@@ -368,11 +379,38 @@ class Explorer:
             raise DataError(f"the file is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})") from None
         except RecursionError:
             raise DataError("the JSON is nested too deeply to be an array of examples") from None
+        if self.schema is not None:
+            return self._table_rows(value)
         if isinstance(value, dict):
             value = self._row_from_object(value)
         elif b"true" in data or b"false" in data:  # numbers only: json turns true/false into 1/0 without a trace
             raise DataError("the array must hold numbers only; it holds true/false")
         return self.as_examples(value, "the uploaded array")
+
+    def _table_rows(self, value: Any) -> np.ndarray:
+        """A table run's rows from JSON: one object of named columns, a list of them, or lists of values in column
+        order (null for an empty cell); returned as the encoded values the run's estimator takes."""
+        import pandas as pd
+
+        rows = value if isinstance(value, list) and value and isinstance(value[0], (dict, list)) else [value]
+        if len(rows) > self.limits.max_latent_batch:
+            raise DataError(f"the upload holds {len(rows)} rows; at most {self.limits.max_latent_batch} per request")
+        records = []
+        for row in rows:
+            if isinstance(row, dict):
+                missing = [c for c in self.columns if c not in row]
+                unknown = [k for k in row if k not in self.columns]
+                if missing or unknown:
+                    raise DataError("the object must name exactly the model's columns"
+                                    + (f"; missing: {', '.join(missing[:10])}" if missing else "")
+                                    + (f"; unknown: {', '.join(map(str, unknown[:10]))}" if unknown else ""))
+                records.append([row[c] for c in self.columns])
+            elif isinstance(row, list) and len(row) == len(self.columns):
+                records.append(row)
+            else:
+                raise DataError(f"a row must be an object with the columns {', '.join(self.columns[:5])}"
+                                f"{', ...' if len(self.columns) > 5 else ''} or a list of {len(self.columns)} values")
+        return self.schema.encode(pd.DataFrame(records, columns=self.columns), where="the uploaded rows")
 
     def _row_from_object(self, value: dict[str, Any]) -> list[Any]:
         if self.is_image:
@@ -538,6 +576,15 @@ class Explorer:
 def png_base64_grid(images: np.ndarray, ncols: int) -> str:
     """Images tiled edge to edge at their own size, as a base64-encoded PNG (the latent map)."""
     return base64.b64encode(png_bytes(images, ncols=ncols, padding=0, scale=1)).decode("ascii")
+
+
+def _is_missing(value: Any) -> bool:
+    try:
+        import pandas as pd
+
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def _first_position(mask: np.ndarray) -> str:

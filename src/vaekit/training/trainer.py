@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -132,7 +133,7 @@ class Trainer:
         # Dynamic binarization draws from the intensities at every step; otherwise train on what split() gives.
         self.dynamic_binarization = dataset.config.binarize == "dynamic"
         streamed = dataset.train_stream is not None  # then batches come from the stream, x_train is empty
-        self.x_train = dataset.x_train if self.dynamic_binarization or streamed else dataset.split("train")
+        self.x_train = dataset.x_train if self.dynamic_binarization or streamed else dataset.split("train", units="model")
         if not streamed:  # a streamed split was checked as it was scanned
             self.model.likelihood.check_data(self.x_train)
         self.perturb_levels = self._perturbation_grid(streamed) if config.train.perturb_rate else None
@@ -184,7 +185,7 @@ class Trainer:
             ckpt.save_config(self.run_dir, self.config)
         dynamic = self.dynamic_binarization
         batches = training_batches(self.dataset, self.x_train, cfg, self.context, self.device)
-        x_val = self.dataset.split("test")[self.context.rank::self.context.world_size].to(self.device)
+        x_val = self.dataset.split("test", units="model")[self.context.rank::self.context.world_size].to(self.device)
         steps_per_epoch = batches.steps_per_epoch
         warmup_steps = cfg.warmup_epochs * steps_per_epoch
         total_steps = cfg.epochs * steps_per_epoch  # the horizon of the learning-rate schedule
@@ -308,6 +309,12 @@ class Trainer:
         sums, self.count = self._global_sums()
         totals = (sums / max(self.count, 1)).tolist()
         val = self._validate(x_val)
+        # Standardized arrays: every -log density reported in the data's own units (+ sum of log sd per example).
+        shift = self.units_shift
+        totals[0] += shift
+        totals[1] += shift
+        val["neg_elbo"] += shift
+        val["reconstruction"] += shift
         self.model.train()
         record = {
             "epoch": self.epoch + 1,
@@ -336,12 +343,9 @@ class Trainer:
             self.bad_epochs += 1
             if cfg.patience is not None and self.bad_epochs >= cfg.patience:
                 self.stopped_early = True
-        self.log(
-            f"epoch {record['epoch']}/{cfg.epochs}  train loss {record['train_loss']:.3f}  "
-            f"val -ELBO {record['val_neg_elbo']:.3f} (reconstruction {record['val_reconstruction']:.3f} + "
-            f"KL {record['val_kl']:.3f}) nats/example  {record['examples_per_second']:,.0f} examples/s"
-            + ("  [early stop]" if self.stopped_early else "")
-        )
+        every = max(1, math.ceil(cfg.epochs / 20)) if cfg.epochs > 30 else 1  # at most ~20 lines for long runs
+        if record["epoch"] % every == 0 or record["epoch"] in (1, cfg.epochs) or self.stopped_early:
+            self._log_epoch(record)
         self.epoch += 1
         self.step_in_epoch = 0
         self.sums.zero_()
@@ -360,6 +364,24 @@ class Trainer:
             if last or time.perf_counter() - self._plotted_at > LOSS_CURVE_INTERVAL_S:
                 save_loss_curve(self.history, self.run_dir / "loss_curve.png")
                 self._plotted_at = time.perf_counter()
+
+    def _log_epoch(self, record: dict[str, Any]) -> None:
+        self.log(
+            f"epoch {record['epoch']}/{self.train_config.epochs}  train loss {record['train_loss']:.3f}  "
+            f"val -ELBO {record['val_neg_elbo']:.3f} (reconstruction {record['val_reconstruction']:.3f} + "
+            f"KL {record['val_kl']:.3f}) nats/example{self.units_note}  {record['examples_per_second']:,.0f} examples/s"
+            + ("  [early stop]" if self.stopped_early else "")
+        )
+
+    @property
+    def units_shift(self) -> float:
+        """sum of log sd over the values of a standardized data set: -log p(standardized) + this = -log p(original)."""
+        std = self.dataset.config.standardize_std
+        return float(np.log(np.asarray(std, dtype=np.float64)).sum()) if std is not None else 0.0
+
+    @property
+    def units_note(self) -> str:
+        return " (in the data's own units)" if self.dataset.config.standardize_std is not None else ""
 
     def _global_sums(self) -> tuple[Tensor, int]:
         """The epoch's running sums and example count, added up over all ranks."""

@@ -71,7 +71,8 @@ function renderOutput(container, output, { compact = false } = {}) {
     const th = document.createElement("th");
     th.textContent = output.columns[j];
     tr.append(th);
-    tr.insertCell().textContent = fmt(output.row[j], compact ? 3 : 5);
+    const cell = output.row[j];  // a table's labels are text; numbers are shown to a few digits
+    tr.insertCell().textContent = typeof cell === "string" ? cell : fmt(cell, compact ? 3 : 5);
   }
   if (count < output.row.length) table.insertRow().insertCell().textContent = `+${output.row.length - count} more`;
   container.append(table);
