@@ -20,7 +20,9 @@ SDMetrics definitions) compares them with the real training rows: column shapes 
 trends (correlation / contingency similarity), detection AUROC (a classifier telling real from synthetic rows,
 0.5 is best), and machine-learning efficacy (a gradient-boosting model trained on synthetic rows, tested on the
 held-out real rows, against the same model trained on the real training rows). Also: training seconds, sampling
-rows/s (10,000 rows), and each column's missing rate, real vs synthetic.
+rows/s (10,000 rows), and each column's missing rate, real vs synthetic. Speed at the same epochs is also timed
+with the same batch size for both (TVAE's 500, so the same number of optimizer steps), alternating vaekit and
+TVAE, the median of --repeats (3) runs each.
 
 Imputation: 20% of the observed cells of the held-out rows are removed at random (seeded); each method fills them
 given the rest of the row; the error is the RMSE over removed cells divided by the column's standard deviation
@@ -57,6 +59,9 @@ TABLES = {
     "wage": ("ISLR/Wage", "wage"),
     "credit": ("ISLR/Credit", "Balance"),
 }
+
+
+TVAE_BATCH = 500  # TVAE's default batch size
 
 
 def load_table(name: str, max_rows: int, seed: int):
@@ -226,6 +231,19 @@ def run_one(name: str, seed: int, args) -> dict:
                                           for n in kinds}}
     result["tvae"]["train_rows_used"] = len(tvae_train)
 
+    # Speed at the same epochs and the same batch (TVAE's 500): the same number of optimizer steps for both,
+    # alternating, the median of --repeats timings each.
+    same = {"vaekit": [], "tvae": []}
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        vaekit.VAE(epochs=epochs, batch_size=TVAE_BATCH, seed=seed).fit(train)
+        same["vaekit"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        TVAE(epochs=epochs, batch_size=TVAE_BATCH).fit(tvae_train, discrete_columns=discrete)
+        same["tvae"].append(time.perf_counter() - started)
+    result["same_batch_seconds"] = {k: float(np.median(v)) for k, v in same.items()}
+    result["same_batch_seconds"]["timings"] = same
+
     # imputation on the held-out rows
     columns = list(kinds)
     truth = holdout[columns]
@@ -270,6 +288,8 @@ def summarize(results: list[dict]) -> dict:
         entry["vaekit"]["max_missing_rate_gap"] = float(max(gaps)) if gaps else 0.0
         entry["imputation"] = {m: float(np.mean([r["imputation"][m]["mean"] for r in rows]))
                                for m in rows[0]["imputation"]}
+        entry["same_batch_seconds"] = {m: float(np.mean([r["same_batch_seconds"][m] for r in rows]))
+                                       for m in ("vaekit", "tvae")}
         entry["epochs"] = rows[0]["epochs"]
         entry["train_rows"] = rows[0]["train_rows"]
         entry["tvae_train_rows"] = rows[0]["tvae"]["train_rows_used"]
@@ -292,6 +312,12 @@ def print_tables(tables: dict) -> None:
                   f"{f(m['ml_efficacy'])} ({f(m['ml_real'])}) | {f(m['fit_seconds'], '.1f')} | "
                   f"{f(m['sample_rows_per_second'], ',.0f')} |")
     print()
+    print(f"| table | epochs | vaekit s (batch {TVAE_BATCH}) | TVAE s (batch {TVAE_BATCH}) | TVAE / vaekit |")
+    print("|---|---|---|---|---|")
+    for name, e in tables.items():
+        v, t = e["same_batch_seconds"]["vaekit"], e["same_batch_seconds"]["tvae"]
+        print(f"| {name} | {e['epochs']} | {v:.1f} | {t:.1f} | {t / v:.2f}x |")
+    print()
     print("| table | vaekit | mean/mode | IterativeImputer | vaekit max missing-rate gap |")
     print("|---|---|---|---|---|")
     for name, e in tables.items():
@@ -307,18 +333,19 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, help="the same epochs for both (default: vaekit's default for the table)")
     parser.add_argument("--max-rows", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating timings at the same batch (median)")
     parser.add_argument("--quick", action="store_true", help="penguins and credit, 30 epochs: checks the pipeline")
     parser.add_argument("--work-dir", default="runs/bench-tabular")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.tables, args.epochs = "penguins,credit", args.epochs or 30
+        args.tables, args.epochs, args.repeats = "penguins,credit", args.epochs or 30, 1
     names = [t for t in args.tables.split(",") if t]
     unknown = [t for t in names if t not in TABLES]
     if unknown:
         parser.error(f"unknown table(s) {unknown}; choose from {', '.join(TABLES)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    settings = {"epochs": args.epochs, "max_rows": args.max_rows, "threads": args.threads}
+    settings = {"epochs": args.epochs, "max_rows": args.max_rows, "threads": args.threads, "repeats": args.repeats}
     work = settled_work_dir(args.work_dir, args.quick, settings)
     if work is None:
         return 1

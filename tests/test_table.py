@@ -283,3 +283,28 @@ def test_defaults_scale_with_the_data():
     assert default_schedule(60_000) == (256, 10, "")
     assert default_schedule(500, batch_size=500)[1] == MIN_DEFAULT_STEPS
     assert default_schedule(500, epochs=3)[1] == 3
+
+
+def test_training_hides_cells_from_the_encoder_only():
+    frame = pd.DataFrame({"x": np.linspace(-1.0, 3.5, 40), "c": ["a", "b", "c", "d"] * 10})
+    schema, lik = likelihood_for(frame)
+    x = torch.from_numpy(schema.encode(frame)).repeat(250, 1)  # 10,000 rows
+    hidden = torch.isnan(lik.hide_cells(x, torch.Generator().manual_seed(0)))
+    block = hidden[:, 1:5]
+    assert (block.all(1) | ~block.any(1)).all()  # a category is hidden whole or not at all
+    per_column = torch.stack([hidden[:, 0], block[:, 0]], 1)
+    share_rows = per_column.any(1).float().mean().item()
+    expected_rows = lik.HIDDEN_ROWS * (1 - (1 - lik.HIDE_RATE) ** 2)
+    assert share_rows == pytest.approx(expected_rows, abs=0.02)
+    assert per_column.float().mean().item() == pytest.approx(lik.HIDDEN_ROWS * lik.HIDE_RATE, abs=0.02)
+    # the objective hides cells only while training; in eval mode it is the plain ELBO of the rows
+    from vaekit.config import ModelConfig
+    from vaekit.models.model import VAEModel
+    from vaekit.models.objectives import elbo_objective
+
+    model = VAEModel(ModelConfig(input_shape=(schema.width,), latent_dim=2, hidden=(8,), likelihood="table",
+                                 table_columns=schema.model_columns())).eval()
+    rows = x[:40]
+    loss, _, _ = elbo_objective(model, rows, 1.0, torch.Generator().manual_seed(3))
+    terms = model.elbo_terms(rows, generator=torch.Generator().manual_seed(3))
+    assert loss.item() == pytest.approx(terms.neg_elbo.mean().item(), rel=1e-6)

@@ -316,6 +316,7 @@ class TableLikelihood(Likelihood):
 
         self.n_columns = len(self.columns)
         buffer("first", first)
+        buffer("value_column", [i for i, c in enumerate(self.columns) for _ in range(int(c["width"]))])
         for kind in ("continuous", "integer", "boolean"):
             cols = index(kind)
             buffer(f"{kind}_cols", cols)
@@ -339,6 +340,21 @@ class TableLikelihood(Likelihood):
         missing = [i for i, c in enumerate(self.columns) if c.get("missing")]
         buffer("miss_cols", missing)
         buffer("miss_pos", [first[i] for i in missing])
+
+    # Training: half the rows, chosen afresh at every step, show the encoder only some of their cells (each
+    # hidden with this probability), so that q(z|x) learns to infer a row from the cells it has: what imputing
+    # an empty cell, and scoring a row with empty cells, ask of it (the likelihood still scores every cell).
+    HIDDEN_ROWS = 0.5
+    HIDE_RATE = 0.25
+
+    def hide_cells(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``x`` with cells hidden (NaN, whole columns' values) for the encoder's eyes only."""
+        shape = (*x.shape[:-1], self.n_columns)
+        u = torch.rand(shape, generator=generator, device=x.device)
+        rows = torch.rand((*x.shape[:-1], 1), generator=generator, device=x.device) < self.HIDDEN_ROWS
+        hidden = rows & (u < self.HIDE_RATE)  # (*batch, columns)
+        per_value = hidden.index_select(-1, self.value_column)
+        return x.masked_fill(per_value, math.nan)
 
     def forward(self, params: Tensor) -> Distribution:
         return TableDistribution(self, params)

@@ -336,13 +336,16 @@ class VAEModel(nn.Module):
 
     # --- objectives --------------------------------------------------------------------------
     def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None, prior: Distribution | None = None,
-                   num_samples: int | None = None) -> ElboTerms:
+                   num_samples: int | None = None, encoder_x: Tensor | None = None) -> ElboTerms:
         """Reconstruction and KL terms for every example of ``x`` (closed-form KL where it has one).
 
         One posterior draw per example, or the average over ``num_samples`` draws (Burda et al.'s
-        k-sample VAE objective). ``prior`` may pass a precomputed ``prior_distribution()``.
+        k-sample VAE objective). ``prior`` may pass a precomputed ``prior_distribution()``. ``encoder_x``, when
+        given, is what q(z|.) sees instead of ``x`` (a table's rows with cells hidden, see ``TableLikelihood``);
+        any q gives a lower bound on log p(x).
         """
-        drawn, priors = self._infer_with_priors(x, num_samples=num_samples, generator=generator)
+        drawn, priors = self._infer_with_priors(x if encoder_x is None else encoder_x, num_samples=num_samples,
+                                                generator=generator)
         zs = [z for z, _ in drawn]
         reconstruction = self.likelihood.negative_log_prob(self.decoder_params(zs[0]), x)  # = -decode(z).log_prob(x)
         prior = self.prior_distribution() if prior is None else prior

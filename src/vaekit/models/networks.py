@@ -45,15 +45,14 @@ def _conv_sizes(height: int, width: int, stages: int) -> list[tuple[int, int]]:
 
 
 class TableInput(nn.Module):
-    """The encoder's view of a table row: NaN (missing) values as 0, plus one 0/1 input per column that had
-    missing cells in training, saying whether its cell is missing (the masked input of HI-VAE / MIWAE)."""
+    """The encoder's view of a table row: NaN (missing) values as 0, plus one 0/1 input per column saying whether
+    its cell is missing (the masked input of HI-VAE / MIWAE)."""
 
     def __init__(self, columns: list[dict]) -> None:
         super().__init__()
         first, at = [], 0
         for c in columns:
-            if c.get("missing"):
-                first.append(at)
+            first.append(at)
             at += int(c["width"])
         self.register_buffer("missing_pos", torch.tensor(first, dtype=torch.long), persistent=False)
         self.extra = len(first)

@@ -33,7 +33,10 @@ def elbo_objective(model: VAEModel, x: Tensor, kl_weight: float, generator: torc
     max(lambda, KL_d) (Kingma et al. 2016), so the optimiser gains nothing by pushing a dimension's
     information below lambda nats: a guard against posterior collapse.
     """
-    terms = model.elbo_terms(x, generator=generator, num_samples=None if num_samples == 1 else num_samples)
+    hide = getattr(model.likelihood, "hide_cells", None)  # a table: q learns to infer rows with empty cells
+    encoder_x = hide(x, generator) if hide is not None and model.training else None
+    terms = model.elbo_terms(x, generator=generator, num_samples=None if num_samples == 1 else num_samples,
+                             encoder_x=encoder_x)
     loss = (terms.reconstruction + kl_weight * terms.kl).mean()
     if free_bits > 0:
         # sum_d max(lambda, KL_d) = KL + sum_d relu(lambda - KL_d): the second term cancels the gradient of

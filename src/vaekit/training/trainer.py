@@ -109,6 +109,14 @@ class _ObjectiveStep(torch.nn.Module):
         return self.objective(self.model, x, kl_weight, generator)
 
 
+class _Records(list):
+    """The history's epoch records, which are never changed once appended: a snapshot copies the list, not every
+    record (a deep copy of them all at every epoch's snapshot made long runs of small data quadratic in epochs)."""
+
+    def __deepcopy__(self, memo):
+        return _Records(self)
+
+
 class Trainer:
     """Trains one model on one data set, optionally keeping a run directory up to date."""
 
@@ -416,7 +424,7 @@ class Trainer:
             tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
         state = {
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-            "count": self.count, "epoch_seconds": self.epoch_seconds, "history": self.history,
+            "count": self.count, "epoch_seconds": self.epoch_seconds, "history": _Records(self.history),
             "best_val": self.best_val if math.isfinite(self.best_val) else None, "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early,
             "world_size": self.context.world_size, "device_type": self.device.type,
