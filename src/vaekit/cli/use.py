@@ -120,7 +120,7 @@ def report(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     written = write_report(result, real, synthetic, kinds, out)
-    print(format_summary(result))
+    print(format_summary(result), flush=True)
     _done(out, ", ".join(p.name for p in written))
     return 0
 

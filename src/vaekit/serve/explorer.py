@@ -398,12 +398,7 @@ class Explorer:
         records = []
         for row in rows:
             if isinstance(row, dict):
-                missing = [c for c in self.columns if c not in row]
-                unknown = [k for k in row if k not in self.columns]
-                if missing or unknown:
-                    raise DataError("the object must name exactly the model's columns"
-                                    + (f"; missing: {', '.join(missing[:10])}" if missing else "")
-                                    + (f"; unknown: {', '.join(map(str, unknown[:10]))}" if unknown else ""))
+                self._check_named_columns(row)
                 records.append([row[c] for c in self.columns])
             elif isinstance(row, list) and len(row) == len(self.columns):
                 records.append(row)
@@ -412,16 +407,20 @@ class Explorer:
                                 f"{', ...' if len(self.columns) > 5 else ''} or a list of {len(self.columns)} values")
         return self.schema.encode(pd.DataFrame(records, columns=self.columns), where="the uploaded rows")
 
-    def _row_from_object(self, value: dict[str, Any]) -> list[Any]:
-        if self.is_image:
-            raise DataError("a JSON object is read as one row of named columns; this model takes images "
-                            f"(upload an image or an array of shape {list(self.input_shape)})")
-        missing = [c for c in self.columns if c not in value]
-        unknown = [k for k in value if k not in self.columns]
+    def _check_named_columns(self, row: dict[str, Any]) -> None:
+        """A JSON object must name exactly the model's columns."""
+        missing = [c for c in self.columns if c not in row]
+        unknown = [k for k in row if k not in self.columns]
         if missing or unknown:
             raise DataError("the object must name exactly the model's columns"
                             + (f"; missing: {', '.join(missing[:10])}" if missing else "")
                             + (f"; unknown: {', '.join(map(str, unknown[:10]))}" if unknown else ""))
+
+    def _row_from_object(self, value: dict[str, Any]) -> list[Any]:
+        if self.is_image:
+            raise DataError("a JSON object is read as one row of named columns; this model takes images "
+                            f"(upload an image or an array of shape {list(self.input_shape)})")
+        self._check_named_columns(value)
         bad = [c for c in self.columns if isinstance(value[c], bool) or not isinstance(value[c], (int, float))]
         if bad:
             raise DataError(f"column {bad[0]!r} must be a number, got {value[bad[0]]!r}")
