@@ -152,6 +152,8 @@ def test_samples_come_back_in_the_tables_own_form_and_read_back_the_same(fitted,
     assert set(synth["member"].dropna()) <= {"yes", "no"} and synth["flag"].dtype == bool
     assert synth["age"].between(18, 89).all() and (synth["age"] == synth["age"].round()).all()
     assert 0.02 < synth["income"].isna().mean() < 0.4  # missing cells drawn at a learned rate
+    income = synth["income"].dropna().to_numpy()
+    np.testing.assert_array_equal(income, np.round(income, 2))  # written with the table's 2 decimals
     for suffix in (".csv", ".parquet"):
         path = tmp_path / f"synth{suffix}"
         write_table(synth, path)

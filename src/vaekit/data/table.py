@@ -59,6 +59,7 @@ class Column:
     high: float | None = None
     categories: list = field(default_factory=list)  # boolean (2) / categorical labels, in encoding order
     missing_rate: float = 0.0  # share of missing cells in the training rows
+    decimals: int | None = None  # continuous: the decimal places the values are written with (None: as computed)
 
     @property
     def width(self) -> int:
@@ -233,6 +234,8 @@ class TableSchema:
                     data[c.name] = pd.array([None if m else int(v) for v, m in zip(col, missing)], dtype="Int64") \
                         if missing.any() else col.astype(np.int64)
                 else:
+                    if c.decimals is not None:  # written as the table writes them (0.1 mm, cents, ...)
+                        col = np.round(col, c.decimals)
                     data[c.name] = np.where(missing, np.nan, col)
                 continue
             if c.kind == "boolean":
@@ -420,7 +423,20 @@ def _infer_column(name: str, series, present, n: int, *, force_categorical: bool
     if whole:
         return Column(name=name, kind="integer", dtype="int", mean=float(numbers.mean()), std=_scale(numbers),
                       low=float(numbers.min()), high=float(numbers.max())), ""
-    return Column(name=name, kind="continuous", dtype="float", mean=float(numbers.mean()), std=_scale(numbers)), ""
+    return Column(name=name, kind="continuous", dtype="float", mean=float(numbers.mean()), std=_scale(numbers),
+                  decimals=_decimals(numbers)), ""
+
+
+MAX_DECIMALS = 6
+
+
+def _decimals(numbers: np.ndarray) -> int | None:
+    """The fewest decimal places (at most 6) that write every value exactly, or None when more are needed."""
+    for d in range(MAX_DECIMALS + 1):
+        scaled = numbers * 10.0**d
+        if np.all(np.abs(scaled - np.rint(scaled)) <= 1e-9 * np.maximum(1.0, np.abs(scaled))):
+            return d
+    return None
 
 
 def _scale(numbers: np.ndarray) -> float:
