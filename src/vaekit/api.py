@@ -262,7 +262,7 @@ class VAE(TransformerMixin, BaseEstimator):
                 array = array[None]
             if array.dtype.kind not in "buif" or array.ndim != 2 or array.shape[1] != schema.width:
                 raise DataError(f"this model was trained on a table: pass its rows as a pandas DataFrame with the "
-                                f"columns {', '.join(schema.names)} (got {'an array of shape ' + str(array.shape) if hasattr(array, 'shape') else type(X).__name__})")
+                                f"columns {', '.join(schema.names)} (got an array of shape {array.shape})")
             array = array.astype(np.float32)
             if np.isinf(array).any():
                 raise DataError("X holds infinite values")
@@ -307,6 +307,16 @@ class VAE(TransformerMixin, BaseEstimator):
     @torch.no_grad()
     def decode(self, Z: Any, *, sample: bool = False, seed: int | None = None) -> np.ndarray:
         """The mean of p(x|z) (or a draw from it with ``sample=True``) in the data's original units."""
+        x = self._decode_values(Z, sample=sample, seed=seed)
+        if self.schema_ is not None:
+            return self.schema_.decode(x)  # a DataFrame in the table's own form
+        return to_original_units(x, self.config_.data)
+
+    @torch.no_grad()
+    def _decode_values(self, Z: Any, *, sample: bool = False, seed: int | None = None) -> np.ndarray:
+        """``decode`` in model units: the mean of p(x|z) (or a draw) as the model gives it, float32 of shape
+        (n, *input_shape); for a table its encoded values (standardized numbers, P(second value), category
+        probabilities), which pictures and reconstruction errors use."""
         self._check_fitted()
         array = _as_array(Z, "the latent vectors")
         if array.dtype.kind not in "buif":
@@ -326,10 +336,7 @@ class VAE(TransformerMixin, BaseEstimator):
                 outputs.append(_sample(dist, generator).float().cpu())
             else:
                 outputs.append(dist.mean.float().cpu())
-        x = torch.cat(outputs).numpy() if outputs else np.zeros((0, *self.input_shape_), dtype=np.float32)
-        if self.schema_ is not None:
-            return self.schema_.decode(x)  # a DataFrame in the table's own form
-        return to_original_units(x, self.config_.data)
+        return torch.cat(outputs).numpy() if outputs else np.zeros((0, *self.input_shape_), dtype=np.float32)
 
     def inverse_transform(self, Z: Any) -> np.ndarray:
         return self.decode(Z)

@@ -48,8 +48,9 @@ MAX_NAME_LENGTH = 100
 def feature_contributions(vae: VAE, X: Any, *, num_samples: int = 16, seed: int = 0) -> np.ndarray:
     """Each value's share of -log p(x|z) in nats, averaged over ``num_samples`` draws z ~ q(z|x).
 
-    Returns float64 of shape (n, *vae.input_shape_) (a table run: (n, columns), each column's likelihood term); summed over the dimensions it is the reconstruction
-    term over the same draws, in the data's own units (+ log std_j per column for standardized data).
+    Returns float64 of shape (n, *vae.input_shape_) (a table run: (n, columns), each column's likelihood term);
+    summed over the dimensions it is the reconstruction term over the same draws, in the data's own units
+    (+ log std_j per column for standardized data).
     ``X`` is prepared as ``anomaly_scores`` prepares it (validated, binarized with the seeded draw the
     run used). The draws come from one ``torch.Generator`` seeded with ``seed`` on the model's device,
     ``(num_samples, batch, latent_dim)`` per batch of ``eval_batch_size`` examples: for one batch these

@@ -276,11 +276,8 @@ def reconstruction_error(vae: VAE, x: np.ndarray) -> np.ndarray:
     over its observed encoded values (one-hot categories, 0/1 booleans, standardized numbers)."""
     target = model_units(vae, x).reshape(len(x), -1).astype(np.float64)
     if vae.is_table_:
-        with torch.no_grad():
-            mu = vae.model_.posterior_params(_model_tensor(vae, x))[0]
-            recon = vae.model_.likelihood.mean_values(vae.model_.decoder_params(mu)).cpu().numpy().astype(np.float64)
-        diff = (target - recon.reshape(len(x), -1)) ** 2
-        return np.nanmean(diff, axis=1)
+        recon = vae._decode_values(vae.transform(x)).reshape(len(x), -1).astype(np.float64)
+        return np.nanmean((target - recon) ** 2, axis=1)
     recon = model_units(vae, vae.reconstruct(x)).reshape(len(x), -1).astype(np.float64)
     return ((target - recon) ** 2).mean(axis=1)
 

@@ -147,9 +147,9 @@ def score(args: argparse.Namespace) -> int:
     if detector is not None and detector.score == default:
         columns["is_anomaly"] = (scores[default] > detector.threshold).astype(int)
     named = example_names(dataset, args.data)
-    names = dataset.class_names
-    shown = labels if labels is None or names is None or labels.dtype.kind not in "iu" else \
-        np.array([names[int(v)] if 0 <= int(v) < len(names) else str(v) for v in labels])  # text labels as written
+    classes = dataset.class_names
+    shown = labels if labels is None or classes is None or labels.dtype.kind not in "iu" else \
+        np.array([classes[int(v)] if 0 <= int(v) < len(classes) else str(v) for v in labels])  # labels by name
     _write_scores(out, columns, shown, truth, named)
     names = named[1] if named is not None and named[0] == "file" else None
     print(f"wrote {len(scores)} scores of {len(x)} examples to {out} (column 'score' = {default})", file=sys.stderr)

@@ -77,7 +77,7 @@ def load_dataset(
 
         frame = read_table(Path(source).expanduser())
         return table_dataset(frame, source, config, like=like, label_column=label_column,
-                                   categorical=categorical, continuous=continuous, drop=drop_columns)
+                             categorical=categorical, continuous=continuous, drop=drop_columns)
     if in_memory != "yes":
         budget = memory_budget_mb if memory_budget_mb is not None else streaming.default_memory_budget_mb()
         sources = streaming.open_streamable(source, image_size, channels)

@@ -16,6 +16,7 @@ The schema is saved in the run's config (``DataConfig.table``) so that later dat
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -276,27 +277,25 @@ def read_table(path: Path):
             raise DataError(f"{path} holds no columns")
         frame.columns = [str(c) for c in frame.columns]
         return frame
-    try:
+    try:  # read once: the sniffer, pandas and the field-count check all read this text
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            head = fh.read(65536)
+            text = fh.read()
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"cannot read table file {path}: {err}") from None
-    if not head.strip():
+    if not text.strip():
         raise DataError(f"{path} is empty")
     try:
-        delimiter = csv.Sniffer().sniff(head[:4096], delimiters=",;\t").delimiter
+        delimiter = csv.Sniffer().sniff(text[:4096], delimiters=",;\t").delimiter
     except csv.Error:
         delimiter = "\t" if suffix == ".tsv" else ","
-    first = next(csv.reader([head.splitlines()[0]], delimiter=delimiter), [])
+    first = next(csv.reader([text.splitlines()[0]], delimiter=delimiter), [])
     has_header = not all(_as_number(cell) is not None for cell in first if cell.strip()) or not any(c.strip() for c in first)
     try:
-        frame = pd.read_csv(path, sep=delimiter, header=0 if has_header else None, skipinitialspace=True,
-                            encoding="utf-8-sig", skip_blank_lines=True, low_memory=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as err:
+        frame = pd.read_csv(io.StringIO(text), sep=delimiter, header=0 if has_header else None, skipinitialspace=True,
+                            skip_blank_lines=True, low_memory=False)
+    except (pd.errors.ParserError, ValueError, OSError) as err:  # EmptyDataError is a ValueError
         raise DataError(f"cannot read {path} as a table: {str(err).strip().splitlines()[-1]}") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path} is empty") from None
-    _check_field_counts(path, delimiter, frame.shape[1], has_header)
+    _check_field_counts(path, text, delimiter, frame.shape[1], has_header)
     if not has_header:
         frame.columns = [f"col{i}" for i in range(frame.shape[1])]
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -311,14 +310,13 @@ def read_table(path: Path):
     return frame
 
 
-def _check_field_counts(path: Path, delimiter: str, width: int, has_header: bool) -> None:
+def _check_field_counts(path: Path, text: str, delimiter: str, width: int, has_header: bool) -> None:
     """Refuse a row with fewer or more fields than the header (a damaged or hand-edited file), naming its line;
     pandas would fill a short row with empty cells without a word."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        for number, row in enumerate(csv.reader(fh, delimiter=delimiter, skipinitialspace=True), start=1):
-            if row and any(cell.strip() for cell in row) and len(row) != width:
-                what = "the header has" if has_header else "the first row has"
-                raise DataError(f"{path}, line {number}: {len(row)} fields where {what} {width}")
+    for number, row in enumerate(csv.reader(io.StringIO(text), delimiter=delimiter, skipinitialspace=True), start=1):
+        if row and any(cell.strip() for cell in row) and len(row) != width:
+            what = "the header has" if has_header else "the first row has"
+            raise DataError(f"{path}, line {number}: {len(row)} fields where {what} {width}")
 
 
 # --- inference ------------------------------------------------------------------------------------

@@ -19,14 +19,15 @@ def table_dataset(frame, name: str, config, *, like=None, label_column: str | No
     or by one inferred from the rows, with scales and missing rates taken from the training split."""
     if len(frame) == 0:
         raise DataError(f"{name} holds no rows")
-    if like is not None and like.table is not None:
+    saved = like is not None and like.table is not None  # read for a trained run: its schema, scales and all
+    if saved:
         schema = TableSchema.from_dict(like.table)
         label_column = schema.label_column if label_column is None else label_column
     else:
         schema = infer_schema(frame, label_column=label_column, categorical=categorical, continuous=continuous,
                               drop=drop, where=name)
     train_idx, test_idx, order = _split_indices(len(frame), config.test_fraction, config.split_seed)
-    if like is None or like.table is None:
+    if not saved:
         _fit_scales(schema, frame.iloc[train_idx])
     x = schema.encode(frame, where=name)
     y, class_names = _labels(frame, schema.label_column if schema.label_column in frame.columns else None)

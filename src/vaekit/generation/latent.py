@@ -223,12 +223,7 @@ def _prior_marginal_quantiles(vae: VAE, probs: np.ndarray) -> np.ndarray:
 def decoded_values(vae: VAE, z: np.ndarray) -> np.ndarray:
     """The decoder's mean for latent vectors as an array: ``vae.decode`` for images and arrays; for a table run its
     encoded values (standardized numbers, P(second value), category probabilities), which pictures can show."""
-    if not vae.is_table_:
-        return vae.decode(z)
-    with torch.no_grad():
-        z = torch.as_tensor(np.asarray(z, dtype=np.float32)).to(vae._device())
-        params = vae.model_.decoder_params(z)
-        return vae.model_.likelihood.mean_values(params).float().cpu().numpy()
+    return vae._decode_values(z) if vae.is_table_ else vae.decode(z)
 
 
 def manifold(vae: VAE, steps: int = 20, quantile_range: tuple[float, float] = (0.05, 0.95)) -> tuple[np.ndarray, np.ndarray]:
