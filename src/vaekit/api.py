@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
 from .training import checkpoint as ckpt
-from .config import DataConfig, default_schedule, ModelConfig, RunConfig, TrainConfig
+from .config import DataConfig, default_latent_dim, default_schedule, ModelConfig, RunConfig, TrainConfig
 from .data import Dataset, as_dataset
 from .data.sources import check_finite
 from .data.table import TableSchema, is_frame
@@ -51,7 +51,7 @@ def resolve_upper_latent_dims(latent_dim: int, upper_latent_dims: tuple[int, ...
     return layer_sizes(latent_dim, latent_layers)[1:]
 
 
-def make_run_config(dataset: Dataset, *, latent_dim: int = 20, hidden: tuple[int, ...] | None = None,
+def make_run_config(dataset: Dataset, *, latent_dim: int | None = None, hidden: tuple[int, ...] | None = None,
                     arch: str = "auto", likelihood: str = "auto", activation: str = "relu",
                     gaussian_std: float = 1.0, upper_latent_dims: tuple[int, ...] = (),
                     upper_hidden: tuple[int, ...] = (100, 100), prior: str = "standard-normal",
@@ -62,7 +62,12 @@ def make_run_config(dataset: Dataset, *, latent_dim: int = 20, hidden: tuple[int
     ``objective_samples`` defaults to 1 for the elbo objective and 5 for iwae; the discretized
     likelihood's number of levels is read off the data (256 for 8-bit images). ``latent_layers`` L gives
     L stochastic layers of sizes latent_dim, ceil(latent_dim/2), ... unless ``upper_latent_dims`` names them.
+    ``latent_dim`` None: ``config.default_latent_dim`` (20 for images, half the columns for vectors and tables).
     """
+    if latent_dim is None:
+        columns = (len(TableSchema.from_dict(dataset.config.table).model_columns())
+                   if dataset.config.table is not None else None)
+        latent_dim = default_latent_dim(tuple(dataset.shape), columns)[0]
     upper_latent_dims = resolve_upper_latent_dims(latent_dim, upper_latent_dims, latent_layers)
     if train_options.get("epochs") is None or train_options.get("batch_size") is None:
         train_options["batch_size"], train_options["epochs"], _ = default_schedule(
@@ -112,11 +117,13 @@ class VAE(TransformerMixin, BaseEstimator):
     per latent dimension (nats), ``likelihood="discretized-logistic"`` for 8-bit images.
     ``clip_grad_norm`` clips the total gradient norm; a NaN or infinite loss or gradient rolls training
     back to the last good state with half the learning rate, at most ``max_rollbacks`` times in a row.
+    ``latent_dim`` None (the default) is 20 for images and half the number of columns (2 to 20) for vectors and
+    tables (``config.default_latent_dim``).
     ``perturb_rate`` replaces that share of the training values with random ones at every step: the
     background model of the likelihood-ratio anomaly score (Ren et al. 2019).
     """
 
-    def __init__(self, latent_dim: int = 20, hidden: tuple[int, ...] | None = None, arch: str = "auto",
+    def __init__(self, latent_dim: int | None = None, hidden: tuple[int, ...] | None = None, arch: str = "auto",
                  likelihood: str = "auto", activation: str = "relu", gaussian_std: float = 1.0, epochs: int | None = None,
                  batch_size: int | None = None, lr: float | None = None, lr_schedule: str = "cosine",
                  adam_beta2: float = 0.99, weight_decay: float = 0.0, kl_weight: float = 1.0,

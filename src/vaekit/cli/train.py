@@ -12,7 +12,7 @@ from pathlib import Path
 from ..training import checkpoint as ckpt
 from ..training import distributed
 from ..api import load, make_run_config
-from ..config import (ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, LR_SCHEDULES, default_schedule,
+from ..config import (ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, LR_SCHEDULES, default_latent_dim, default_schedule,
                       INFERENCE_NAMES, OBJECTIVE_NAMES, PRECISIONS, PRIOR_NAMES, RunConfig)
 from ..data.streaming import DEFAULT_LOADER_WORKERS, IN_MEMORY_CHOICES
 from ..data import load_dataset, parse_spec
@@ -27,7 +27,7 @@ RESUMABLE_OPTIONS = {"epochs", "device", "precision", "checkpoint_every", "progr
 DEFAULTS = {
     "epochs": None, "batch_size": None, "lr": None, "lr_schedule": "cosine", "weight_decay": 0.0,
     "adam_beta2": 0.99,
-    "latent_dim": 20, "hidden": None,
+    "latent_dim": None, "hidden": None,
     "arch": "auto", "activation": "relu", "likelihood": "auto", "gaussian_std": 1.0, "binarize": "none",
     "binarize_threshold": None, "kl_weight": 1.0, "warmup_epochs": 0, "patience": None, "seed": 0,
     "device": "auto", "checkpoint_every": None, "test_fraction": 0.1, "upper_latent_dims": (),
@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("data", nargs="?", metavar="DATA", help="data to train on (optional with --resume)")
     p.add_argument("--out", "-o", required=True, metavar="RUN", help="run directory to create (or resume)")
     g = p.add_argument_group("model")
-    g.add_argument("--latent-dim", type=positive_int, help="latent dimensions (default 20)")
+    g.add_argument("--latent-dim", type=positive_int, help="latent dimensions (default 20 for images; half the columns, 2 to 20, for vectors and tables)")
     g.add_argument("--arch", choices=("auto", *ARCHITECTURES), help="network: mlp, conv (default auto: conv for images of 16x16 and up)")
     g.add_argument("--hidden", type=parse_hidden, metavar="SIZES",
                    help="comma-separated hidden sizes (MLP units or conv channels; default 400 / 32,64)")
@@ -231,14 +231,20 @@ def _train(args: argparse.Namespace) -> int:
     log = _logger(args.progress) if context.is_main else (lambda message: None)
     m = config.model
     log(f"data: {dataset}")
-    if dataset.config.table is not None:
-        from ..data.table import TableSchema
+    from ..data.table import TableSchema
 
+    if dataset.config.table is not None:
         log("columns:\n" + "\n".join(TableSchema.from_dict(dataset.config.table).describe()))
     if not args.resume:
         reason = default_schedule(dataset.num_train, _given(args).get("batch_size"), _given(args).get("epochs"))[2]
         if reason:
             log(reason)
+        if "latent_dim" not in _given(args):
+            columns = (len(TableSchema.from_dict(dataset.config.table).model_columns())
+                       if dataset.config.table is not None else None)
+            latent_reason = default_latent_dim(tuple(dataset.shape), columns)[1]
+            if latent_reason:
+                log(latent_reason)
     t = config.train
     latents = ",".join(map(str, (m.latent_dim, *m.upper_latent_dims)))
     inference = f" ({m.inference})" if m.upper_latent_dims else ""
