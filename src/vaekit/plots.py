@@ -98,9 +98,9 @@ def loss_curve_figure(history: Sequence[dict[str, Any]]):
     ax = fig.add_subplot(1, 1, 1)
     epochs = [h["epoch"] for h in history]
     for key, label in (("train_loss", "train loss (weighted -ELBO)"), ("val_neg_elbo", "validation -ELBO")):
-        values = [h.get(key) for h in history]
-        if any(v is not None for v in values):
-            ax.plot(epochs, values, marker="o", markersize=3, label=label)
+        points = [(e, h[key]) for e, h in zip(epochs, history) if h.get(key) is not None]  # validation is scheduled
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per example")
     ax.grid(True, alpha=0.3)

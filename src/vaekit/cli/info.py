@@ -27,7 +27,7 @@ def info(args: argparse.Namespace) -> int:
         "parameters": params,
         "epochs_done": len(history),
         "last_epoch": history[-1] if history else None,
-        "best_val_neg_elbo": min((h["val_neg_elbo"] for h in history), default=None),
+        "best_val_neg_elbo": min((h["val_neg_elbo"] for h in history if h.get("val_neg_elbo") is not None), default=None),
         "global_step": pointer["global_step"] if pointer else None,
     }
     if args.json:
@@ -51,7 +51,10 @@ def info(args: argparse.Namespace) -> int:
     if history:
         last = history[-1]
         print(f"progress     {len(history)}/{t.epochs} epochs, step {last['step']}")
-        print(f"last epoch   validation -ELBO {last['val_neg_elbo']:.3f} nats/example "
-              f"(reconstruction {last['val_reconstruction']:.3f} + KL {last['val_kl']:.3f})")
-        print(f"best         validation -ELBO {summary['best_val_neg_elbo']:.3f} nats/example")
+        validated = [h for h in history if h.get("val_neg_elbo") is not None]  # validation runs on a schedule
+        if validated:
+            v = validated[-1]
+            print(f"last checked validation -ELBO {v['val_neg_elbo']:.3f} nats/example "
+                  f"(reconstruction {v['val_reconstruction']:.3f} + KL {v['val_kl']:.3f}), epoch {v['epoch']}")
+            print(f"best         validation -ELBO {summary['best_val_neg_elbo']:.3f} nats/example")
     return 0

@@ -52,6 +52,7 @@ from ..models.objectives import elbo_objective, make_objective  # noqa: F401  (e
 
 
 LOSS_CURVE_INTERVAL_S = 60.0
+SNAPSHOT_MIN_STEPS = 10  # steps between the numerical guard's epoch-start snapshots, at least
 LR_WARMUP_FRACTION = 0.05
 # Adam's second-moment decay: 0.99 instead of torch's 0.999 adapts faster to the shrinking gradients of the
 # first epochs; on Fashion-MNIST it reaches a given test ELBO about half an epoch earlier (benchmarks/speed.py).
@@ -201,7 +202,12 @@ class Trainer:
         self.model.train()
         with self._stop_on_ctrl_c():
             while self.epoch < cfg.epochs and not self.stopped_early:
-                self.guard.take_snapshot(self.global_step, force=self.step_in_epoch == 0)
+                # At an epoch's start (so that a rollback stays in its epoch) once at least SNAPSHOT_MIN_STEPS steps
+                # were taken since the last one: with epochs of a few steps a snapshot per epoch was a tenth of a
+                # small table's training time. A rollback may then cross an epoch's end (the snapshot holds the
+                # epoch counter and the history too).
+                self.guard.take_snapshot(self.global_step, force=self.step_in_epoch == 0 and (
+                    self.global_step - self.guard.snapshot_step >= SNAPSHOT_MIN_STEPS))
                 bar = self._progress_bar(steps_per_epoch)
                 started = time.perf_counter() - self.epoch_seconds
                 rolled_back = False
@@ -316,13 +322,20 @@ class Trainer:
         cfg = self.train_config
         sums, self.count = self._global_sums()
         totals = (sums / max(self.count, 1)).tolist()
-        val = self._validate(x_val)
+        every = max(1, math.ceil(cfg.epochs / 20)) if cfg.epochs > 30 else 1  # at most ~20 lines for long runs
+        epoch = self.epoch + 1
+        logged = epoch % every == 0 or epoch in (1, cfg.epochs)
+        # Validation on a schedule that scales with the run: every epoch up to 50 epochs (and with --patience, which
+        # counts epochs), else about 50 times per run and at every logged and the last epoch. Other rows hold None.
+        validated = cfg.patience is not None or logged or epoch % max(1, math.ceil(cfg.epochs / 50)) == 0
+        val = self._validate(x_val) if validated else {"neg_elbo": None, "reconstruction": None, "kl": None}
         # Standardized arrays: every -log density reported in the data's own units (+ sum of log sd per example).
         shift = self.units_shift
         totals[0] += shift
         totals[1] += shift
-        val["neg_elbo"] += shift
-        val["reconstruction"] += shift
+        if validated:
+            val["neg_elbo"] += shift
+            val["reconstruction"] += shift
         self.model.train()
         record = {
             "epoch": self.epoch + 1,
@@ -338,21 +351,20 @@ class Trainer:
             "seconds": self.epoch_seconds,
             "examples_per_second": self.count / max(self.epoch_seconds, 1e-9),
         }
-        if not all(math.isfinite(v) for v in (record["train_loss"], record["val_neg_elbo"])):
+        if not all(math.isfinite(v) for v in (record["train_loss"], record["val_neg_elbo"]) if v is not None):
             raise TrainingError(f"the loss became NaN or infinite in epoch {self.epoch + 1}; lower the learning rate "
                                 "(--lr) or check the data for extreme values")
         self.history.append(record)
-        improved = record["val_neg_elbo"] < self.best_val
+        improved = validated and record["val_neg_elbo"] < self.best_val
         if improved:
             self.best_val, self.best_epoch, self.bad_epochs = record["val_neg_elbo"], self.epoch + 1, 0
             if cfg.patience is not None:
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        else:
+        elif validated:
             self.bad_epochs += 1
             if cfg.patience is not None and self.bad_epochs >= cfg.patience:
                 self.stopped_early = True
-        every = max(1, math.ceil(cfg.epochs / 20)) if cfg.epochs > 30 else 1  # at most ~20 lines for long runs
-        if record["epoch"] % every == 0 or record["epoch"] in (1, cfg.epochs) or self.stopped_early:
+        if logged or self.stopped_early:
             self._log_epoch(record)
         self.epoch += 1
         self.step_in_epoch = 0
