@@ -27,6 +27,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from vaekit.serve import Explorer, ReferenceData, ServeLimits, create_app  # noqa: E402
 from vaekit.serve.app import ModelWorker, ServiceBusy  # noqa: E402
 
+# The service answers only to loopback host names, not to the test client's default "testserver".
+LOCAL = "http://127.0.0.1"
+
 
 # --- fixtures ------------------------------------------------------------------------------------
 
@@ -47,7 +50,7 @@ def explorer(trained_run, vae, reference):
 
 @pytest.fixture(scope="module")
 def client(explorer):
-    with TestClient(create_app(explorer)) as c:
+    with TestClient(create_app(explorer), base_url=LOCAL) as c:
         yield c
 
 
@@ -55,7 +58,7 @@ def client(explorer):
 def small_limits_client(trained_run, vae):
     limits = ServeLimits(max_upload_bytes=32 * 1024, max_image_pixels=64 * 64, max_samples=5, max_latent_batch=3,
                          max_interpolation_steps=6, max_latent_abs=10.0)
-    with TestClient(create_app(Explorer(vae, limits=limits))) as c:
+    with TestClient(create_app(Explorer(vae, limits=limits)), base_url=LOCAL) as c:
         yield c
 
 
@@ -247,7 +250,7 @@ def test_examples_come_from_the_reference_data(client, vae, reference, digits):
 def test_latent_map_axes_are_prior_quantiles_and_points_round_trip(run_2d, digits):
     vae = vaekit.load(run_2d)
     reference = ReferenceData(digits.split("test").numpy(), "digits:test", digits.labels("test"))
-    with TestClient(create_app(Explorer(vae, reference=reference))) as c:
+    with TestClient(create_app(Explorer(vae, reference=reference)), base_url=LOCAL) as c:
         body = c.get("/api/latent-map?steps=8").json()
     quantiles = norm.ppf(np.linspace(0.05, 0.95, 8))
     np.testing.assert_allclose(body["z1_axis"], quantiles, atol=1e-5)
@@ -275,7 +278,7 @@ def test_latent_map_axes_are_prior_quantiles_and_points_round_trip(run_2d, digit
 def test_tabular_runs_decode_rows_with_their_column_names_in_original_units(csv_run):
     run, table = csv_run
     vae = vaekit.load(run)
-    with TestClient(create_app(Explorer.from_run(run, vae=vae))) as c:
+    with TestClient(create_app(Explorer.from_run(run, vae=vae)), base_url=LOCAL) as c:
         info = c.get("/api/info").json()
         assert info["kind"] == "vector" and info["columns"] == ["price", "rate", "score", "noise"]
         body = c.post("/api/sample", json={"n": 200, "seed": 0}).json()
@@ -307,7 +310,7 @@ def test_a_saved_detector_gives_its_verdict_and_a_stale_one_is_reported(tmp_path
     AnomalyDetector(str(run), target_fpr=0.05).fit(clean).save()
     detector = AnomalyDetector.load(run)
     pixels, x = example
-    with TestClient(create_app(Explorer.from_run(run))) as c:
+    with TestClient(create_app(Explorer.from_run(run)), base_url=LOCAL) as c:
         assert c.get("/api/info").json()["anomaly"]["detector"]["threshold"] == pytest.approx(detector.threshold_)
         body = c.post("/api/analyze", files=upload(png(pixels))).json()["anomaly"]
     assert body["is_anomaly"] == bool(detector.predict(x)[0] == -1)
@@ -519,7 +522,7 @@ def test_busy_service_answers_503_with_retry_after(vae):
         return slow_decode(z)
 
     app.state.explorer.decode = blocked
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         results = {}
         first = threading.Thread(target=lambda: results.setdefault("first", c.post("/api/decode", json={"z": Z})))
         first.start()

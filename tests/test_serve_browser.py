@@ -265,3 +265,22 @@ def test_a_tabular_run_shows_decoded_rows_as_tables_with_column_names(browser_co
         assert page.problems == []
         page.close()
 
+
+
+def test_the_page_works_with_a_token_through_the_one_time_link(browser_context, trained_run, vae):
+    token = "browser-Token_42"
+    with BackgroundServer(create_app(Explorer.from_run(trained_run, vae=vae), token=token)) as url:
+        refused = browser_context.new_page()
+        answer = refused.goto(url)
+        assert answer.status == 401 and "needs its token" in refused.inner_text("body")
+        refused.close()
+        page = open_page(browser_context, f"{url}?token={token}")  # sets the cookie, then redirects to the page
+        assert page.url == url  # the token is gone from the address bar
+        cookies = [c for c in browser_context.cookies(url) if c["name"].startswith("vaekit_session_")]
+        assert cookies and all(c["httpOnly"] and c["sameSite"] == "Strict" and token not in c["value"] for c in cookies)
+        with page.expect_response("**/api/sample") as sampled:  # a POST the page sends with the cookie alone
+            page.click("#random-samples")
+        assert sampled.value.status == 200
+        page.wait_for_function("() => document.querySelectorAll('#gallery .item').length >= 8")
+        assert page.problems == []
+        page.close()

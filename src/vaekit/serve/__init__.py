@@ -2,6 +2,7 @@
 
     explorer.py   the model side, free of any web framework: validated inputs, decoding, analysis, limits
     app.py        the FastAPI application (JSON API with an OpenAPI schema, the page, error mapping)
+    security.py   who may talk to it: the Host allow-list, the same-origin rule, the token
     server.py     running it on uvicorn: binding the socket, connection limits, a clean stop
     static/       the page: plain HTML, CSS and JavaScript, no build step
 

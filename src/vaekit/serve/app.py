@@ -1,7 +1,9 @@
 """The FastAPI application of ``vaekit serve``: a JSON API over an ``Explorer`` and the explorer page.
 
-Requests are validated twice: their form by pydantic (types, finite numbers, required fields) and their
-content against the model by the ``Explorer`` (shapes, counts, values). Whatever is wrong comes back as
+Before anything else, ``security.AccessGuard`` checks who is asking: the Host header (421), the
+origin (403) and, when the service has one, the token (401). Requests are then validated twice: their
+form by pydantic (types, finite numbers, required fields) and their content against the model by the
+``Explorer`` (shapes, counts, values). Whatever is wrong comes back as
 a 4xx answer whose ``detail`` says what: 413 for a body or image over the size limits (counted while
 the body is read, so an oversized body is never held in memory), 415 for an upload that is neither an
 image nor JSON, 422 for everything else. Model work runs on one worker thread, so the event loop stays
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .._version import __version__
 from ..errors import VaekitError
 from .explorer import Explorer, RequestTooLarge, UnsupportedInput
+from .security import AccessGuard, AccessPolicy
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_REPORTED_ERRORS = 5
@@ -362,8 +365,14 @@ UPLOAD = Annotated[UploadFile, File(description="the example: an image file, or 
 INVERT = Annotated[bool, Form(description="invert the values (1 - x), for images drawn dark on light")]
 
 
-def create_app(explorer: Explorer) -> FastAPI:
-    """The service over ``explorer``: JSON API under ``/api``, the page at ``/``, OpenAPI schema at ``/openapi.json``."""
+def create_app(explorer: Explorer, *, allowed_hosts: Iterable[str] = (), token: str | None = None) -> FastAPI:
+    """The service over ``explorer``: JSON API under ``/api``, the page at ``/``, OpenAPI schema at ``/openapi.json``.
+
+    It answers to loopback host names and addresses, the names in ``allowed_hosts`` and the address a
+    connection reached; with a ``token``, every request needs it (``Authorization: Bearer TOKEN``, or the
+    cookie the link ``/?token=TOKEN`` sets). Cross-origin requests are refused. See ``vaekit.serve.security``.
+    """
+    access = AccessPolicy.build(allowed_hosts, token)
     worker = ModelWorker(explorer.limits.max_pending)
     info = explorer.info()
 
@@ -372,16 +381,20 @@ def create_app(explorer: Explorer) -> FastAPI:
         yield
         worker.shutdown()
 
-    app = FastAPI(title="vaekit serve", version=__version__, lifespan=lifespan, redoc_url=None,
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN (blank offline, and third-party code
+    # on the service's origin); /openapi.json serves any OpenAPI tool.
+    app = FastAPI(title="vaekit serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Explore a trained variational autoencoder: sample, decode, encode, reconstruct, "
                               "score and interpolate. Uploads are multipart form data in a field named `file`.")
     app.state.explorer = explorer
     app.state.worker = worker
+    app.state.access = access
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(VaekitError, _vaekit_error)
     app.add_exception_handler(ServiceBusy, _busy)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(BodySizeLimit, max_bytes=explorer.limits.max_upload_bytes)
+    app.add_middleware(AccessGuard, policy=access)  # before the body is read; its refusals get SecurityHeaders' too
     app.add_middleware(SecurityHeaders)
 
     async def upload(file: UploadFile, invert: bool) -> tuple[Any, str]:

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 from typing import Any
 
 from ..errors import ConfigError
+from .security import is_loopback
 
-LOOPBACK_NAMES = ("localhost",)
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and 'localhost'."""
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+__all__ = ["BackgroundServer", "bind_socket", "is_loopback", "make_server", "run", "url_of"]
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -70,10 +60,16 @@ class BackgroundServer:
     """The service on a background thread, for notebooks and tests: ``with BackgroundServer(app) as url: ...``.
 
     Listens on ``host:port`` (port 0 picks a free one); ``stop()`` (or leaving the ``with`` block) shuts it down.
+    A ``host`` beyond loopback needs an app built with a token (``create_app(..., token=...)``), or ``no_auth=True``.
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, max_connections: int = 64) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, max_connections: int = 64,
+                 no_auth: bool = False) -> None:
         self.app, self.host, self.port, self.max_connections = app, host, port, max_connections
+        access = getattr(getattr(app, "state", None), "access", None)
+        if access is not None and access.token is None and not no_auth and not is_loopback(host):
+            raise ConfigError(f"listening on {host} opens the service to other machines, so it needs a token: build "
+                              "the app with create_app(explorer, token=...), or pass no_auth=True")
         self.url: str | None = None
         self._server = None
         self._thread = None

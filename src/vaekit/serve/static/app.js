@@ -15,7 +15,8 @@ class ApiError extends Error {
 }
 
 async function api(path, { json, form, signal } = {}) {
-  const options = { method: json || form ? "POST" : "GET", signal, headers: {} };
+  // Same origin only: the service refuses other origins, and its session cookie (set by the token link) travels.
+  const options = { method: json || form ? "POST" : "GET", signal, headers: {}, credentials: "same-origin" };
   if (json) { options.headers["Content-Type"] = "application/json"; options.body = JSON.stringify(json); }
   if (form) options.body = form;
   const response = await fetch(path, options);
