@@ -471,7 +471,8 @@ class Trainer:
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
             raise CheckpointError(f"the training state in {self.run_dir / ckpt.POINTER_FILE}'s checkpoint is damaged "
                                   f"or was written by another program ({type(err).__name__}: {err})") from None
-        ckpt.write_metrics(self.run_dir, self.history)  # drop epochs logged after the checkpoint
+        if self.writes:  # rank 0 only: every rank writing the file raced with rank 0's clean-up of temporary files
+            ckpt.write_metrics(self.run_dir, self.history)  # drop epochs logged after the checkpoint
         self.log(f"resuming {self.run_dir} at epoch {self.epoch + 1}, step {self.global_step}")
 
     def _load_training_state(self, saved: dict[str, Any], from_checkpoint: bool = False) -> None:
