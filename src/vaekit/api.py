@@ -348,9 +348,14 @@ class VAE(TransformerMixin, BaseEstimator):
     def inverse_transform(self, Z: Any) -> np.ndarray:
         return self.decode(Z)
 
-    def sample(self, n: int = 1, *, seed: int | None = None, sample_output: bool | None = None) -> np.ndarray:
-        """Generate ``n`` examples by decoding z ~ N(0, I); the encoder is not used.
+    def sample(self, n: int = 1, *, sampler: Any = "prior", seed: int | None = None,
+               sample_output: bool | None = None) -> np.ndarray:
+        """Generate ``n`` examples by decoding latent codes; the encoder is not used.
 
+        ``sampler``: where the codes come from: "prior" (z ~ p(z), N(0, I) unless the model has another prior),
+        the name of a sampler fitted on this estimator ("gmm": ``vaekit.generation.fit_sampler(vae, X)`` or a
+        run's, ``vaekit.generation.load_sampler(RUN, vae)``), or any object with a
+        ``sample_latent(vae, n, generator)`` method (see ``vaekit.generation.samplers``).
         ``sample_output``: draw x ~ p(x|z) instead of taking its mean; the default is False for images and arrays
         (the mean is the usual picture) and True for tables, whose synthetic rows must follow every column's
         distribution (a DataFrame in the table's own form, with missing cells at the learned rates)."""
@@ -361,8 +366,29 @@ class VAE(TransformerMixin, BaseEstimator):
             raise DataError(f"the number of samples must be a whole number of at least 1, got {n!r}")
         generator = _seeded(self._device(), self.seed if seed is None else seed)
         with torch.no_grad():
-            z = self.model_.sample_latent(n, generator=generator).float().cpu()
+            z = self._sample_latent(sampler, n, generator).float().cpu()
         return self.decode(z.numpy(), sample=sample_output, seed=seed)
+
+    def _sample_latent(self, sampler: Any, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n codes z_1 (n, latent_dim) from ``sampler``: "prior", a fitted sampler's name, or a sampler object."""
+        if isinstance(sampler, str):
+            if sampler == "prior":
+                return self.model_.sample_latent(n, generator=generator)
+            fitted = getattr(self, "samplers_", {})
+            if sampler not in fitted:
+                have = ", ".join(["prior", *fitted])
+                raise ConfigError(f"this VAE has no {sampler!r} sampler (it has: {have}); fit one with "
+                                  f"vaekit.generation.fit_sampler(vae, X, kind={sampler!r}), or load a run's with "
+                                  f"vaekit.generation.load_sampler(RUN, vae) after `vaekit fit-sampler RUN`")
+            sampler = fitted[sampler]
+        if not callable(getattr(sampler, "sample_latent", None)):
+            raise ConfigError(f"sampler must be 'prior', a fitted sampler's name or an object with a "
+                              f"sample_latent(vae, n, generator) method, got {sampler!r}")
+        z = sampler.sample_latent(self, n, generator)
+        if not isinstance(z, torch.Tensor) or tuple(z.shape) != (n, self.latent_dim_):
+            raise DataError(f"the sampler gave codes of shape {tuple(getattr(z, 'shape', ()))}; the decoder needs "
+                            f"({n}, {self.latent_dim_})")
+        return z
 
     def reconstruct(self, X: Any) -> np.ndarray:
         """Decode each example's latent mean: the mean of p(x | z = E[z|x]), in original units."""

@@ -1,4 +1,4 @@
-"""Using a trained run: ``sample``, ``reconstruct``, ``encode``, ``decode``."""
+"""Using a trained run: ``sample``, ``fit-sampler``, ``reconstruct``, ``encode``, ``decode``."""
 
 from __future__ import annotations
 
@@ -7,15 +7,18 @@ import sys
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..fileio import atomic_open
+from ..generation import samplers
 from .common import (EXAMPLE_FORMATS, add_data_options, check_output, load_run, load_run_data, positive_int,
                      read_latents, save_npy, write_csv, write_examples)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("sample", help="generate new examples by decoding z ~ N(0, I)",
-                              description="Generate examples from the prior: decode z ~ N(0, I) (the encoder is not used).")
+    p = subparsers.add_parser("sample", help="generate new examples by decoding z ~ N(0, I) (or a fitted sampler's z)",
+                              description="Generate examples: decode z ~ N(0, I), the model's prior (the encoder is "
+                                          "not used); with --sampler gmm decode codes drawn from the mixture that "
+                                          "vaekit fit-sampler fitted to the training set's latent codes instead.")
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("-n", "--num", type=positive_int, default=64, help="how many (default 64)")
     p.add_argument("-o", "--output", required=True, help="output: .png (grid), .npy or .csv; for a table run .csv, .tsv "
@@ -23,8 +26,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of taking its mean (always done for "
                    "tables, whose rows must follow every column's distribution)")
+    p.add_argument("--sampler", choices=tuple(samplers.SAMPLERS), default="prior",
+                   help="where z comes from: prior (default) or gmm, the run's fitted mixture (vaekit fit-sampler)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
     p.set_defaults(func=sample)
+
+    p = subparsers.add_parser("fit-sampler", help="fit a density to the training set's latent codes, for sample --sampler",
+                              description="Fit a sampler of the latent space after training (ex-post density "
+                                          "estimation, Ghosh et al. 2020) and store it with the run as "
+                                          "RUN/sampler_KIND.json and .safetensors; vaekit sample --sampler KIND then "
+                                          "decodes its draws instead of prior draws. gmm: a Gaussian mixture with "
+                                          "full covariances over the top stochastic layer's posterior means, its "
+                                          "number of components (1 to --max-components, fewer for few examples) "
+                                          "chosen by BIC; with several stochastic layers the layers below are drawn "
+                                          "from the model's own conditionals, as prior sampling does.")
+    p.add_argument("run", metavar="RUN", help="run directory; the sampler is saved in it")
+    p.add_argument("data", metavar="DATA", nargs="?",
+                   help="the examples to fit on (default: the run's own training data; a built-in set named without "
+                        ":split means its test split, so write e.g. digits:train)")
+    p.add_argument("--kind", choices=samplers.FITTED_KINDS, default="gmm", help="the sampler (default gmm)")
+    p.add_argument("--max-components", type=positive_int, default=samplers.DEFAULT_MAX_COMPONENTS, metavar="K",
+                   help=f"the most mixture components BIC chooses among (default {samplers.DEFAULT_MAX_COMPONENTS})")
+    p.add_argument("--source", choices=samplers.SOURCES, default="mean",
+                   help="fit on each example's posterior mean (default) or on one draw z ~ q(z|x)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fit (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    add_data_options(p)
+    p.set_defaults(func=fit_sampler)
 
     p = subparsers.add_parser("reconstruct", help="encode and decode examples",
                               description="Reconstruct examples: decode the posterior mean of each one. A PNG shows "
@@ -161,9 +189,33 @@ def _done(path, what: str) -> None:
 def sample(args: argparse.Namespace) -> int:
     out = check_output(args.output, EXAMPLE_FORMATS)
     vae = load_run(args.run, args.device)
-    x = vae.sample(args.num, seed=args.seed, sample_output=True if args.draw else None)
-    write_examples(x, out, vae, title=f"{args.num} samples")
-    _done(out, f"{args.num} samples")
+    if args.sampler in samplers.FITTED_KINDS:
+        samplers.load_sampler(args.run, vae, kind=args.sampler)
+    x = vae.sample(args.num, sampler=args.sampler, seed=args.seed, sample_output=True if args.draw else None)
+    what = f"{args.num} samples" + (f" (z from the {args.sampler} sampler)" if args.sampler != "prior" else "")
+    write_examples(x, out, vae, title=what)
+    _done(out, what)
+    return 0
+
+
+def fit_sampler(args: argparse.Namespace) -> int:
+    vae = load_run(args.run, args.device)
+    spec = args.data
+    if spec is None:
+        if vae.config_.data.source == "array":
+            raise DataError(f"{args.run} was trained from an in-memory array; name the DATA to fit the sampler on")
+        spec = vae.config_.data.source + ":train"
+    x, _, _ = load_run_data(spec, vae, args.data_dir)
+    sampler = samplers.fit_sampler(vae, x, kind=args.kind, seed=args.seed, max_components=args.max_components,
+                                   source=args.source)
+    path = samplers.save_sampler(sampler, args.run)
+    best = sampler.bic[sampler.components]
+    tried = sorted(sampler.bic)
+    print(f"{sampler.kind} sampler: {sampler.components} component{'s' * (sampler.components != 1)} (full covariance) "
+          f"over the {sampler.dim}-dimensional {'top layer' if sampler.layer else 'latent space'}, fitted on the "
+          f"posterior {sampler.source}s of {sampler.fit_size:,} examples of {spec}; BIC {best:.1f}, the lowest of "
+          f"{tried[0]}..{tried[-1]} components (1 component: {sampler.bic[1]:.1f})")
+    print(f"wrote {path} and {path.with_suffix('.safetensors').name}", file=sys.stderr)
     return 0
 
 
