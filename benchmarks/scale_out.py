@@ -4,6 +4,7 @@
     python benchmarks/scale_out.py --part precision --epochs 1 --repeats 1 --json ...   # what the README reports
     python benchmarks/scale_out.py --part processes --epochs 2 --json ...
     python benchmarks/scale_out.py --quick                                      # digits, seconds
+    python benchmarks/scale_out.py --soak 100 --json benchmarks/results/scale_out_soak.json   # launch reliability
 
 precision: the same seeded run (784-400-20 MLP, dynamically binarized Fashion-MNIST, batch 128, lr 1e-3)
 in fp32 and under bf16 autocast, alternated ``--repeats`` times in one process; examples/s is the median
@@ -12,6 +13,10 @@ is the one after the last epoch.
 processes: ``vaekit train`` in 1 process with all cores as threads, then ``vaekit train --nproc 2``
 (torchrun, gloo, cores split between the ranks), same global batch and seed; examples/s counts the
 examples of all ranks.
+soak: N consecutive 2-process launches of ``vaekit train digits`` (1 epoch; every third one then resumed
+for a second epoch; every fifth launch instead two torchrun agents with --nnodes 2 on loopback), each checked
+for exit status 0 and a complete run directory; failures are counted and their logs kept. Progress is kept in
+--soak-dir, so an interrupted soak continues where it stopped.
 """
 
 from __future__ import annotations
@@ -79,6 +84,73 @@ def process_runs(data_name: str, epochs: int, batch_size: int) -> dict:
     return results
 
 
+SOAK_MODEL = ["--latent-dim", "4", "--hidden", "64", "--batch-size", "64", "--no-progress", "--device", "cpu",
+              "--seed", "3"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _torchrun(args: list[str], log_path: Path, nodes: int = 1) -> int:
+    """One launch (one agent, or ``nodes`` agents on loopback started together); the worst exit status."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    port = _free_port()
+    if nodes == 1:
+        commands = [[sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                     "--master-port", str(port), "-m", "vaekit", *args]]
+    else:
+        commands = [[sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc-per-node", "1",
+                     "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
+                     "-m", "vaekit", *args] for rank in range(nodes)]
+    with open(log_path, "w") as log:
+        procs = [subprocess.Popen(c, env=env, stdout=log, stderr=subprocess.STDOUT) for c in commands]
+        codes = [p.wait(timeout=600) for p in procs]
+    return max(codes, key=abs)
+
+
+def soak(launches: int, work: Path) -> dict:
+    """``launches`` launches as the module docstring says; resumable through work/progress.json."""
+    import shutil
+
+    work.mkdir(parents=True, exist_ok=True)
+    progress_path = work / "progress.json"
+    done = json.loads(progress_path.read_text()) if progress_path.is_file() else {"results": []}
+    for i in range(len(done["results"]), launches):
+        out = work / "run"
+        shutil.rmtree(out, ignore_errors=True)
+        nodes = 2 if i % 5 == 4 else 1
+        entry = {"launch": i + 1, "nodes": nodes, "resumed": i % 3 == 2, "failures": []}
+        started = time.perf_counter()
+        steps = [("train", ["train", "digits", "--out", str(out), "--epochs", "1", *SOAK_MODEL])]
+        if entry["resumed"]:
+            steps.append(("resume", ["train", "digits", "--out", str(out), "--resume", "--epochs", "2", *SOAK_MODEL]))
+        for name, args in steps:
+            log_path = work / f"log-{i + 1}-{name}.txt"
+            code = _torchrun(args, log_path, nodes)
+            complete = (out / "model.safetensors").is_file() and (out / "metrics.jsonl").is_file()
+            if code != 0 or not complete:
+                entry["failures"].append({"step": name, "exit_code": code, "log": str(log_path)})
+                break
+            log_path.unlink()
+        entry["seconds"] = time.perf_counter() - started
+        done["results"].append(entry)
+        progress_path.write_text(json.dumps(done, indent=1) + "\n")
+        status = "ok" if not entry["failures"] else f"FAILED ({entry['failures'][0]['step']})"
+        print(f"launch {i + 1}/{launches}: {nodes} node(s), {'train + resume' if entry['resumed'] else 'train'}: "
+              f"{status}, {entry['seconds']:.1f} s", flush=True)
+    results = done["results"][:launches]
+    return {"launches": len(results), "torchrun_invocations": sum(1 + r["resumed"] for r in results),
+            "two_node_launches": sum(r["nodes"] == 2 for r in results),
+            "resumes": sum(r["resumed"] for r in results),
+            "failed_launches": sum(bool(r["failures"]) for r in results),
+            "failures": [f | {"launch": r["launch"]} for r in results for f in r["failures"]]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="digits, 2 epochs, 1 repeat")
@@ -87,7 +159,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--json", metavar="PATH", help="write the results here")
+    parser.add_argument("--soak", type=int, metavar="N", help="only the soak: N consecutive launches (see above)")
+    parser.add_argument("--soak-dir", default="runs/bench-soak", help="where the soak keeps its progress and logs")
     args = parser.parse_args()
+    if args.soak:
+        report = {"machine": machine(), "settings": {"data": "digits", "model_options": SOAK_MODEL,
+                                                     "processes": 2, "resume_every": 3, "two_nodes_every": 5}}
+        report["soak"] = soak(args.soak, Path(args.soak_dir))
+        result = report["soak"]
+        print(f"{result['launches']} launches ({result['two_node_launches']} on 2 nodes, {result['resumes']} resumed, "
+              f"{result['torchrun_invocations']} torchrun runs): {result['failed_launches']} failed")
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        return
     data_name, epochs, repeats = ("digits", 2, 1) if args.quick else ("fashion-mnist", args.epochs, args.repeats)
     report = {"machine": machine(), "settings": {"data": data_name, "epochs": epochs, "repeats": repeats,
                                                  "batch_size": args.batch_size, "model": "mlp 784-400-20 bernoulli",
