@@ -64,3 +64,12 @@ def benchmark_module(name: str) -> Iterator:
     finally:
         sys.modules.pop(spec.name, None)
         sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory):
+    """What vaekit caches (the sample-quality classifiers) goes to a temporary folder, not the user's ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("VAEKIT_CACHE_DIR", str(tmp_path_factory.mktemp("vaekit-cache")))
+    yield
+    patch.undo()
