@@ -9,7 +9,7 @@ VAEKIT := $(VENV)/bin/vaekit
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test docs bench clean
+.PHONY: setup demo test docs bench clean gpu-data
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ docs: setup
 	$(PY) docs/gen_cli_reference.py
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 	@echo "Open site/index.html"
+
+# Fashion-MNIST beside the working tree for benchmarks/gpu_check.py on a lent GPU machine, which may lack the
+# Debian package: the device tool carries gpu-data/ (git-ignored, 30 MB).
+gpu-data:
+	mkdir -p gpu-data && cp /usr/share/datasets/fashion-mnist/*-ubyte.gz gpu-data/
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache build site src/*.egg-info
