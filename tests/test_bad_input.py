@@ -246,6 +246,88 @@ def test_image_folders(files, junk, image_size, channels):
             check_dataset(dataset)
 
 
+@budget(30)
+@given(files=st.lists(st.tuples(st.sampled_from(["", "a/", "b/"]), image_file()), min_size=1, max_size=6),
+       in_memory=st.sampled_from(["yes", "no"]), image_size=st.one_of(st.none(), st.just((5, 4))))
+def test_image_folders_skipping_bad_files(files, in_memory, image_size):
+    """With skip_bad_files, damaged images never stop loading or streaming; only a folder with too few readable
+    images is refused (a VaekitError, never the error of one unreadable file)."""
+    from vaekit.data.sources import UnreadableFileError
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "images"
+        root.mkdir()
+        for i, (folder, (suffix, content)) in enumerate(files):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            (root / f"{folder}{i}{suffix}").write_bytes(content)
+
+        def load_and_read():
+            try:
+                dataset = vaekit.load_dataset(str(root), image_size=image_size, in_memory=in_memory,
+                                              skip_bad_files=True)
+                stream = dataset.train_stream
+                x = dataset.x_train if stream is None else \
+                    torch.from_numpy(stream.read_batch(np.arange(len(stream)))[0])
+            except UnreadableFileError as err:  # a VaekitError, but the one the option must never let through
+                raise AssertionError(f"skip_bad_files let an unreadable file stop it: {err}") from None
+            return dataset, x
+
+        result = outcome("image_folder.skip_bad_files", load_and_read)
+        if result is not None:
+            dataset, x_train = result
+            assert x_train.dtype == torch.float32 and len(x_train) >= 1 and torch.isfinite(x_train).all()
+            assert len(dataset.x_test) >= 1 and torch.isfinite(dataset.x_test).all()
+            assert tuple(x_train.shape[1:]) == tuple(dataset.x_test.shape[1:]) == dataset.shape
+            skipped = {path for path, _ in dataset.skipped_files}
+            if dataset.train_stream is not None:
+                skipped |= {path for path, _ in dataset.train_stream.unreadable_files()}
+                assert len(x_train) == len(dataset.train_stream)  # replaced, not dropped
+            else:
+                assert len(x_train) + len(dataset.x_test) + len(skipped) == len(files)
+            assert dataset.y_test is None or len(dataset.y_test) == len(dataset.x_test)
+
+
+def _folder_with_a_truncated_png(root: Path, n: int = 12) -> Path:
+    from PIL import Image
+
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8)).save(root / f"{i:02d}.png")
+    bad = root / "03.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    return bad
+
+
+def test_a_truncated_image_loaded_in_memory_is_one_line_suggesting_skip_bad_files(tmp_path, capsys):
+    from vaekit.cli import main
+
+    bad = _folder_with_a_truncated_png(tmp_path / "img")
+    out = tmp_path / "run"
+    assert main(["train", str(tmp_path / "img"), "--out", str(out), "--epochs", "1", "--data-in-memory", "yes",
+                 "--no-progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line, = [line for line in err.splitlines() if line.startswith("vaekit: error:")]
+    assert str(bad) in line and "--skip-bad-files" in line
+    assert not out.exists()
+    # The Python API: the same error without the option, the file listed with it.
+    with pytest.raises(VaekitError, match="03.png"):
+        vaekit.load_dataset(str(tmp_path / "img"), in_memory="yes")
+    data = vaekit.load_dataset(str(tmp_path / "img"), in_memory="yes", skip_bad_files=True)
+    assert [path for path, _ in data.skipped_files] == [str(bad)] and data.num_train + len(data.x_test) == 11
+    assert str(bad) not in data.example_ids("all") and len(data.example_ids("all")) == 11
+
+
+def test_the_only_data_file_damaged_is_not_offered_to_be_skipped(tmp_path, capsys):
+    from vaekit.cli import main
+
+    (tmp_path / "data.npy").write_bytes(npy_bytes(np.zeros((10, 3), np.float32))[:70])
+    assert main(["train", str(tmp_path / "data.npy"), "--out", str(tmp_path / "run"), "--epochs", "1"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("vaekit: error:") and "data.npy" in line and "--skip-bad-files" not in line
+
+
 @st.composite
 def idx_bytes(draw) -> bytes:
     code = draw(st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x07, 0xFF]))

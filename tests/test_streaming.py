@@ -161,3 +161,162 @@ def test_training_on_data_larger_than_the_budget_stays_under_it(tmp_path):
     print(f"\ndata {on_disk_mb:.0f} MiB on disk, {4 * on_disk_mb:.0f} MiB as float32; budget {budget_mb} MiB; "
           f"peak memory of vaekit and its loader workers (PSS) {peak[0]:.0f} MiB")
     assert 0 < peak[0] < budget_mb
+
+
+# --- damaged files in streamed data (issue 17) -------------------------------------------------------------------
+
+TINY_RUN = ["--epochs", "1", "--arch", "mlp", "--hidden", "8", "--latent-dim", "2", "--batch-size", "8",
+            "--device", "cpu", "--no-progress"]
+
+
+def write_pngs(folder: Path, n: int = 30) -> list[Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    paths = [folder / f"{i:03d}.png" for i in range(n)]
+    for path in paths:
+        Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8)).save(path)
+    return paths
+
+
+def truncate(path: Path) -> None:
+    """Cut a PNG in half: its header still reads, its pixels do not."""
+    content = path.read_bytes()
+    path.write_bytes(content[:len(content) // 2])
+
+
+def training_file(paths: list[Path], which: int = 0) -> Path:
+    """A file of the training split (test fraction 0.1, seed 0), so that it is read by the loader workers."""
+    from vaekit.data.dataset import _split_indices
+
+    return paths[int(_split_indices(len(paths), 0.1, 0)[0][which])]
+
+
+def train_cli(data: Path, out: Path, *options: str) -> int:
+    from vaekit.cli import main
+
+    return main(["train", str(data), "--out", str(out), *TINY_RUN, *options])
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("vaekit: error:")]
+
+
+def test_a_damaged_file_read_by_a_loader_worker_is_one_line_and_leaves_no_run(tmp_path, capsys):
+    paths = write_pngs(tmp_path / "img")
+    bad = training_file(paths)
+    truncate(bad)
+    out = tmp_path / "run"
+    assert train_cli(tmp_path / "img", out, "--data-in-memory", "no", "--loader-workers", "1") == 2
+    err = capsys.readouterr().err
+    line, = error_lines(err)
+    assert str(bad) in line and "truncated" in line and "--skip-bad-files" in line
+    assert "Traceback" not in err and "DataLoader worker" not in err
+    assert not out.exists()  # not a half-made run that blocks the next `vaekit train --out run`
+    # A directory the user made is kept, with what was in it, and nothing that looks like a run.
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert train_cli(tmp_path / "img", out, "--data-in-memory", "no", "--loader-workers", "1") == 2
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_the_worker_error_is_raised_as_itself_by_the_library(tmp_path):
+    from vaekit.data.sources import UnreadableFileError
+
+    paths = write_pngs(tmp_path / "img")
+    bad = training_file(paths)
+    truncate(bad)
+    data = vaekit.load_dataset(str(tmp_path / "img"), in_memory="no", loader_workers=1)
+    config = make_run_config(data, latent_dim=2, hidden=(8,), epochs=1, batch_size=8, device="cpu")
+    with pytest.raises(UnreadableFileError) as caught:
+        train(config, data, progress=False)
+    assert caught.value.path == str(bad) and "\n" not in str(caught.value)
+
+
+def test_the_command_line_prints_no_traceback_across_the_worker_boundary(tmp_path):
+    paths = write_pngs(tmp_path / "img")
+    bad = training_file(paths)
+    truncate(bad)
+    command = [sys.executable, "-m", "vaekit", "train", str(tmp_path / "img"), "--out", str(tmp_path / "run"),
+               *TINY_RUN, "--data-in-memory", "no", "--loader-workers", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    line, = error_lines(done.stderr)
+    assert str(bad) in line and done.stderr.rstrip().endswith(line)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("in_memory", ["no", "yes"])
+def test_skip_bad_files_trains_and_lists_them(tmp_path, capsys, in_memory):
+    paths = write_pngs(tmp_path / "img")
+    bad_train, bad_test = training_file(paths), paths[int(np.setdiff1d(np.arange(30), training_positions(30))[0])]
+    truncate(bad_train)
+    bad_test.write_bytes(b"not an image at all")  # its header does not read either
+    out = tmp_path / "run"
+    assert train_cli(tmp_path / "img", out, "--data-in-memory", in_memory, "--loader-workers", "1",
+                     "--skip-bad-files") == 0
+    err = capsys.readouterr().err
+    assert str(bad_train) in err and str(bad_test) in err and "vaekit: error" not in err
+    listed = (out / "bad_files.txt").read_text().splitlines()
+    assert listed[0] == "file\treason" and sorted(line.split("\t")[0] for line in listed[1:]) == \
+        sorted([str(bad_train), str(bad_test)])
+    assert ckpt.read_metrics(out) and (out / "model.safetensors").is_file()
+
+
+def training_positions(n: int) -> np.ndarray:
+    from vaekit.data.dataset import _split_indices
+
+    return _split_indices(n, 0.1, 0)[0]
+
+
+def test_a_streamed_bad_file_is_replaced_by_the_next_readable_example(tmp_path):
+    paths = write_pngs(tmp_path / "img")
+    bad = training_file(paths, 0)
+    truncate(bad)
+    truncate(training_file(paths, 1))  # two bad ones in a row: the next readable is the third
+    data = vaekit.load_dataset(str(tmp_path / "img"), in_memory="no", skip_bad_files=True)
+    whole = vaekit.load_dataset(str(tmp_path / "img"), in_memory="yes", skip_bad_files=True)
+    stream = data.train_stream
+    x, found = stream.read_batch(np.array([0, 5]))
+    assert x.shape == (2, 1, 6, 6) and [path for path, _ in found.values()] == [str(bad), str(training_file(paths, 1))]
+    np.testing.assert_array_equal(x[0], stream.read(np.array([2]))[0])
+    np.testing.assert_array_equal(x[1], stream.read(np.array([5]))[0])
+    # Every readable file keeps the split it has when all can be read, streamed or in memory.
+    np.testing.assert_array_equal(data.x_test.numpy(), whole.x_test.numpy())
+    assert whole.example_ids("train")[0] == str(training_file(paths, 2))
+    assert [p for p, _ in whole.skipped_files] == sorted([str(bad), str(training_file(paths, 1))])
+    assert len(whole.x_train) == len(stream) - 2
+
+
+def test_a_failed_resume_never_removes_the_run(tmp_path, capsys):
+    paths = write_pngs(tmp_path / "img")
+    out = tmp_path / "run"
+    assert train_cli(tmp_path / "img", out, "--data-in-memory", "no", "--loader-workers", "0") == 0
+    before = {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*")}
+    truncate(training_file(paths))
+    from vaekit.cli import main
+
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--data-in-memory", "no",
+                 "--loader-workers", "1", "--no-progress"]) == 2
+    line, = error_lines(capsys.readouterr().err)
+    assert str(training_file(paths)) in line and "--skip-bad-files" in line
+    after = {p.relative_to(out) for p in out.rglob("*")}
+    assert set(before) <= after and ckpt.load_checkpoint(out) is not None
+
+
+def test_a_shard_that_cannot_be_opened_is_skipped_with_the_option(tmp_path):
+    from vaekit.data.sources import UnreadableFileError
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for i in range(3):
+        np.save(folder / f"part-{i:05d}.npy", np.full((10, 4), i, np.uint8))
+    damaged = folder / "part-00001.npy"
+    damaged.write_bytes(damaged.read_bytes()[:90])  # the header reads, the data is cut short
+    with pytest.raises(UnreadableFileError, match="part-00001.npy"):
+        vaekit.load_dataset(str(folder), in_memory="no")
+    data = vaekit.load_dataset(str(folder), in_memory="no", skip_bad_files=True)
+    assert [p for p, _ in data.skipped_files] == [str(damaged)] and data.num_train + len(data.x_test) == 20

@@ -15,7 +15,8 @@ from ..errors import ConfigError, DataError
 from ..fileio import atomic_open, atomic_write_text
 
 
-def add_data_options(parser: argparse.ArgumentParser) -> None:
+def add_data_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The options that say how to read DATA; returns their group, for a command's own data options."""
     group = parser.add_argument_group("data")
     group.add_argument("--data-dir", metavar="DIR", help="where a built-in data set's files are "
                        "(fashion-mnist: default /usr/share/datasets/fashion-mnist)")
@@ -25,6 +26,7 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--label-column", metavar="NAME", help="CSV column holding labels, kept out of the features")
     group.add_argument("--test-fraction", type=float, metavar="F",
                        help="held-out fraction when the data has no split of its own (default 0.1)")
+    return group
 
 
 def parse_image_size(text: str) -> tuple[int, int]:

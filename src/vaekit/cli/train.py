@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import dataclasses
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,10 +18,16 @@ from ..config import (ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, LR_SCHEDULES, d
                       INFERENCE_NAMES, OBJECTIVE_NAMES, PRECISIONS, PRIOR_NAMES, RunConfig)
 from ..data.streaming import DEFAULT_LOADER_WORKERS, IN_MEMORY_CHOICES
 from ..data import load_dataset, parse_spec
+from ..data.sources import UnreadableFileError
 from ..errors import ConfigError, DataError
+from ..fileio import atomic_write_text
 from ..models.likelihoods import LIKELIHOODS
 from ..training.trainer import train
 from .common import add_data_options, parse_hidden, positive_int
+
+BAD_FILES = "bad_files.txt"
+"""In the run directory: the files --skip-bad-files left out, one a line (path, a tab, what is wrong)."""
+LOGGED_BAD_FILES = 20  # the log lists this many; the run directory's bad_files.txt all of them
 
 # Options that may differ on --resume (everything else must match the saved run).
 RESUMABLE_OPTIONS = {"epochs", "device", "precision", "checkpoint_every", "progress", "data_dir", "max_rollbacks"}
@@ -135,7 +143,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "0.1-0.3). Validation stays on clean data (default 0: off)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add_data_options(p)
+    data = add_data_options(p)
+    data.add_argument("--skip-bad-files", action="store_true",
+                      help="leave out images (and .npy shards) that cannot be read, damaged or truncated, instead of "
+                           "stopping: counted and listed in the log and in RUN/bad_files.txt. Streamed from disk, a "
+                           "file found bad during training is replaced in its batch by the next readable example")
     d = p.add_argument_group("data bigger than memory")
     d.add_argument("--data-in-memory", choices=IN_MEMORY_CHOICES, default="auto",
                    help="auto: hold the data in memory when it fits --memory-budget-mb, else stream the training split of "
@@ -164,7 +176,10 @@ def run(args: argparse.Namespace) -> int:
         return distributed.launch(args.nproc, args.argv)  # each rank runs this command again under torchrun
     finished = False
     try:
-        code = _train(args)
+        try:
+            code = _train(args)
+        except UnreadableFileError as err:
+            raise DataError(_with_skip_hint(err, args)) from None
         finished = True
     finally:
         distributed.shutdown(wait_for_all=finished)
@@ -181,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     data_options = dict(in_memory=args.data_in_memory, memory_budget_mb=args.memory_budget_mb,
-                        loader_workers=args.loader_workers)
+                        loader_workers=args.loader_workers, skip_bad_files=args.skip_bad_files)
     if args.resume and ckpt.is_run_dir(out):
         config = ckpt.load_config(out)
         conflicts = [f"--{k.replace('_', '-')} {v} (the run has {_option_value(config, k)})"
@@ -231,6 +246,12 @@ def _train(args: argparse.Namespace) -> int:
     log = _logger(args.progress) if context.is_main else (lambda message: None)
     m = config.model
     log(f"data: {dataset}")
+    if dataset.skipped_files:
+        log(f"--skip-bad-files: left out {_listing(dataset.skipped_files, out)}")
+    if dataset.train_stream is not None and args.skip_bad_files:
+        dataset.train_stream.on_bad_file = lambda path, reason: log(
+            f"--skip-bad-files: {path} cannot be read ({reason}); training goes on without it, its place in each "
+            "batch taken by the next readable example")
     from ..data.table import TableSchema
 
     if dataset.config.table is not None:
@@ -256,9 +277,16 @@ def _train(args: argparse.Namespace) -> int:
         + (f"; {context.world_size} processes ({context.backend}), global batch split over them"
            if context.enabled else ""))
     started = time.perf_counter()
-    model, history = train(config, dataset, run_dir=out, resume=args.resume, progress=args.progress, log=log)
+    entries_before = {p.name for p in out.iterdir()} if out.is_dir() else None
+    try:
+        model, history = train(config, dataset, run_dir=out, resume=args.resume, progress=args.progress, log=log)
+    except BaseException:
+        if context.is_main and not _remove_unstarted_run(out, entries_before):
+            _write_bad_files(out, dataset, log)
+        raise
     if not context.is_main:
         return 0
+    _write_bad_files(out, dataset, log)
     vae = load(out)  # as saved: what every later command sees
     _write_pictures(vae, out, dataset)
     _fit_typicality(vae, out, dataset, log)
@@ -266,6 +294,65 @@ def _train(args: argparse.Namespace) -> int:
     log(f"done in {time.perf_counter() - started:.1f} s: validation -ELBO {last.get('val_neg_elbo', float('nan')):.3f} "
         f"nats/example. Run directory: {out}")
     return 0
+
+
+def _with_skip_hint(err: UnreadableFileError, args: argparse.Namespace) -> str:
+    """The error, with what to do: --skip-bad-files when the file is one of several (not the data file itself)."""
+    source = parse_spec(args.data)[0] if args.data else None
+    if source is None:  # --resume: the run's own data
+        with contextlib.suppress(Exception):
+            source = ckpt.load_config(args.out).data.source
+    if args.skip_bad_files or source is None or Path(err.path).resolve() == Path(source).expanduser().resolve():
+        return str(err)  # the data is this one file: nothing to skip it for
+    return f"{err}. Replace or remove it, or add --skip-bad-files to train without the files that cannot be read"
+
+
+def _listing(files: list[tuple[str, str]], out: Path) -> str:
+    """'N file(s) that cannot be read: path (reason), ...' for the log, the first LOGGED_BAD_FILES of them."""
+    shown = "; ".join(f"{path} ({reason})" for path, reason in files[:LOGGED_BAD_FILES])
+    more = f"; and {len(files) - LOGGED_BAD_FILES:,} more" if len(files) > LOGGED_BAD_FILES else ""
+    return f"{len(files):,} file(s) that cannot be read: {shown}{more} (all listed in {out / BAD_FILES})"
+
+
+def _remove_unstarted_run(out: Path, entries_before: set[str] | None) -> bool:
+    """After training failed before its first checkpoint, remove what this invocation wrote into ``out`` (and ``out``
+    itself when it made it), so that no directory is left that looks like a run; entries that were there before are
+    never touched. Returns whether it removed anything (False once a checkpoint or the model exists)."""
+    if not out.is_dir() or (out / ckpt.POINTER_FILE).exists() or (out / ckpt.MODEL_FILE).exists():
+        return False
+    with contextlib.suppress(OSError):  # never hide the error that stopped training
+        for entry in out.iterdir():
+            if entries_before is None or entry.name not in entries_before:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        if entries_before is None:
+            out.rmdir()
+    return True
+
+
+def _write_bad_files(out: Path, dataset, log) -> None:
+    """bad_files.txt in the run directory: the unreadable files skipped (those of earlier sessions of a resumed run
+    too), and a line in the log for those that training met."""
+    found = dict(dataset.skipped_files)
+    in_training = [] if dataset.train_stream is None else [
+        (path, reason) for path, reason in dataset.train_stream.unreadable_files() if path not in found]
+    found.update(in_training)
+    if not found or not out.is_dir():
+        return
+    path = out / BAD_FILES
+    earlier = {}
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+            name, _, reason = line.partition("\t")
+            earlier[name] = reason
+    every = {**earlier, **{p: " ".join(r.split()) for p, r in found.items()}}
+    atomic_write_text(path, "file\treason\n" + "".join(f"{p}\t{r}\n" for p, r in sorted(every.items())))
+    if in_training:
+        log(f"--skip-bad-files: training left out {_listing(sorted(in_training), out)}")
+    else:
+        log(f"--skip-bad-files: {len(found):,} file(s) left out, listed in {path}")
 
 
 def _write_pictures(vae, out: Path, dataset) -> None:

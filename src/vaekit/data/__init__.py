@@ -41,6 +41,7 @@ def load_dataset(
     continuous: list[str] | None = None,
     drop_columns: list[str] | None = None,
     as_table: bool = True,
+    skip_bad_files: bool = False,
 ) -> Dataset:
     """Load a data set by specification (a trailing ``:split`` is ignored here; see ``parse_spec``).
 
@@ -56,6 +57,11 @@ def load_dataset(
     kinds inferred from the values, or forced with ``categorical``/``continuous``, columns left out with
     ``drop_columns``; missing cells are kept (NaN) for the model to mask. ``as_table=False`` reads a table of
     numbers as a standardized numeric array instead, for the array likelihoods (``--likelihood gaussian-learned``).
+
+    ``skip_bad_files``: images (and ``.npy`` shards) that cannot be read are left out instead of stopping with an
+    error: those found while loading are listed in ``Dataset.skipped_files`` as (path, reason); a streamed training
+    split finds the rest as it reads them, replaces each by the next readable example and lists them in
+    ``Dataset.train_stream.bad_files``. Every file keeps the split it has when all can be read.
     """
     source, _ = parse_spec(spec)
     if like is not None:
@@ -80,7 +86,7 @@ def load_dataset(
                              categorical=categorical, continuous=continuous, drop=drop_columns)
     if in_memory != "yes":
         budget = memory_budget_mb if memory_budget_mb is not None else streaming.default_memory_budget_mb()
-        sources = streaming.open_streamable(source, image_size, channels)
+        sources = streaming.open_streamable(source, image_size, channels, skip_bad_files=skip_bad_files)
         if sources is None and in_memory == "no":
             raise DataError(f"{source} cannot be streamed from disk; streaming reads a .npy file, a folder of .npy "
                             "shards or a folder of images (save large arrays with numpy.save)")
@@ -88,8 +94,10 @@ def load_dataset(
             needed_mb = streaming.LOADING_OVERHEAD * sum(streaming.float32_bytes(s) for s in sources if s) / 2**20
             if in_memory == "no" or needed_mb > budget:
                 return streaming.load_streamed(source, sources, config, like=like, standardize=standardize,
-                                               memory_budget_mb=budget, num_workers=loader_workers)
-    raw = load_source(source, data_dir=data_dir, image_size=image_size, channels=channels, label_column=label_column)
+                                               memory_budget_mb=budget, num_workers=loader_workers,
+                                               skip_bad_files=skip_bad_files)
+    raw = load_source(source, data_dir=data_dir, image_size=image_size, channels=channels, label_column=label_column,
+                      skip_bad_files=skip_bad_files)
     check_finite(raw.x, source)
     if raw.x_test is not None:
         check_finite(raw.x_test, f"{source} (test part)")
@@ -118,7 +126,7 @@ def load_dataset(
     return Dataset(name=source, x_train=torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
                    x_test=torch.from_numpy(np.ascontiguousarray(x_test, dtype=np.float32)),
                    y_train=y_train, y_test=y_test, config=config, class_names=raw.class_names, order=order,
-                   files=raw.extra.get("files"))
+                   files=raw.extra.get("files"), skipped_files=list(raw.extra.get("skipped", [])))
 
 
 def _is_table_source(source: str, like: DataConfig | None) -> bool:
@@ -134,10 +142,30 @@ def _is_table_source(source: str, like: DataConfig | None) -> bool:
 def _split(raw: RawData, test_fraction: float, seed: int):
     if raw.x_test is not None:
         return raw.x, raw.y, raw.x_test, raw.y_test, None
-    train_idx, test_idx, order = _split_indices(len(raw.x), test_fraction, seed)
+    kept = raw.extra.get("kept")
+    if kept is None:
+        train_idx, test_idx, order = _split_indices(len(raw.x), test_fraction, seed)
+    else:
+        train_idx, test_idx, order = split_without_skipped(kept, raw.extra["total"], test_fraction, seed, raw.extra)
     y = raw.y
     return (raw.x[train_idx], None if y is None else y[train_idx],
             raw.x[test_idx], None if y is None else y[test_idx], order)
+
+
+def split_without_skipped(kept: np.ndarray, total: int, test_fraction: float, seed: int, extra: dict):
+    """The split of all ``total`` files as if every one could be read, less the skipped ones: a file keeps its split
+    whichever others are damaged (and the split it has when the folder is streamed). Returns rows of the kept
+    examples (train, test) and the file number of each (train then test)."""
+    all_train, all_test, _ = _split_indices(total, test_fraction, seed)
+    row_of = np.full(total, -1, dtype=np.int64)
+    row_of[kept] = np.arange(len(kept))
+    train_idx, test_idx = row_of[all_train], row_of[all_test]
+    train_idx, test_idx = train_idx[train_idx >= 0], test_idx[test_idx >= 0]
+    for name, rows in (("training", train_idx), ("test", test_idx)):
+        if not len(rows):
+            raise DataError(f"every file of the {name} split is unreadable ({len(extra['skipped'])} of {total} files "
+                            "skipped); add readable files or change --test-fraction")
+    return train_idx, test_idx, kept[np.concatenate([train_idx, test_idx])]
 
 
 def as_dataset(x, y=None, *, test_fraction: float = 0.1, split_seed: int = 0, binarize: str = "none",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -49,6 +49,9 @@ class Dataset:
     train_stream: "StreamedSplit | None" = None
     # The file of each example in source order, for data read from a folder of images.
     files: list[str] | None = None
+    # Files left out because they cannot be read (``skip_bad_files``), as (path, reason), found while loading;
+    # a streamed training split adds those it meets during training to ``train_stream.bad_files``.
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -105,12 +108,12 @@ class Dataset:
         ``split(which)`` gives them; ``None`` for data with train and test parts of their own."""
         if self.order is None:
             return None
-        n_train = len(self.x_train)
+        n_train = self.num_train
         if which == "train":
             return self.order[:n_train]
         if which == "test":
             return self.order[n_train:]
-        return np.arange(len(self.order))
+        return np.sort(self.order)  # file order (with gaps where unreadable files were skipped)
 
     def example_ids(self, which: str = "test") -> list[str] | None:
         """The file of each example of split ``which`` (image folders), else its row in the source, else ``None``."""
@@ -133,8 +136,9 @@ class Dataset:
 
     def __repr__(self) -> str:
         streamed = ", train streamed from disk" if self.train_stream is not None else ""
+        skipped = f", {len(self.skipped_files)} unreadable file(s) skipped" if self.skipped_files else ""
         return (f"Dataset({self.name!r}, train={self.num_train}, test={len(self.x_test)}, shape={self.shape}, "
-                f"kind={self.kind!r}, labels={self.y_train is not None}{streamed})")
+                f"kind={self.kind!r}, labels={self.y_train is not None}{streamed}{skipped})")
 
 
 def _split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

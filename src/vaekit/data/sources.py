@@ -55,6 +55,18 @@ class RawData:
 BUILTIN_NAMES = ("digits", "fashion-mnist")
 
 
+class UnreadableFileError(DataError):
+    """One file of the data cannot be read (damaged, truncated, not what its name says): what ``skip_bad_files``
+    skips. ``path`` names the file, ``reason`` says what is wrong with it."""
+
+    def __init__(self, message: str, path: str | Path, reason: str) -> None:
+        super().__init__(message)
+        self.path, self.reason = str(path), reason
+
+    def __reduce__(self):  # crosses from DataLoader worker processes whole
+        return type(self), (str(self), self.path, self.reason)
+
+
 def load_digits_data() -> RawData:
     """scikit-learn's bundled 8x8 digits, scaled to [0, 1]; the last 20% (fixed) form the test split."""
     from sklearn.datasets import load_digits
@@ -125,9 +137,11 @@ def load_numpy_file(path: Path, mmap_mode: str | None = None):
     except ValueError as err:
         if "pickle" in str(err).lower() or "python objects" in str(err).lower():
             raise DataError(f"{path} holds Python objects, which vaekit never unpickles; save a plain numeric array") from None
-        raise DataError(f"cannot read {path} as a NumPy file: {err}") from None
+        raise UnreadableFileError(f"cannot read {path} as a NumPy file: {err}", path, str(err)) from None
     except DAMAGED_FILE_ERRORS as err:
-        raise DataError(f"cannot read {path} as a NumPy file ({type(err).__name__}: {err}); it may be damaged") from None
+        reason = f"{type(err).__name__}: {err}"
+        raise UnreadableFileError(f"cannot read {path} as a NumPy file ({reason}); it may be damaged", path,
+                                  reason) from None
 
 
 def load_array_file(path: Path) -> RawData:
@@ -224,29 +238,55 @@ def open_image(path: Path) -> Iterator[Any]:
         with Image.open(path) as img:
             yield img
     except Image.DecompressionBombError as err:
-        raise DataError(f"image {path} is too large to read safely: {err}") from None
+        raise UnreadableFileError(f"image {path} is too large to read safely: {err}", path,
+                                  f"too large to read safely: {err}") from None
     except DAMAGED_IMAGE_ERRORS as err:  # Pillow's decoders raise many types on damaged files
-        raise DataError(f"cannot read image {path} ({type(err).__name__}: {err}); it may be damaged") from None
+        reason = f"{type(err).__name__}: {err}"
+        raise UnreadableFileError(f"cannot read image {path} ({reason}); it may be damaged", path, reason) from None
 
 
-def load_image_folder(root: Path, image_size: tuple[int, int] | None = None, channels: int | None = None) -> RawData:
-    """Every image under ``root`` (recursively), resized to one size; subfolder names become labels."""
+def none_readable(what: str, skipped: list[tuple[str, str]]) -> DataError:
+    """The error for data all of whose files were skipped as unreadable."""
+    path, reason = skipped[0]
+    return DataError(f"none of the {len(skipped)} files of {what} can be read (the first, {path}: {reason})")
+
+
+def load_image_folder(root: Path, image_size: tuple[int, int] | None = None, channels: int | None = None,
+                      skip_bad_files: bool = False) -> RawData:
+    """Every image under ``root`` (recursively), resized to one size; subfolder names become labels.
+
+    With ``skip_bad_files`` images that cannot be read are left out: ``extra["skipped"]`` lists them as
+    (path, reason) and ``extra["kept"]`` holds the file numbers of the images read (``extra["files"]`` lists all)."""
     files = list_images(root)
     if not files:
         raise DataError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    images = []
-    for path in files:
-        with open_image(path) as img:
-            img.load()
-            images.append(img.copy())
+    images, kept, skipped = [], [], []
+    for position, path in enumerate(files):
+        try:
+            with open_image(path) as img:
+                img.load()
+                images.append(img.copy())
+        except UnreadableFileError as err:
+            if not skip_bad_files:
+                raise
+            skipped.append((err.path, err.reason))
+            continue
+        kept.append(position)
+    if not images:
+        raise none_readable(str(root), skipped)
     channels, (height, width) = choose_image_layout([(img.mode, img.height, img.width) for img in images],
                                                     image_size, channels)
     x = np.empty((len(images), channels, height, width), dtype=np.float32)
     for i, img in enumerate(images):
         x[i] = image_to_array(img, channels, (height, width))
     labels, class_names = folder_labels(root, files)
+    extra: dict[str, Any] = {"files": [str(p) for p in files]}
+    if skipped:
+        kept_positions = np.array(kept, dtype=np.int64)
+        labels = None if labels is None else labels[kept_positions]
+        extra.update(skipped=skipped, kept=kept_positions, total=len(files))
     return RawData(x=x, y=labels, unit_range=True, class_names=class_names,
-                   image_size=(height, width), channels=channels, extra={"files": [str(p) for p in files]})
+                   image_size=(height, width), channels=channels, extra=extra)
 
 
 def choose_image_layout(headers: list[tuple[str, int, int]], image_size: tuple[int, int] | None,
@@ -363,8 +403,10 @@ def load_csv(path: Path, label_column: str | None = None) -> RawData:
 
 
 def load_source(source: str, *, data_dir: str | None = None, image_size: tuple[int, int] | None = None,
-                channels: int | None = None, label_column: str | None = None) -> RawData:
-    """Read a built-in data set by name, or a file or folder by path."""
+                channels: int | None = None, label_column: str | None = None,
+                skip_bad_files: bool = False) -> RawData:
+    """Read a built-in data set by name, or a file or folder by path (``skip_bad_files``: see
+    ``load_image_folder``)."""
     if source == "digits":
         return load_digits_data()
     if source in ("fashion-mnist", "fashion_mnist", "fmnist"):
@@ -373,7 +415,7 @@ def load_source(source: str, *, data_dir: str | None = None, image_size: tuple[i
     if not path.exists():
         raise DataError(f"{source!r} is neither a built-in data set ({', '.join(BUILTIN_NAMES)}) nor an existing path")
     if path.is_dir():
-        return load_image_folder(path, image_size=image_size, channels=channels)
+        return load_image_folder(path, image_size=image_size, channels=channels, skip_bad_files=skip_bad_files)
     suffix = path.suffix.lower()
     if suffix in (".npy", ".npz"):
         return load_array_file(path)

@@ -18,13 +18,22 @@ Streamable sources:
   tar streams (WebDataset) would only shuffle within a buffer.
 - a folder of images: the file list and the images' headers are read up front (sizes, modes), the
   pixels only when a batch needs them.
+
+A file that cannot be read stops loading (or training, when a DataLoader worker meets it) with a ``DataError``
+naming it; the workers hand such errors back as values (``_IndexReader``), so the main process raises the
+worker's own error, not torch's wrapper with the worker's traceback. With ``skip_bad_files`` an image whose
+header cannot be read, and a shard that cannot be opened, are left out at loading, unreadable test images
+are left out of the test split, and an unreadable training image is replaced in its batch by the next
+readable example of the split (the batch keeps its size, so the global batches and their weighting under
+torchrun are unchanged); ``StreamedSplit.bad_files`` collects them.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +42,8 @@ import torch
 from ..config import DataConfig
 from ..errors import DataError
 from .dataset import Dataset, _split_indices
-from .sources import (IMAGE_SUFFIXES, check_array_layout, choose_image_layout, folder_labels, image_to_array,
-                      list_images, load_numpy_file, open_image, to_float_examples)
+from .sources import (IMAGE_SUFFIXES, UnreadableFileError, check_array_layout, choose_image_layout, folder_labels,
+                      image_to_array, list_images, load_numpy_file, none_readable, open_image, to_float_examples)
 from .transforms import column_scale, to_model_units
 
 IN_MEMORY_CHOICES = ("auto", "yes", "no")
@@ -72,6 +81,8 @@ def default_memory_budget_mb() -> float:
 class NpyArray:
     """One ``.npy`` file, memory-mapped; ``read`` copies the rows asked for and unmaps the file again."""
 
+    skipped: list[tuple[str, str]] = []  # a single file is the whole data set: never skipped
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         mapped = self._map()
@@ -108,12 +119,21 @@ class NpyArray:
 class NpyShards:
     """A folder of ``.npy`` files with the same example shape and type, read as one array in name order."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, skip_bad_files: bool = False) -> None:
         self.folder = Path(folder)
         files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() == ".npy" and p.is_file())
         if not files:
             raise DataError(f"{folder} holds no .npy shards")
-        self.parts = [NpyArray(p) for p in files]
+        self.parts, self.skipped = [], []  # skipped: shards that cannot be opened, as (path, reason)
+        for path in files:
+            try:
+                self.parts.append(NpyArray(path))
+            except UnreadableFileError as err:
+                if not skip_bad_files:
+                    raise
+                self.skipped.append((err.path, err.reason))
+        if not self.parts:
+            raise none_readable(str(folder), self.skipped)
         first = self.parts[0]
         for part in self.parts[1:]:
             if part.file_shape[1:] != first.file_shape[1:] or part.dtype != first.dtype:
@@ -147,15 +167,27 @@ class ImageFiles:
 
     unit_range = True
 
-    def __init__(self, root: Path, image_size: tuple[int, int] | None = None, channels: int | None = None) -> None:
+    def __init__(self, root: Path, image_size: tuple[int, int] | None = None, channels: int | None = None,
+                 skip_bad_files: bool = False) -> None:
         self.root = Path(root)
         self.files = list_images(self.root)
         if not self.files:
             raise DataError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         headers = []
-        for path in self.files:
-            with open_image(path) as img:  # reads the header only
-                headers.append((img.mode, img.height, img.width))
+        # Images whose header cannot be read, by file number: (path, reason). They keep their place (and so every
+        # file its split); the splits leave them out.
+        self.unreadable: dict[int, tuple[str, str]] = {}
+        for number, path in enumerate(self.files):
+            try:
+                with open_image(path) as img:  # reads the header only
+                    headers.append((img.mode, img.height, img.width))
+            except UnreadableFileError as err:
+                if not skip_bad_files:
+                    raise
+                self.unreadable[number] = (err.path, err.reason)
+        self.skipped = list(self.unreadable.values())
+        if not headers:
+            raise none_readable(str(root), self.skipped)
         self.channels, self.image_size = choose_image_layout(headers, image_size, channels)
         self.example_shape = (self.channels, *self.image_size)
         self.labels, self.class_names = folder_labels(self.root, self.files)
@@ -185,8 +217,8 @@ def read_in_order(read_raw, indices: np.ndarray) -> np.ndarray:
 Source = NpyArray | NpyShards | ImageFiles
 
 
-def open_streamable(source: str, image_size: tuple[int, int] | None = None,
-                    channels: int | None = None) -> tuple[Source, Source | None] | None:
+def open_streamable(source: str, image_size: tuple[int, int] | None = None, channels: int | None = None,
+                    skip_bad_files: bool = False) -> tuple[Source, Source | None] | None:
     """The (train-or-all, own test) sources of a streamable path, or ``None`` for data that is only read whole."""
     path = Path(source).expanduser()
     if path.is_file() and path.suffix.lower() == ".npy":
@@ -194,10 +226,10 @@ def open_streamable(source: str, image_size: tuple[int, int] | None = None,
     if not path.is_dir():
         return None
     if (path / "train").is_dir() and (path / "test").is_dir() and any((path / "train").glob("*.npy")):
-        return NpyShards(path / "train"), NpyShards(path / "test")
+        return NpyShards(path / "train", skip_bad_files), NpyShards(path / "test", skip_bad_files)
     if any(p.suffix.lower() == ".npy" for p in path.iterdir()):
-        return NpyShards(path), None
-    return ImageFiles(path, image_size, channels), None
+        return NpyShards(path, skip_bad_files), None
+    return ImageFiles(path, image_size, channels, skip_bad_files), None
 
 
 def float32_bytes(source: Source) -> int:
@@ -214,9 +246,25 @@ class StreamedSplit:
     indices: np.ndarray | None
     config: DataConfig
     num_workers: int = DEFAULT_LOADER_WORKERS
+    skip_bad_files: bool = False
+    # Examples whose file cannot be read, by their number in the source: (path, reason). Filled with skip_bad_files:
+    # by the header scan, and as batches meet them (in the main process, from what the workers report).
+    bad_files: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # Called in the main process with (path, reason) for each unreadable file training meets (not sent to workers).
+    on_bad_file: Callable[[str, str], None] | None = None
+
+    def __post_init__(self) -> None:
+        self._reported = {path for path, _ in self.bad_files.values()}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "on_bad_file": None}
 
     def __len__(self) -> int:
         return len(self.source) if self.indices is None else len(self.indices)
+
+    def unreadable_files(self) -> list[tuple[str, str]]:
+        """Every file found unreadable so far, once each, as (path, reason), in path order."""
+        return sorted({path: (path, reason) for path, reason in self.bad_files.values()}.values())
 
     @property
     def example_shape(self) -> tuple[int, ...]:
@@ -232,6 +280,75 @@ class StreamedSplit:
         if self.config.binarize == "static":  # the threshold form; a random static draw cannot be streamed
             x = (x >= self.config.binarize_threshold).astype(np.float32)
         return x
+
+    def read_batch(self, positions: np.ndarray) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
+        """A training batch (``read``) and the unreadable files it met, {example in the source: (path, reason)}.
+
+        Without ``skip_bad_files`` an unreadable file raises ``UnreadableFileError``; with it, each example whose
+        file cannot be read is replaced by the next readable example of the split (positions wrap around).
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        if not self.skip_bad_files:
+            return self.read(positions), {}
+        found: dict[int, tuple[str, str]] = {}
+        if not (self.bad_files and any(self._source_index(p) in self.bad_files for p in positions)):
+            try:
+                return self.read(positions), found
+            except UnreadableFileError:
+                pass  # read them one by one to find which
+        rows = []
+        for position in positions:
+            for step in range(len(self)):
+                row = self._read_one((int(position) + step) % len(self), found)
+                if row is not None:
+                    rows.append(row)
+                    break
+            else:
+                path, reason = next(iter(self.bad_files.values()))
+                raise DataError(f"none of the {len(self):,} examples of {self.config.source} can be read (for example "
+                                f"{path}: {reason})")
+        return np.stack(rows), found
+
+    def read_readable(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The examples at these positions whose files can be read (all of them without ``skip_bad_files``), and
+        their positions; the unreadable ones are added to ``bad_files``."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if not self.skip_bad_files:
+            return self.read(positions), positions
+        if not (self.bad_files and any(self._source_index(p) in self.bad_files for p in positions)):
+            try:
+                return self.read(positions), positions
+            except UnreadableFileError:
+                pass
+        found: dict[int, tuple[str, str]] = {}
+        rows = [(p, self._read_one(int(p), found)) for p in positions]
+        kept = np.array([p for p, row in rows if row is not None], dtype=np.int64)
+        x = np.stack([row for _, row in rows if row is not None]) if len(kept) else \
+            np.zeros((0, *self.example_shape), np.float32)
+        return x, kept
+
+    def record_bad_files(self, found: dict[int, tuple[str, str]]) -> None:
+        """Add what a worker found to ``bad_files`` (in the main process) and report each file once."""
+        self.bad_files.update(found)
+        for path, reason in found.values():
+            if path not in self._reported:
+                self._reported.add(path)
+                if self.on_bad_file is not None:
+                    self.on_bad_file(path, reason)
+
+    def _source_index(self, position: int) -> int:
+        return int(position) if self.indices is None else int(self.indices[position])
+
+    def _read_one(self, position: int, found: dict[int, tuple[str, str]]) -> np.ndarray | None:
+        """One example, or ``None`` when its file cannot be read (recorded in ``bad_files`` and ``found``)."""
+        index = self._source_index(position)
+        if index in self.bad_files:
+            return None
+        try:
+            return self.read(np.array([position]))[0]
+        except UnreadableFileError as err:
+            self.bad_files[index] = found[index] = (err.path, err.reason)
+            return None
 
     def chunks(self, rows_per_chunk: int | None = None):
         """The whole split in order, in chunks of bounded size (for statistics and loading the test split)."""
@@ -271,7 +388,7 @@ def _scan(source: Source, indices: np.ndarray | None, name: str, standardize: bo
 
 def load_streamed(name: str, sources: tuple[Source, Source | None], config: DataConfig, *,
                   like: DataConfig | None, standardize: bool | None, memory_budget_mb: float,
-                  num_workers: int):
+                  num_workers: int, skip_bad_files: bool = False):
     """A ``Dataset`` whose training split streams from disk and whose test split is read into memory."""
     source, test_source = sources
     if config.binarize == "static" and config.binarize_threshold is None:
@@ -312,16 +429,43 @@ def load_streamed(name: str, sources: tuple[Source, Source | None], config: Data
         raise DataError(f"binarization needs data in [0, 1], but {name} holds real values; use --binarize none")
     if isinstance(source, ImageFiles):
         config.image_size, config.channels = tuple(source.image_size), source.channels
-    test_split = StreamedSplit(test_source, test_idx, dataclasses_replace_binarize_none(config))
-    x_test = np.concatenate(list(test_split.chunks())) if n_test else np.zeros((0, *source.example_shape), np.float32)
+    unreadable = getattr(source, "unreadable", {})  # images whose header cannot be read, by file number
+    test_split = StreamedSplit(test_source, test_idx, dataclasses_replace_binarize_none(config),
+                               skip_bad_files=skip_bad_files, bad_files=dict(getattr(test_source, "unreadable", {})))
+    x_test, test_kept = _read_test_split(test_split, n_test, source.example_shape)
+    if len(test_kept) < n_test:  # unreadable test images are left out (skip_bad_files)
+        if not len(test_kept):
+            raise DataError(f"every file of the test split of {name} is unreadable ({n_test} files); add readable "
+                            "files or change --test-fraction")
+        if test_idx is not None:
+            test_idx = test_idx[test_kept]
+            order = np.concatenate([train_idx, test_idx])
+    skipped = sorted({path: (path, reason) for path, reason in
+                      [*source.skipped, *(test_source.skipped if test_source is not source else []),
+                       *test_split.bad_files.values()]}.values())
     labels = getattr(source, "labels", None)
     y_train = y_test = None
     if labels is not None and train_idx is not None:
         y_train, y_test = labels[train_idx], labels[test_idx]
-    train_split = StreamedSplit(source, train_idx, config, num_workers=num_workers)
+    train_split = StreamedSplit(source, train_idx, config, num_workers=num_workers, skip_bad_files=skip_bad_files,
+                                bad_files=dict(unreadable))
     return Dataset(name=name, x_train=torch.zeros((0, *source.example_shape)), x_test=torch.from_numpy(x_test),
                    y_train=y_train, y_test=y_test, config=config, class_names=getattr(source, "class_names", None),
-                   order=order, train_stream=train_split)
+                   order=order, train_stream=train_split, skipped_files=skipped)
+
+
+def _read_test_split(split: StreamedSplit, n_test: int, example_shape: tuple[int, ...]):
+    """The test split in memory, in chunks of bounded size, and the positions read (all of them unless unreadable
+    files were skipped)."""
+    if not n_test:
+        return np.zeros((0, *example_shape), np.float32), np.zeros(0, np.int64)
+    rows = max(1, SCAN_CHUNK_BYTES // (4 * math.prod(example_shape)))
+    pieces, kept = [], []
+    for start in range(0, n_test, rows):
+        x, positions = split.read_readable(np.arange(start, min(start + rows, n_test)))
+        pieces.append(x)
+        kept.append(positions)
+    return np.concatenate(pieces), np.concatenate(kept)
 
 
 def dataclasses_replace_binarize_none(config: DataConfig) -> DataConfig:

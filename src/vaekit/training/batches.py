@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import VaekitError
 from .distributed import DistributedContext
 
 if TYPE_CHECKING:
@@ -48,7 +49,12 @@ class InMemoryBatches:
 
 
 class _IndexReader(torch.utils.data.Dataset):
-    """A map-style data set whose items are whole batches: ``reader[indices]`` reads those examples."""
+    """A map-style data set whose items are whole batches: ``reader[indices]`` reads those examples.
+
+    An item is (examples, unreadable files met, error): a vaekit error (a damaged file, NaN values) comes back as a
+    value, so that the main process raises it as it is; raised in a worker, torch would re-raise it wrapped in a
+    message holding the worker's whole traceback.
+    """
 
     def __init__(self, split: "StreamedSplit") -> None:
         self.split = split
@@ -56,8 +62,12 @@ class _IndexReader(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, indices: np.ndarray) -> Tensor:
-        return torch.from_numpy(self.split.read(indices))
+    def __getitem__(self, indices: np.ndarray) -> tuple[Tensor | None, list, VaekitError | None]:
+        try:
+            x, found = self.split.read_batch(indices)
+        except VaekitError as err:
+            return None, [], err
+        return torch.from_numpy(x), list(found.items()), None
 
 
 class StreamedBatches:
@@ -87,7 +97,11 @@ class StreamedBatches:
             _IndexReader(self.split), sampler=[indices for _, indices, _ in plan], batch_size=None,
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
             prefetch_factor=2 if self.num_workers else None)
-        for (step, _, global_count), x in zip(plan, loader):
+        for (step, _, global_count), (x, found, error) in zip(plan, loader):
+            if error is not None:
+                raise error
+            if found:
+                self.split.record_bad_files({int(index): tuple(file) for index, file in found})
             yield step, x.to(self.device, non_blocking=True), global_count
 
 
