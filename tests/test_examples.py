@@ -27,7 +27,7 @@ def run_example(name: str, cwd: Path, *args: str) -> subprocess.CompletedProcess
 
 
 def test_every_example_is_tested():
-    tested = {"folder_anomaly_report.py", "likelihood_evaluation.py"}
+    tested = {"folder_anomaly_report.py", "likelihood_evaluation.py", "table_synthetic_report.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -65,3 +65,21 @@ def test_likelihood_evaluation(tmp_path):
     again = run_example("likelihood_evaluation.py", tmp_path, "--json", "again.json")
     assert json.loads((tmp_path / "again.json").read_text(encoding="utf-8"))["nll"] == summary["nll"]
     assert "-log p(x)" in again.stdout
+
+
+@pytest.mark.slow
+def test_table_synthetic_report(tmp_path):
+    import pandas as pd
+
+    result = run_example("table_synthetic_report.py", tmp_path, "--out", "out")
+    out = tmp_path / "out"
+    real = pd.read_csv(out / "demo-table.csv")
+    synthetic = pd.read_csv(out / "synthetic.csv")
+    assert list(synthetic.columns) == list(real.columns) and len(synthetic) == int(0.8 * len(real))
+    assert set(synthetic["species"].dropna()) <= set(real["species"])  # labels as written
+    assert set(synthetic["long_petals"].dropna()) <= {"yes", "no"}
+    report = json.loads((out / "report.json").read_text())
+    assert 0.5 < report["overall_score"] <= 1.0 and report["rows_synthetic"] == len(synthetic)
+    imputed = pd.read_csv(out / "imputed.csv")
+    assert not imputed.isna().to_numpy().any() and len(imputed) == len(real) - int(0.8 * len(real))
+    assert "quality" in result.stdout and "empty cells" in result.stdout
