@@ -96,9 +96,10 @@ def any_array(draw, max_dims: int = 5):
 
 
 @st.composite
-def damaged(draw, data: bytes) -> bytes:
-    """The bytes as they are, truncated, with bytes flipped, or with junk appended."""
-    how = draw(st.sampled_from(["intact", "truncate", "flip", "append"]))
+def damaged(draw, data: bytes, how: str | None = None, intact: int = 1) -> bytes:
+    """The bytes as they are (``intact`` times as often as each damage), truncated, with bytes flipped, or with
+    junk appended (or as ``how`` says). tests/test_fuzz.py uses it too."""
+    how = how or draw(st.sampled_from(["intact"] * intact + ["truncate", "flip", "append"]))
     if how == "truncate" and data:
         return data[: draw(st.integers(0, len(data) - 1))]
     if how == "flip" and data:

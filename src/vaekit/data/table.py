@@ -19,6 +19,7 @@ import csv
 import io
 import math
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ MIN_ROWS_FOR_ID = 20
 _ID_NAME = re.compile(r"(^|[_\s.])(id|key|index|rownames?|uuid)$", re.IGNORECASE)
 # Share of a text column's cells that parse as numbers above which the others are taken for typos, not labels.
 MIXED_NUMERIC_SHARE = 0.9
+# Numbers beyond this magnitude are refused: standardizing them ((x - mean) / sd) would overflow float64.
+MAX_MAGNITUDE = 1e300
 
 
 def _pandas():
@@ -182,6 +185,7 @@ class TableSchema:
         """Rows of ``frame`` (a DataFrame with at least the modelled columns) as float32 model values, NaN for
         missing cells. Unknown categories and missing columns are ``DataError``s naming them."""
         pd = _pandas()
+        frame = named_columns(frame, where)
         absent = [c.name for c in self.columns if c.name not in frame.columns]
         if absent:
             raise DataError(f"{where} has no column(s) {', '.join(map(repr, absent))}, which the model was trained on; "
@@ -197,7 +201,13 @@ class TableSchema:
                     row = int(np.argmax(bad))
                     raise DataError(f"{where}, row {row}, column {c.name!r}: {values.iloc[row]!r} is not a number "
                                     f"(the column is {c.kind})")
-                out[present, at] = ((numbers[present] - c.mean) / c.std).astype(np.float32)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    scaled = ((numbers[present] - c.mean) / c.std).astype(np.float32)
+                if not np.isfinite(scaled).all():  # beyond float32 in standard deviations: the model cannot take it
+                    row = int(np.flatnonzero(present)[np.argmax(~np.isfinite(scaled))])
+                    raise DataError(f"{where}, row {row}, column {c.name!r}: {values.iloc[row]!r} lies too far from the "
+                                    f"training values (mean {c.mean:.4g}, sd {c.std:.4g}) to be modelled")
+                out[present, at] = scaled
                 continue
             index = {_key(v): i for i, v in enumerate(c.categories)}
             codes = np.full(len(frame), -1, dtype=np.int64)
@@ -258,6 +268,19 @@ def _pandas_dtype(c: Column, has_missing: bool) -> Any:
     return object
 
 
+def named_columns(frame, where: str = "the table"):
+    """``frame`` with its column names as text (a DataFrame's columns 0, 1, ... become '0', '1', ..., as read_table
+    names a file's); several columns of one name are a ``DataError`` (a DataFrame or a Parquet file can have them)."""
+    names = [str(c) for c in frame.columns]
+    duplicated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if duplicated:
+        raise DataError(f"{where} has several columns called {', '.join(map(repr, duplicated))}; "
+                        "give each column its own name")
+    if not all(isinstance(c, str) for c in frame.columns):
+        frame = frame.set_axis(names, axis=1)
+    return frame
+
+
 # --- reading ------------------------------------------------------------------------------------
 
 def read_table(path: Path):
@@ -313,10 +336,15 @@ def read_table(path: Path):
 def _check_field_counts(path: Path, text: str, delimiter: str, width: int, has_header: bool) -> None:
     """Refuse a row with fewer or more fields than the header (a damaged or hand-edited file), naming its line;
     pandas would fill a short row with empty cells without a word."""
-    for number, row in enumerate(csv.reader(io.StringIO(text), delimiter=delimiter, skipinitialspace=True), start=1):
-        if row and any(cell.strip() for cell in row) and len(row) != width:
-            what = "the header has" if has_header else "the first row has"
-            raise DataError(f"{path}, line {number}: {len(row)} fields where {what} {width}")
+    # newline="": the csv module splits lines itself, so a file with old Mac line ends (CR only) reads as pandas reads it
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True)
+    try:
+        for number, row in enumerate(rows, start=1):
+            if row and any(cell.strip() for cell in row) and len(row) != width:
+                what = "the header has" if has_header else "the first row has"
+                raise DataError(f"{path}, line {number}: {len(row)} fields where {what} {width}")
+    except csv.Error as err:  # a field over the csv module's size limit, a stray line end inside a field
+        raise DataError(f"cannot read {path} as a table: {err}") from None
 
 
 # --- inference ------------------------------------------------------------------------------------
@@ -327,7 +355,8 @@ def infer_schema(frame, *, label_column: str | None = None, categorical: list[st
     """Column kinds from the values (see the module docstring), with the user's overrides; raises ``DataError``
     for a column that cannot be modelled as asked (text named --continuous) or mixes numbers and text."""
     pd = _pandas()
-    header = [str(c) for c in frame.columns]
+    frame = named_columns(frame, where)
+    header = list(frame.columns)
     categorical, continuous, drop = list(categorical or []), list(continuous or []), list(drop or [])
     for names, option in ((categorical, "--categorical"), (continuous, "--continuous"), (drop, "--drop-columns")):
         unknown = [n for n in names if n not in header]
@@ -373,7 +402,8 @@ def _numeric_values(present) -> tuple[np.ndarray | None, float]:
         return None, 0.0
     if pd.api.types.is_numeric_dtype(present.dtype):
         return present.to_numpy(dtype=np.float64), 1.0
-    parsed = pd.to_numeric(present.astype(str), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    # str() per value, as _key reads labels: astype(str) would decode bytes (a Parquet binary column) as UTF-8 and fail
+    parsed = pd.to_numeric(present.map(str), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     share = float(np.isfinite(parsed).mean())
     return (parsed if share == 1.0 else None), share
 
@@ -384,15 +414,19 @@ def _infer_column(name: str, series, present, n: int, *, force_categorical: bool
     is_bool = present.dtype == bool or str(present.dtype) == "boolean"
     if numbers is not None and not np.isfinite(numbers).all():
         raise DataError(f"{where}, column {name!r} holds infinite values; clean them first")
+    if numbers is not None and len(numbers) and float(np.abs(numbers).max()) > MAX_MAGNITUDE:
+        raise DataError(f"{where}, column {name!r} holds values as large as {float(np.abs(numbers).max()):.3g}, too near "
+                        f"float64's limit to standardize (differences overflow); rescale the column first")
     if numbers is None and not is_bool and share >= MIXED_NUMERIC_SHARE and not force_categorical:
-        parsed = [_as_number(str(v)) for v in present]
-        row = next(i for i, v in zip(present.index, parsed) if v is None)
+        # the first cell that is not a number as _numeric_values parsed it (float() also takes "1_000", pandas not)
+        parsed = _pandas().to_numeric(present.map(str), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        row = present.index[int(np.argmax(~np.isfinite(parsed)))]
         raise DataError(f"{where}, column {name!r} mixes numbers and text: {series.loc[row]!r} in row {row} among "
                         f"{share:.0%} numbers; fix the cell, or name the column with --categorical {name}")
     if force_continuous:
         if numbers is None:
             raise DataError(f"--continuous {name}: the column holds text (e.g. {present.iloc[0]!r}), not numbers")
-        return Column(name=name, kind="continuous", dtype="float", mean=float(numbers.mean()),
+        return Column(name=name, kind="continuous", dtype="float", mean=_mean(numbers),
                       std=_scale(numbers)), ""
     distinct = present.map(_key).unique()
     k = len(distinct)
@@ -406,7 +440,8 @@ def _infer_column(name: str, series, present, n: int, *, force_categorical: bool
             return None, (f"free text: {k} distinct values, more than {MAX_TEXT_CATEGORIES} categories "
                           f"(name it with --categorical {name} to model it anyway)")
         return _labelled(name, present, "categorical", dtype), ""
-    whole = bool(np.all(numbers == np.rint(numbers)))
+    # Whole numbers beyond 2**53 are not exact in float64 (nor all of them in int64): they are modelled as reals.
+    whole = bool(np.all(numbers == np.rint(numbers))) and float(np.abs(numbers).max()) < 2.0**53
     dtype = "int" if whole else "float"
     if force_categorical:
         return _labelled(name, present, "categorical", dtype), ""
@@ -419,9 +454,9 @@ def _infer_column(name: str, series, present, n: int, *, force_categorical: bool
     if k <= MAX_NUMERIC_CATEGORIES and len(present) >= 5 * k:
         return _labelled(name, present, "categorical", dtype), ""
     if whole:
-        return Column(name=name, kind="integer", dtype="int", mean=float(numbers.mean()), std=_scale(numbers),
+        return Column(name=name, kind="integer", dtype="int", mean=_mean(numbers), std=_scale(numbers),
                       low=float(numbers.min()), high=float(numbers.max())), ""
-    return Column(name=name, kind="continuous", dtype="float", mean=float(numbers.mean()), std=_scale(numbers),
+    return Column(name=name, kind="continuous", dtype="float", mean=_mean(numbers), std=_scale(numbers),
                   decimals=_decimals(numbers)), ""
 
 
@@ -437,8 +472,22 @@ def _decimals(numbers: np.ndarray) -> int | None:
     return None
 
 
+def _mean(numbers: np.ndarray) -> float:
+    """The mean, also of values near float64's limit (whose plain sum overflows to inf)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = float(numbers.mean())
+    if not math.isfinite(mean):
+        top = float(np.abs(numbers).max())
+        mean = float((numbers / top).mean() * top)
+    return mean
+
+
 def _scale(numbers: np.ndarray) -> float:
-    std = float(numbers.std())
+    with np.errstate(over="ignore", invalid="ignore"):
+        std = float(numbers.std())
+    if not math.isfinite(std):  # squares of values beyond 1e154 overflow; the scaled values' spread does not
+        top = float(np.abs(numbers).max())
+        std = float((numbers / top).std() * top)
     return std if std > 1e-12 else 1.0
 
 

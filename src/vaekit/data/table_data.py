@@ -9,7 +9,7 @@ import torch
 
 from ..errors import DataError
 from .dataset import Dataset, _split_indices
-from .table import TableSchema, _pandas, _scale, infer_schema
+from .table import TableSchema, _mean, _pandas, _scale, infer_schema, named_columns
 
 
 def table_dataset(frame, name: str, config, *, like=None, label_column: str | None = None,
@@ -19,6 +19,7 @@ def table_dataset(frame, name: str, config, *, like=None, label_column: str | No
     or by one inferred from the rows, with scales and missing rates taken from the training split."""
     if len(frame) == 0:
         raise DataError(f"{name} holds no rows")
+    frame = named_columns(frame, name)  # columns by their names as text; several of one name are refused
     saved = like is not None and like.table is not None  # read for a trained run: its schema, scales and all
     if saved:
         schema = TableSchema.from_dict(like.table)
@@ -48,7 +49,7 @@ def _fit_scales(schema: TableSchema, rows) -> None:
         if c.kind in ("continuous", "integer"):
             numbers = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=np.float64)
             if len(numbers):
-                c.mean, c.std = float(numbers.mean()), _scale(numbers)
+                c.mean, c.std = _mean(numbers), _scale(numbers)
 
 
 def _labels(frame, label_column: str | None):

@@ -165,6 +165,29 @@ class LatentMapResponse(BaseModel):
     image: str | None = Field(None, description="the decoded grid, a base64 PNG (image models)")
 
 
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what is wrong, and what to do")
+    errors: list[dict[str, Any]] | None = Field(None, description="a malformed request's problems (loc, type, msg)")
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+# The answers every endpoint may give besides its own (FastAPI would document 422 with its own body, which this
+# service does not send: its 422 says what is wrong in one line).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("the body or the Host header cannot be parsed"),
+    401: _error("the service has a token and the request did not bring it"),
+    403: _error("the request comes from another origin"),
+    413: _error("the body or an uploaded image is larger than the service accepts"),
+    421: _error("the Host header names a host this service does not answer to"),
+    422: _error("the request is invalid: its form (types, required fields) or its content for this model"),
+    503: _error("more requests wait for the model than the service queues; retry after Retry-After seconds"),
+}
+UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {415: _error("the upload is neither an image nor JSON")}
+
+
 # --- running model work off the event loop ------------------------------------------------------------
 
 class ServiceBusy(Exception):
@@ -384,6 +407,7 @@ def create_app(explorer: Explorer, *, allowed_hosts: Iterable[str] = (), token: 
     # No /docs or /redoc: FastAPI's pages load their scripts from a CDN (blank offline, and third-party code
     # on the service's origin); /openapi.json serves any OpenAPI tool.
     app = FastAPI(title="vaekit serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  responses=ERROR_RESPONSES,
                   description="Explore a trained variational autoencoder: sample, decode, encode, reconstruct, "
                               "score and interpolate. Uploads are multipart form data in a field named `file`.")
     app.state.explorer = explorer
@@ -444,14 +468,14 @@ def create_app(explorer: Explorer, *, allowed_hosts: Iterable[str] = (), token: 
         png = await worker.run(lambda: explorer.png_grid(explorer.decode(request.z)[1]))
         return Response(png, media_type="image/png")
 
-    @app.post("/api/encode", tags=["examples"], response_model=EncodeResponse)
+    @app.post("/api/encode", tags=["examples"], response_model=EncodeResponse, responses=UPLOAD_RESPONSES)
     async def encode(file: UPLOAD, invert: INVERT = False) -> dict[str, Any]:
         """Mean and variance of q(z|x) for the uploaded example(s)."""
         x, note = await upload(file, invert)
         mean, variance = await worker.run(explorer.encode, x)
         return {"mean": mean.tolist(), "variance": variance.tolist(), "note": note}
 
-    @app.post("/api/reconstruct", tags=["examples"], response_model=ReconstructResponse)
+    @app.post("/api/reconstruct", tags=["examples"], response_model=ReconstructResponse, responses=UPLOAD_RESPONSES)
     async def reconstruct(file: UPLOAD, invert: INVERT = False) -> dict[str, Any]:
         """The uploaded example(s) as the model sees them, and decoded from their latent means."""
         x, note = await upload(file, invert)
@@ -462,13 +486,13 @@ def create_app(explorer: Explorer, *, allowed_hosts: Iterable[str] = (), token: 
                     "mean": mean.tolist(), "note": note}
         return await worker.run(work)
 
-    @app.post("/api/score", tags=["examples"], response_model=ScoreResponse)
+    @app.post("/api/score", tags=["examples"], response_model=ScoreResponse, responses=UPLOAD_RESPONSES)
     async def score(file: UPLOAD, invert: INVERT = False) -> dict[str, Any]:
         """Anomaly scores of the uploaded example(s): higher = more anomalous."""
         x, note = await upload(file, invert)
         return {**await worker.run(explorer.score, x), "note": note}
 
-    @app.post("/api/analyze", tags=["examples"], response_model=AnalyzeResponse)
+    @app.post("/api/analyze", tags=["examples"], response_model=AnalyzeResponse, responses=UPLOAD_RESPONSES)
     async def analyze(file: UPLOAD, invert: INVERT = False) -> dict[str, Any]:
         """One example: as the model sees it, its reconstruction, its posterior and its anomaly score."""
         x, note = await upload(file, invert)

@@ -118,7 +118,11 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     weights = run_dir / MODEL_FILE
     if not weights.is_file():
         raise CheckpointError(f"{run_dir} has no {MODEL_FILE} yet: training has not finished its first epoch")
-    model = VAEModel(config.model)
+    try:
+        model = VAEModel(config.model)
+    except (TypeError, ValueError, OverflowError, RuntimeError) as err:  # sizes torch cannot take (beyond int64, memory)
+        raise CheckpointError(f"{run_dir / CONFIG_FILE} describes a model that cannot be built "
+                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
     load_weights_into(model, weights)
     return model.to(device).eval(), config
 
