@@ -25,19 +25,10 @@ from pythae.models.nn import BaseDecoder, BaseEncoder
 
 from vaekit.config import ModelConfig
 from vaekit.models.model import VAEModel
-from vaekit.models.networks import ACTIVATION_LAYERS
+from vaekit.models.networks import mlp as _mlp  # vaekit's own layer layout, so the weights copy one to one
 
 INPUT_SHAPE = (1, 28, 28)
 PSEUDO_INPUT_EPS = 1e-12
-
-
-def _mlp(sizes: list[int], activation: str, final_activation: bool) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(n_in, n_out))
-        if final_activation or i < len(sizes) - 2:
-            layers.append(ACTIVATION_LAYERS[activation]())
-    return nn.Sequential(*layers)
 
 
 class MLPEncoder(BaseEncoder):

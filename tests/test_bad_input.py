@@ -227,6 +227,15 @@ def image_file(draw) -> tuple[str, bytes]:
     return suffix, draw(damaged(buffer.getvalue()))
 
 
+def write_image_files(root: Path, files: list[tuple[str, tuple[str, bytes]]]) -> Path:
+    """An image folder: each (subfolder, (suffix, bytes)) as file i in that subfolder."""
+    root.mkdir()
+    for i, (folder, (suffix, content)) in enumerate(files):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / f"{folder}{i}{suffix}").write_bytes(content)
+    return root
+
+
 @budget(60)
 @given(files=st.lists(st.tuples(st.sampled_from(["", "a/", "b/", "a/c/"]), image_file()), min_size=0, max_size=5),
        junk=st.lists(st.tuples(st.sampled_from([".png", ".jpg", ".gif", ".txt"]), st.binary(max_size=40)), max_size=2),
@@ -234,11 +243,7 @@ def image_file(draw) -> tuple[str, bytes]:
        channels=st.sampled_from([None, 1, 3]))
 def test_image_folders(files, junk, image_size, channels):
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "images"
-        root.mkdir()
-        for i, (folder, (suffix, content)) in enumerate(files):
-            (root / folder).mkdir(parents=True, exist_ok=True)
-            (root / f"{folder}{i}{suffix}").write_bytes(content)
+        root = write_image_files(Path(tmp) / "images", files)
         for i, (suffix, content) in enumerate(junk):
             (root / f"junk{i}{suffix}").write_bytes(content)
         dataset = outcome("image_folder", lambda: vaekit.load_dataset(str(root), image_size=image_size,
@@ -256,11 +261,7 @@ def test_image_folders_skipping_bad_files(files, in_memory, image_size):
     from vaekit.data.sources import UnreadableFileError
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "images"
-        root.mkdir()
-        for i, (folder, (suffix, content)) in enumerate(files):
-            (root / folder).mkdir(parents=True, exist_ok=True)
-            (root / f"{folder}{i}{suffix}").write_bytes(content)
+        root = write_image_files(Path(tmp) / "images", files)
 
         def load_and_read():
             try:

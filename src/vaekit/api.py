@@ -51,6 +51,14 @@ def resolve_upper_latent_dims(latent_dim: int, upper_latent_dims: tuple[int, ...
     return layer_sizes(latent_dim, latent_layers)[1:]
 
 
+def latent_dim_for(dataset: Dataset) -> tuple[int, str]:
+    """``config.default_latent_dim`` for this data (a table counts its columns, not their one-hot width), and the
+    sentence saying why when it is not 20."""
+    columns = (len(TableSchema.from_dict(dataset.config.table).model_columns())
+               if dataset.config.table is not None else None)
+    return default_latent_dim(tuple(dataset.shape), columns)
+
+
 def make_run_config(dataset: Dataset, *, latent_dim: int | None = None, hidden: tuple[int, ...] | None = None,
                     arch: str = "auto", likelihood: str = "auto", activation: str = "relu",
                     gaussian_std: float = 1.0, upper_latent_dims: tuple[int, ...] = (),
@@ -65,9 +73,7 @@ def make_run_config(dataset: Dataset, *, latent_dim: int | None = None, hidden: 
     ``latent_dim`` None: ``config.default_latent_dim`` (20 for images, half the columns for vectors and tables).
     """
     if latent_dim is None:
-        columns = (len(TableSchema.from_dict(dataset.config.table).model_columns())
-                   if dataset.config.table is not None else None)
-        latent_dim = default_latent_dim(tuple(dataset.shape), columns)[0]
+        latent_dim = latent_dim_for(dataset)[0]
     upper_latent_dims = resolve_upper_latent_dims(latent_dim, upper_latent_dims, latent_layers)
     if train_options.get("epochs") is None or train_options.get("batch_size") is None:
         train_options["batch_size"], train_options["epochs"], _ = default_schedule(

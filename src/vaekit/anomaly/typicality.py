@@ -163,7 +163,7 @@ def fit_typicality(vae: VAE, x: np.ndarray, *, num_samples: int = DEFAULT_NUM_SA
     # The per-dimension posterior needs a covariance of (k^2 + k) / 2 values: only with enough examples for
     # twice that; fewer examples keep the summary statistics, which every model has.
     k = stats.shape[1]
-    if len(stats) < 2 * _gaussian_parameters(k):
+    if len(stats) < 2 * component_parameters(k):
         keep = [i for i, n in enumerate(names) if not n.startswith(("mu_", "log_var_"))]
         stats, names, k = stats[:, keep], [names[i] for i in keep], len(keep)
     if len(stats) < 2 * (k + 1):
@@ -176,7 +176,7 @@ def fit_typicality(vae: VAE, x: np.ndarray, *, num_samples: int = DEFAULT_NUM_SA
     z = (stats - center) / scale
     best, best_bic = None, np.inf
     # Each component needs room for its mean and covariance: at most one per twice its parameters in examples.
-    limit = max(1, min(max_components, len(z) // (2 * _gaussian_parameters(k))))
+    limit = max(1, min(max_components, len(z) // (2 * component_parameters(k))))
     for n in sorted({1, *(2**i for i in range(1, 12) if 2**i <= limit), limit}):
         gmm = GaussianMixture(n, covariance_type="full", reg_covar=1e-4, n_init=2, random_state=seed).fit(z)
         bic = gmm.bic(z)
@@ -191,8 +191,9 @@ def fit_typicality(vae: VAE, x: np.ndarray, *, num_samples: int = DEFAULT_NUM_SA
     return state
 
 
-def _gaussian_parameters(k: int) -> int:
-    """Free parameters of one mixture component over k statistics: weight, mean and full covariance."""
+def component_parameters(k: int) -> int:
+    """Free parameters of one full-covariance mixture component in k dimensions: weight, mean and covariance
+    (also the ex-post latent sampler's bound, ``generation.samplers.max_components_for``)."""
     return 1 + k + k * (k + 1) // 2
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..training import checkpoint as ckpt
 from ..training import distributed
-from ..api import load, make_run_config
-from ..config import (ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, LR_SCHEDULES, default_latent_dim, default_schedule,
+from ..api import latent_dim_for, load, make_run_config
+from ..config import (ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, LR_SCHEDULES, default_schedule,
                       INFERENCE_NAMES, OBJECTIVE_NAMES, PRECISIONS, PRIOR_NAMES, RunConfig)
 from ..data.streaming import DEFAULT_LOADER_WORKERS, IN_MEMORY_CHOICES
 from ..data import load_dataset, parse_spec
@@ -252,20 +252,17 @@ def _train(args: argparse.Namespace) -> int:
         dataset.train_stream.on_bad_file = lambda path, reason: log(
             f"--skip-bad-files: {path} cannot be read ({reason}); training goes on without it, its place in each "
             "batch taken by the next readable example")
-    from ..data.table import TableSchema
-
     if dataset.config.table is not None:
+        from ..data.table import TableSchema
+
         log("columns:\n" + "\n".join(TableSchema.from_dict(dataset.config.table).describe()))
     if not args.resume:
         reason = default_schedule(dataset.num_train, _given(args).get("batch_size"), _given(args).get("epochs"))[2]
         if reason:
             log(reason)
-        if "latent_dim" not in _given(args):
-            columns = (len(TableSchema.from_dict(dataset.config.table).model_columns())
-                       if dataset.config.table is not None else None)
-            latent_reason = default_latent_dim(tuple(dataset.shape), columns)[1]
-            if latent_reason:
-                log(latent_reason)
+        latent_reason = latent_dim_for(dataset)[1] if "latent_dim" not in _given(args) else ""
+        if latent_reason:
+            log(latent_reason)
     t = config.train
     latents = ",".join(map(str, (m.latent_dim, *m.upper_latent_dims)))
     inference = f" ({m.inference})" if m.upper_latent_dims else ""

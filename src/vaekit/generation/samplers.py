@@ -48,6 +48,7 @@ from torch.distributions import Categorical, MixtureSameFamily, MultivariateNorm
 
 from .._version import __version__
 from ..anomaly.scores import model_fingerprint
+from ..anomaly.typicality import component_parameters
 from ..api import VAE
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import atomic_write_bytes, atomic_write_json, read_json
@@ -201,8 +202,7 @@ def max_components_for(n: int, dim: int, max_components: int = DEFAULT_MAX_COMPO
     """The most components BIC may choose among for n codes of ``dim`` dimensions: every component needs
     two examples per free parameter (its weight, mean and full covariance, 1 + d + d(d+1)/2), as for the
     typicality mixture of ``vaekit.anomaly``."""
-    per_component = 2 * (1 + dim + dim * (dim + 1) // 2)
-    return max(1, min(int(max_components), n // per_component))
+    return max(1, min(int(max_components), n // (2 * component_parameters(dim))))
 
 
 def fit_gmm(vae: VAE, X: Any, *, seed: int = 0, max_components: int = DEFAULT_MAX_COMPONENTS,
