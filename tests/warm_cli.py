@@ -25,7 +25,8 @@ from pathlib import Path
 
 PRELOAD = ["torch", "numpy", "vaekit", "vaekit.cli", "vaekit.api", "vaekit.anomaly", "vaekit.anomaly.explain",
            "vaekit.anomaly.regret", "vaekit.evaluation", "vaekit.generation.latent", "vaekit.export", "vaekit.plots",
-           "vaekit.training.trainer", "sklearn.datasets", "sklearn.mixture", "sklearn.metrics", "sklearn.decomposition",
+           "vaekit.training.trainer", "vaekit.serve", "sklearn.datasets", "sklearn.mixture", "sklearn.metrics",
+           "sklearn.decomposition",
            "PIL.Image", "matplotlib.figure", "matplotlib.backends.backend_agg", "tqdm.auto", "onnx", "onnxruntime",
            "onnxscript"]
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import ConfigError
-from ..export import FORMATS, export_model
+from ..names import EXPORT_FORMATS as FORMATS
 from .common import load_run
 
 
@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def export(args: argparse.Namespace) -> int:
+    from ..export import export_model
+
     for path in (args.output, args.encoder):
         if path is not None and not any(path.lower().endswith(suffix) for suffix in FORMATS):
             raise ConfigError(f"cannot export to {path}: use a file ending in {', '.join(FORMATS)}")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from ..generation import latent
 from ..errors import ConfigError, DataError
-from ..plots import save_figure
-from .common import (add_data_options, check_output, load_run, load_run_data, load_run_data_or_own, positive_int,
-                     save_npy, write_csv)
+from ..names import EMBEDDINGS, INTERPOLATION_METHODS, RANKINGS
+from .common import (DEVICE_HELP, add_data_options, check_output, load_run, load_run_data, load_run_data_or_own,
+                     positive_int, save_npy, write_csv)
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PICTURE_OR_ARRAY = (".png", ".npy")
 
@@ -26,9 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="start", type=int, default=0, metavar="I", help="index of the first example (default 0)")
     p.add_argument("--to", dest="end", type=int, default=1, metavar="J", help="index of the second example (default 1)")
     p.add_argument("--steps", type=positive_int, default=10, help="points on the path, both ends included (default 10)")
-    p.add_argument("--method", choices=latent.INTERPOLATION_METHODS, default="linear", help="linear (default) or spherical")
+    p.add_argument("--method", choices=INTERPOLATION_METHODS, default="linear", help="linear (default) or spherical")
     p.add_argument("-o", "--output", required=True, help="output: .png or .npy")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_data_options(p)
     p.set_defaults(func=interpolate)
 
@@ -43,12 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output: .png or .npy (decoded grid, dims x steps x example)")
     p.add_argument("--top", type=positive_int, default=8, help="how many dimensions (default 8)")
     p.add_argument("--dims", type=_parse_dims, help="these dimensions instead of the most informative, e.g. 0,3,5")
-    p.add_argument("--by", choices=latent.RANKINGS, default="kl",
+    p.add_argument("--by", choices=RANKINGS, default="kl",
                    help="rank by average KL to the N(0, 1) prior (default) or by active-unit variance Var_x(E[z|x])")
     p.add_argument("--steps", type=positive_int, default=9, help="columns per dimension (default 9)")
     p.add_argument("--span", type=float, default=3.0, help="offsets range over [-SPAN, SPAN] (default 3)")
     p.add_argument("--base", type=int, metavar="I", help="vary around the latent mean of example I of DATA (default: the origin)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_data_options(p)
     p.set_defaults(func=traverse)
 
@@ -59,12 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN")
     p.add_argument("data", metavar="DATA")
     p.add_argument("-o", "--output", required=True, help="output: .png, .npy or .csv")
-    p.add_argument("--method", choices=latent.EMBEDDINGS, default="auto",
+    p.add_argument("--method", choices=EMBEDDINGS, default="auto",
                    help="auto (default: the latent when 2-D, else PCA), latent, pca or tsne")
     p.add_argument("--max-points", type=positive_int, default=5000,
                    help="plot a seeded random subset of at most this many examples (default 5000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_data_options(p)
     p.set_defaults(func=latent_plot)
 
@@ -76,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, default=20, help="grid points per axis (default 20)")
     p.add_argument("--quantiles", type=_parse_range, default=(0.05, 0.95), metavar="LOW,HIGH",
                    help="prior quantiles at the grid's edges (default 0.05,0.95)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=manifold)
 
 
@@ -109,6 +110,9 @@ def _done(path, what: str) -> None:
 
 
 def interpolate(args: argparse.Namespace) -> int:
+    from ..generation import latent
+    from ..plots import save_figure
+
     out = check_output(args.output, PICTURE_OR_ARRAY)
     vae = load_run(args.run, args.device)
     x, _, _ = load_run_data(args.data, vae, args.data_dir)
@@ -126,6 +130,9 @@ def interpolate(args: argparse.Namespace) -> int:
 
 
 def traverse(args: argparse.Namespace) -> int:
+    from ..generation import latent
+    from ..plots import save_figure
+
     out = check_output(args.output, PICTURE_OR_ARRAY)
     vae = load_run(args.run, args.device)
     x, _, _, spec = load_run_data_or_own(args.data, vae, args.run, args.data_dir, "that ranks the dimensions")
@@ -147,6 +154,11 @@ def traverse(args: argparse.Namespace) -> int:
 
 
 def latent_plot(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..generation import latent
+    from ..plots import save_figure
+
     out = check_output(args.output, (".png", ".npy", ".csv"))
     vae = load_run(args.run, args.device)
     x, labels, dataset = load_run_data(args.data, vae, args.data_dir)
@@ -167,6 +179,9 @@ def latent_plot(args: argparse.Namespace) -> int:
 
 
 def manifold(args: argparse.Namespace) -> int:
+    from ..generation import latent
+    from ..plots import save_figure
+
     out = check_output(args.output, PICTURE_OR_ARRAY)
     vae = load_run(args.run, args.device)
     if args.steps < 2:

@@ -6,14 +6,15 @@ import argparse
 import dataclasses
 import os
 import sys
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from ..api import VAE
-from ..data import parse_spec, to_original_units
 from ..errors import ConfigError, VaekitError
-from ..serve.security import (TOKEN_ENV, allowed_host_name, check_token, is_loopback, is_wildcard,
-                              require_token_off_loopback)
-from .common import add_data_options, load_run, load_run_data_or_own, positive_int
+from ..names import TOKEN_ENV
+from .common import DEVICE_HELP, add_data_options, load_run, load_run_data_or_own, positive_int
+
+if TYPE_CHECKING:
+    from ..api import VAE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-connections", type=positive_int, default=64,
                         help="most open connections; more get 503 (default 64)")
     p.add_argument("--access-log", action="store_true", help="print one line per request")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_data_options(p)
     p.set_defaults(func=serve)
 
@@ -68,6 +69,7 @@ def load_reference(spec: str | None, vae: VAE, run: str, data_dir: str | None = 
     Runs trained on binarized data get the examples before binarization: they are what a person would
     upload, and the anomaly scores binarize them the way the run did.
     """
+    from ..data import parse_spec, to_original_units
     from ..serve import ReferenceData
 
     x, labels, dataset, spec = load_run_data_or_own(spec, vae, run, data_dir, "with --data")
@@ -80,6 +82,8 @@ def load_reference(spec: str | None, vae: VAE, run: str, data_dir: str | None = 
 
 def access_options(args: argparse.Namespace) -> tuple[list[str], str | None]:
     """The host names to answer to and the token (None: none) from the options, or a ConfigError saying what to do."""
+    from ..serve.security import allowed_host_name, check_token, is_loopback, is_wildcard, require_token_off_loopback
+
     if args.no_auth and args.token is not None:
         raise ConfigError("--no-auth and --token contradict each other: give one of them")
     token = None if args.no_auth else (args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None)
@@ -93,6 +97,7 @@ def access_options(args: argparse.Namespace) -> tuple[list[str], str | None]:
 
 def serve(args: argparse.Namespace) -> int:
     from ..serve import Explorer, ServeLimits, require_serve_packages
+    from ..serve.security import is_loopback
 
     allowed_hosts, token = access_options(args)  # a missing token is the first thing to hear about
     require_serve_packages()  # before the model is loaded: a missing package is the next thing to hear about

@@ -41,18 +41,17 @@ import torch
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..names import DEFAULT_LOADER_WORKERS, IN_MEMORY_CHOICES  # noqa: F401  (IN_MEMORY_CHOICES: re-exported)
 from .dataset import Dataset, _split_indices
 from .sources import (IMAGE_SUFFIXES, UnreadableFileError, check_array_layout, choose_image_layout, folder_labels,
                       image_to_array, list_images, load_numpy_file, none_readable, open_image, to_float_examples)
 from .transforms import column_scale, to_model_units
 
-IN_MEMORY_CHOICES = ("auto", "yes", "no")
 DEFAULT_BUDGET_FRACTION = 0.5
 """Without --memory-budget-mb, data sets are held in memory when they fit in half the available memory."""
 LOADING_OVERHEAD = 2.0
 """Loading into memory briefly holds about two float32 copies (the read array and the split tensors)."""
 SCAN_CHUNK_BYTES = 32 * 2**20
-DEFAULT_LOADER_WORKERS = 2
 
 
 def available_memory_bytes() -> int | None:

@@ -23,11 +23,9 @@ import torch
 
 from ..api import VAE
 from ..errors import ConfigError, DataError
+from ..names import EMBEDDINGS, INTERPOLATION_METHODS, RANKINGS
 from ..plots import image_grid, new_figure, to_display
 
-INTERPOLATION_METHODS = ("linear", "spherical")
-RANKINGS = ("kl", "variance")
-EMBEDDINGS = ("auto", "latent", "pca", "tsne")
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016): a unit is active when Var_x(E_q[z_d|x]) exceeds this
 
 

@@ -30,8 +30,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigError
+from ..names import TOKEN_ENV
 
-TOKEN_ENV = "VAEKIT_TOKEN"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 WILDCARD_ADDRESSES = ("", "0.0.0.0", "::", "[::]")
 COOKIE_PREFIX = "vaekit_session_"
