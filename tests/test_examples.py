@@ -27,7 +27,8 @@ def run_example(name: str, cwd: Path, *args: str) -> subprocess.CompletedProcess
 
 
 def test_every_example_is_tested():
-    tested = {"folder_anomaly_report.py", "likelihood_evaluation.py", "table_synthetic_report.py"}
+    tested = {"folder_anomaly_report.py", "likelihood_evaluation.py", "table_synthetic_report.py",
+              "conditional_generation.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -83,3 +84,19 @@ def test_table_synthetic_report(tmp_path):
     imputed = pd.read_csv(out / "imputed.csv")
     assert not imputed.isna().to_numpy().any() and len(imputed) == len(real) - int(0.8 * len(real))
     assert "quality" in result.stdout and "empty cells" in result.stdout
+
+
+@pytest.mark.slow
+def test_conditional_generation(tmp_path):
+    from PIL import Image
+
+    result = run_example("conditional_generation.py", tmp_path, "--out", "pictures", "--per-label", "4")
+    grid = Image.open(tmp_path / "pictures" / "per_label.png")
+    transfer = Image.open(tmp_path / "pictures" / "transfer.png")
+    # digits' 8x8 images tiled with 2-pixel gaps (then scaled up by a whole factor): 10 rows (classes) of 4 samples,
+    # and 4 rows (originals, then 3 classes) of 8.
+    scale = transfer.size[0] // (8 * 10 + 2)
+    assert transfer.size == (scale * (8 * 10 + 2), scale * (4 * 10 + 2))
+    assert grid.size == (scale * (4 * 10 + 2), scale * (10 * 10 + 2))
+    share = float(result.stdout.split("class asked for: ")[1].split("%")[0]) / 100
+    assert share > 0.2  # 5 epochs; chance is 0.1 (the full run: see the script's docstring)

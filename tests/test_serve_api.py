@@ -429,6 +429,17 @@ BAD_REQUESTS = [
     ("interpolate: wrong length", "post", "/api/interpolate", {"json": {"z_start": [0.0], "z_end": Z[0]}}, 422,
      "shape (4,)"),
     ("examples: too many", "get", "/api/examples?n=1000", {}, 422, "at most 256"),
+    ("label for an unconditional model: sample", "post", "/api/sample", {"json": {"n": 2, "label": "3"}}, 422,
+     "not conditional"),
+    ("label for an unconditional model: decode", "post", "/api/decode", {"json": {"z": Z, "label": 3}}, 422,
+     "not conditional"),
+    ("label for an unconditional model: sample.png", "get", "/api/sample.png?n=2&label=3", {}, 422, "not conditional"),
+    ("label for an unconditional model: interpolate", "post", "/api/interpolate",
+     {"json": {"z_start": Z[0], "z_end": Z[0], "label": "3"}}, 422, "not conditional"),
+    ("label for an unconditional model: upload", "post", "/api/analyze",
+     {"files": upload(GOOD_PNG), "data": {"label": "3"}}, 422, "not conditional"),
+    ("label of the wrong type", "post", "/api/sample", {"json": {"n": 2, "label": True}}, 422,
+     "label: must be a class name"),
     ("latent map of a 4-D latent", "get", "/api/latent-map", {}, 422, "needs a 2-D latent"),
     ("static path traversal", "get", "/static/../../../../etc/passwd", {}, 404, ""),
     ("encoded static path traversal", "get", "/static/..%2f..%2f..%2f..%2fetc%2fpasswd", {}, 404, ""),
@@ -517,9 +528,9 @@ def test_busy_service_answers_503_with_retry_after(vae):
     gate = threading.Event()
     slow_decode = app.state.explorer.decode
 
-    def blocked(z):
+    def blocked(z, label=None):
         gate.wait(5)
-        return slow_decode(z)
+        return slow_decode(z, label)
 
     app.state.explorer.decode = blocked
     with TestClient(app, base_url=LOCAL) as c:
@@ -548,3 +559,114 @@ def test_missing_web_packages_give_one_clear_error(monkeypatch, trained_run, cap
     assert main(["serve", str(trained_run), "--port", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install 'vaekit[serve]'" in err
+
+
+# --- conditional runs: a label on every generation and upload request ---------------------------------------
+
+@pytest.fixture(scope="module")
+def conditional_vae(tmp_path_factory, digits):
+    run = tmp_path_factory.mktemp("serve-conditional") / "cvae"
+    vaekit.VAE(conditional=True, latent_dim=2, hidden=(32,), epochs=2, seed=0, device="cpu").fit(digits, run_dir=run)
+    return run, vaekit.load(run)
+
+
+@pytest.fixture(scope="module")
+def conditional_client(conditional_vae, reference):
+    run, vae = conditional_vae
+    with TestClient(create_app(Explorer.from_run(run, vae=vae, reference=reference)), base_url=LOCAL) as c:
+        yield c
+
+
+CLASSES = [str(i) for i in range(10)]
+
+
+def test_info_says_whether_the_model_is_conditional_and_lists_its_classes(conditional_client, client):
+    info = conditional_client.get("/api/info").json()
+    assert info["conditional"] is True and info["classes"] == CLASSES
+    assert info["dimensions_ranked_by"] == "kl" and info["anomaly"]["percentiles"] is True
+    info = client.get("/api/info").json()
+    assert info["conditional"] is False and info["classes"] is None
+
+
+def test_conditional_samples_and_decodings_are_of_the_label_given(conditional_client, conditional_vae):
+    _, vae = conditional_vae
+    three = conditional_client.post("/api/sample", json={"n": 4, "seed": 5, "label": "3"}).json()
+    seven = conditional_client.post("/api/sample", json={"n": 4, "seed": 5, "label": "7"}).json()
+    assert three["z"] == seven["z"]  # the same draws from the prior, decoded under another class
+    z = np.asarray(three["z"], dtype=np.float32)
+    for body, label in ((three, "3"), (seven, "7")):
+        images = np.stack([decode_png(s) for s in body["outputs"]["images"]])
+        np.testing.assert_array_equal(images, as_pixels(vae.decode(z, y=label)[:, 0]))
+    assert three["outputs"]["images"] != seven["outputs"]["images"]
+    by_index = conditional_client.post("/api/sample", json={"n": 4, "seed": 5, "label": 3}).json()
+    assert by_index["outputs"] == three["outputs"]
+
+    decoded = conditional_client.post("/api/decode", json={"z": three["z"], "label": "3"}).json()
+    assert decoded["outputs"] == three["outputs"]
+    png_three = conditional_client.get("/api/sample.png?n=4&seed=5&label=3")
+    png_seven = conditional_client.get("/api/sample.png?n=4&seed=5&label=7")
+    assert png_three.status_code == png_seven.status_code == 200 and png_three.content != png_seven.content
+    assert conditional_client.post("/api/decode.png", json={"z": three["z"], "label": 7}).content == png_seven.content
+    path = conditional_client.post("/api/interpolate", json={"z_start": three["z"][0], "z_end": three["z"][1],
+                                                             "steps": 3, "label": "3"}).json()
+    images = np.stack([decode_png(s) for s in path["outputs"]["images"]])
+    np.testing.assert_array_equal(images, as_pixels(vae.decode(np.asarray(path["z"], np.float32), y=3)[:, 0]))
+    maps = [conditional_client.get(f"/api/latent-map?steps=4&label={label}").json() for label in ("0", "1")]
+    assert maps[0]["image"] != maps[1]["image"] and maps[0]["z1_axis"] == maps[1]["z1_axis"]
+
+
+def test_conditional_uploads_are_read_under_the_label_given(conditional_client, conditional_vae, example):
+    _, vae = conditional_vae
+    pixels, x = example
+    body = conditional_client.post("/api/encode", files=upload(png(pixels)), data={"label": "4"}).json()
+    mean, variance = vae.encode(x, "4")
+    np.testing.assert_allclose(body["mean"], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(body["variance"], variance, rtol=1e-5)
+    body = conditional_client.post("/api/reconstruct", files=upload(png(pixels)), data={"label": "4"}).json()
+    np.testing.assert_array_equal(decode_png(body["reconstructions"]["images"][0]),
+                                  as_pixels(vae.reconstruct(x, "4")[0, 0]))
+    body = conditional_client.post("/api/score", files=upload(png(pixels)), data={"label": "4"}).json()
+    expected = anomaly_scores(vae, x, labels="4", typicality=vaekit.anomaly.load_typicality(conditional_vae[0], vae))
+    for name, values in expected.items():
+        np.testing.assert_allclose(body["scores"][name], values, rtol=1e-5)
+    other = conditional_client.post("/api/score", files=upload(png(pixels)), data={"label": "8"}).json()
+    assert other["values"] != body["values"]  # how unusual the example is depends on the class it is read as
+    body = conditional_client.post("/api/analyze", files=upload(png(pixels)), data={"label": 4}).json()
+    np.testing.assert_allclose(body["mean"], mean[0], rtol=1e-5, atol=1e-6)
+    explanation = body["explanation"]
+    assert explanation["kind"] == "image" and np.isfinite(explanation["total_nats"]) and explanation["max_nats"] > 0
+
+
+@pytest.mark.parametrize("method, path, kwargs", [
+    ("post", "/api/sample", {"json": {"n": 2}}),
+    ("get", "/api/sample.png?n=2", {}),
+    ("post", "/api/decode", {"json": {"z": [[0.0, 0.0]]}}),
+    ("post", "/api/decode.png", {"json": {"z": [[0.0, 0.0]]}}),
+    ("post", "/api/interpolate", {"json": {"z_start": [0.0, 0.0], "z_end": [1.0, 1.0]}}),
+    ("get", "/api/latent-map", {}),
+    ("post", "/api/encode", {"files": upload(GOOD_PNG)}),
+    ("post", "/api/reconstruct", {"files": upload(GOOD_PNG)}),
+    ("post", "/api/score", {"files": upload(GOOD_PNG)}),
+    ("post", "/api/analyze", {"files": upload(GOOD_PNG)}),
+])
+def test_a_conditional_model_needs_a_known_label(conditional_client, method, path, kwargs):
+    response = getattr(conditional_client, method)(path, **kwargs)
+    assert response.status_code == 422
+    assert "conditional: give a label" in response.json()["detail"] and "0, 1, 2" in response.json()["detail"]
+    for unknown in ("eleven", "10", "-1"):
+        where, options = path, kwargs
+        if "json" in kwargs:
+            options = {"json": {**kwargs["json"], "label": unknown}}
+        elif "files" in kwargs:
+            options = {**kwargs, "data": {"label": unknown}}
+        else:
+            where = f"{path}{'&' if '?' in path else '?'}label={unknown}"
+        response = getattr(conditional_client, method)(where, **options)
+        assert response.status_code == 422, response.text
+        assert f"unknown label '{unknown}'" in response.json()["detail"] and "10 classes: 0, 1" in response.json()["detail"]
+
+
+def test_conditional_reference_data_need_labels(conditional_vae, digits):
+    _, vae = conditional_vae
+    with pytest.raises(vaekit.VaekitError, match="conditional.*no labels"):
+        Explorer(vae, reference=ReferenceData(digits.split("test").numpy(), "digits:test"))

@@ -266,6 +266,46 @@ def test_a_tabular_run_shows_decoded_rows_as_tables_with_column_names(browser_co
         page.close()
 
 
+def test_a_conditional_run_gets_a_class_selector_that_every_request_follows(browser_context, tmp_path_factory, digits,
+                                                                             test_images, server_url):
+    page = open_page(browser_context, server_url)  # an unconditional run: no selector, no label sent
+    assert page.is_hidden("#class-picker")
+    with page.expect_request("**/api/sample") as sampled:
+        page.click("#random-samples")
+    assert "label" not in sampled.value.post_data_json
+    page.close()
+
+    run = tmp_path_factory.mktemp("browser-conditional") / "cvae"
+    vae = vaekit.VAE(conditional=True, latent_dim=2, hidden=(32,), epochs=2, seed=0, device="cpu").fit(digits, run_dir=run)
+    reference = ReferenceData(test_images[:100], "digits:test", digits.labels("test")[:100], digits.class_names)
+    with BackgroundServer(create_app(Explorer.from_run(run, vae=vae, reference=reference))) as url:
+        page = open_page(browser_context, url)
+        assert page.is_visible("#class-picker")
+        assert page.locator("#class-select option").all_inner_texts() == [str(i) for i in range(10)]
+        origin = np.zeros((1, 2), np.float32)
+        page.wait_for_function("() => Number(document.querySelector('#explorer-output').dataset.updates) >= 1")
+        np.testing.assert_array_equal(shown_pixels(page, "#explorer-output img"), as_pixels(vae.decode(origin, y="0")[0, 0]))
+        page.wait_for_selector("#map-image[src]")
+        updates = int(page.get_attribute("#explorer-output", "data-updates"))
+        with page.expect_request("**/api/latent-map?*") as mapped:
+            page.select_option("#class-select", "7")
+        assert "label=7" in mapped.value.url
+        page.wait_for_function("(n) => Number(document.querySelector('#explorer-output').dataset.updates) > n", arg=updates)
+        np.testing.assert_array_equal(shown_pixels(page, "#explorer-output img"), as_pixels(vae.decode(origin, y="7")[0, 0]))
+        with page.expect_request("**/api/sample") as sampled:
+            page.click("#random-samples")
+        assert sampled.value.post_data_json["label"] == "7"
+        page.wait_for_function("() => document.querySelectorAll('#gallery .item').length >= 8")
+        assert page.locator("#gallery figcaption").first.inner_text().startswith("7 · sample")
+        # The upload goes with the label (chromium does not show multipart bodies to Playwright: the answer tells).
+        page.set_input_files("#file-input", files=[{"name": "digit.png", "mimeType": "image/png",
+                                                    "buffer": png_of(test_images[3])}])
+        page.wait_for_selector("#analysis:not([hidden]) #analysis-reconstruction img")
+        np.testing.assert_array_equal(shown_pixels(page, "#analysis-reconstruction img"),
+                                      as_pixels(vae.reconstruct(test_images[3:4], "7")[0, 0]))
+        assert page.problems == []
+        page.close()
+
 
 def test_the_page_works_with_a_token_through_the_one_time_link(browser_context, trained_run, vae):
     token = "browser-Token_42"

@@ -85,9 +85,9 @@ def test_inference_does_not_block_the_event_loop(vae):
     explorer = Explorer(vae)
     decode = explorer.decode
 
-    def slow_decode(z):
+    def slow_decode(z, label=None):
         time.sleep(1.5)
-        return decode(z)
+        return decode(z, label)
 
     explorer.decode = slow_decode
     with BackgroundServer(create_app(explorer)) as url:

@@ -15,6 +15,7 @@ from sklearn.exceptions import NotFittedError
 from .training import checkpoint as ckpt
 from .config import DataConfig, default_latent_dim, default_schedule, ModelConfig, RunConfig, TrainConfig
 from .data import Dataset, as_dataset
+from .data.labels import resolve_labels, training_classes
 from .data.sources import check_finite
 from .data.table import TableSchema, is_frame
 from .data.transforms import to_model_units, to_original_units
@@ -64,13 +65,15 @@ def make_run_config(dataset: Dataset, *, latent_dim: int | None = None, hidden: 
                     gaussian_std: float = 1.0, upper_latent_dims: tuple[int, ...] = (),
                     upper_hidden: tuple[int, ...] = (100, 100), prior: str = "standard-normal",
                     vamp_components: int = 500, inference: str = "bottom-up", latent_layers: int | None = None,
-                    objective_samples: int | None = None, **train_options: Any) -> RunConfig:
+                    objective_samples: int | None = None, conditional: bool = False, **train_options: Any) -> RunConfig:
     """The full configuration for training on ``dataset``, with 'auto' choices resolved from its shape and kind.
 
     ``objective_samples`` defaults to 1 for the elbo objective and 5 for iwae; the discretized
     likelihood's number of levels is read off the data (256 for 8-bit images). ``latent_layers`` L gives
     L stochastic layers of sizes latent_dim, ceil(latent_dim/2), ... unless ``upper_latent_dims`` names them.
     ``latent_dim`` None: ``config.default_latent_dim`` (20 for images, half the columns for vectors and tables).
+    ``conditional``: a conditional VAE on the data set's labels, its classes the data set's class names (or the
+    distinct labels, sorted).
     """
     if latent_dim is None:
         latent_dim = latent_dim_for(dataset)[0]
@@ -97,12 +100,25 @@ def make_run_config(dataset: Dataset, *, latent_dim: int | None = None, hidden: 
                             f"grid of at most 256 levels) in [0, 1]; {dataset.name} holds other values")
     if objective_samples is None:
         objective_samples = 5 if train_options.get("objective") == "iwae" else 1
+    classes = None
+    if conditional:
+        if dataset.y_train is None or dataset.y_test is None:
+            raise DataError(f"{dataset.name} has no labels, and a conditional model needs them: image folders give "
+                            "one subfolder per class, tables a label column (--label-column), arrays a y "
+                            "(VAE(conditional=True).fit(X, y))")
+        classes = training_classes(np.concatenate([np.asarray(dataset.y_train, dtype=object),
+                                                   np.asarray(dataset.y_test, dtype=object)]), dataset.class_names)
     model = ModelConfig(input_shape=dataset.shape, latent_dim=latent_dim, arch=arch, hidden=hidden,
                         activation=activation, likelihood=likelihood, gaussian_std=gaussian_std, num_levels=num_levels,
                         upper_latent_dims=tuple(upper_latent_dims), upper_hidden=tuple(upper_hidden), prior=prior,
-                        vamp_components=vamp_components, inference=inference, table_columns=table_columns)
+                        vamp_components=vamp_components, inference=inference, table_columns=table_columns,
+                        num_classes=None if classes is None else len(classes), class_names=classes)
     return RunConfig(model=model, data=dataclasses.replace(dataset.config),
                      train=TrainConfig(objective_samples=objective_samples, **train_options))
+
+
+LABEL_COLUMN = "__vaekit_label__"
+"""The column a DataFrame's ``y`` is held in while a conditional model is fitted on it."""
 
 
 class VAE(TransformerMixin, BaseEstimator):
@@ -127,6 +143,9 @@ class VAE(TransformerMixin, BaseEstimator):
     tables (``config.default_latent_dim``).
     ``perturb_rate`` replaces that share of the training values with random ones at every step: the
     background model of the likelihood-ratio anomaly score (Ren et al. 2019).
+    ``conditional=True`` trains a conditional VAE (Sohn et al. 2015) on the labels: ``fit(X, y)`` (or a ``Dataset``
+    with labels, or a DataFrame with ``y`` its label column's values), then ``sample(n, y=label)``, and every
+    method that reads examples takes their labels as ``y`` (class names or indices; ``classes_`` lists them).
     """
 
     def __init__(self, latent_dim: int | None = None, hidden: tuple[int, ...] | None = None, arch: str = "auto",
@@ -142,7 +161,8 @@ class VAE(TransformerMixin, BaseEstimator):
                  clip_grad_norm: float | None = None, max_rollbacks: int = 3, precision: str = "fp32",
                  perturb_rate: float = 0.0, inference: str = "bottom-up", latent_layers: int | None = None,
                  standardize: bool | str = "auto", categorical: list[str] | None = None,
-                 continuous: list[str] | None = None, drop_columns: list[str] | None = None) -> None:
+                 continuous: list[str] | None = None, drop_columns: list[str] | None = None,
+                 conditional: bool = False) -> None:
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.arch = arch
@@ -182,13 +202,28 @@ class VAE(TransformerMixin, BaseEstimator):
         self.categorical = categorical
         self.continuous = continuous
         self.drop_columns = drop_columns
+        self.conditional = conditional
 
     # --- training ---------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, run_dir: str | Path | None = None, resume: bool = False) -> "VAE":
-        """Train on ``X`` (array or ``Dataset``); with ``run_dir`` keep checkpoints, metrics and a loss curve there."""
+        """Train on ``X`` (array or ``Dataset``); with ``run_dir`` keep checkpoints, metrics and a loss curve there.
+
+        ``y`` is used by a conditional model only (``conditional=True``): one label per example, or, for a
+        ``Dataset``, taken from it."""
+        label_column = None
+        if self.conditional and is_frame(X) and y is not None:
+            label_column = LABEL_COLUMN
+            if label_column in X.columns:
+                raise DataError(f"the table has a column named {label_column!r}, which vaekit uses for y")
+            if len(np.asarray(y, dtype=object).reshape(-1)) != len(X):
+                raise DataError(f"y holds {len(np.asarray(y, dtype=object).reshape(-1))} labels for {len(X)} rows")
+            X = X.assign(**{label_column: np.asarray(y, dtype=object).reshape(-1)})
+        if isinstance(X, Dataset) and self.conditional and y is not None:
+            raise DataError("a Dataset carries its own labels; fit(dataset) without y")
         dataset = X if isinstance(X, Dataset) else as_dataset(
-            X, None if is_frame(X) else y, test_fraction=self.test_fraction, split_seed=self.seed,
-            binarize=self.binarize, binarize_threshold=self.binarize_threshold, standardize=self.standardize,
+            X, None if is_frame(X) or not self.conditional else y, test_fraction=self.test_fraction,
+            split_seed=self.seed, binarize=self.binarize, binarize_threshold=self.binarize_threshold,
+            standardize=self.standardize, label_column=label_column,
             categorical=self.categorical, continuous=self.continuous, drop_columns=self.drop_columns)
         config = make_run_config(
             dataset, latent_dim=self.latent_dim, hidden=self.hidden, arch=self.arch, likelihood=self.likelihood,
@@ -200,7 +235,8 @@ class VAE(TransformerMixin, BaseEstimator):
             prior=self.prior, vamp_components=self.vamp_components, objective=self.objective,
             objective_samples=self.objective_samples, free_bits=self.free_bits, clip_grad_norm=self.clip_grad_norm,
             max_rollbacks=self.max_rollbacks, precision=self.precision,
-            perturb_rate=self.perturb_rate, inference=self.inference, latent_layers=self.latent_layers)
+            perturb_rate=self.perturb_rate, inference=self.inference, latent_layers=self.latent_layers,
+            conditional=self.conditional)
         model, history = train(config, dataset, run_dir=run_dir, resume=resume, progress=self.progress)
         self._set_fitted(model, config, history)
         return self
@@ -213,6 +249,10 @@ class VAE(TransformerMixin, BaseEstimator):
         self.n_features_in_ = math.prod(self.input_shape_)
         self.latent_dim_ = config.model.latent_dim
         self.schema_ = TableSchema.from_dict(config.data.table) if config.data.table is not None else None
+        if config.model.class_names is not None:
+            self.classes_ = np.asarray(config.model.class_names, dtype=object)
+        elif hasattr(self, "classes_"):
+            del self.classes_
 
     @property
     def is_table_(self) -> bool:
@@ -292,25 +332,49 @@ class VAE(TransformerMixin, BaseEstimator):
         for start in range(0, len(x), size):
             yield x[start:start + size].to(self._device())
 
+    def _labels(self, y: Any, n: int) -> torch.Tensor | None:
+        """A conditional model's labels for n examples (one label, or one per example; names or indices) as class
+        indices; None for an unconditional model, which takes none."""
+        if not self.model_.conditional:
+            if y is not None:
+                raise DataError("this model is not conditional, so it takes no labels (y); train with "
+                                "conditional=True (vaekit train --conditional) to condition on them")
+            return None
+        if y is None:
+            raise DataError(f"this model is conditional: give y, the label of each example (one of "
+                            f"{', '.join(map(str, self.classes_[:10]))}{' ...' if len(self.classes_) > 10 else ''})")
+        return torch.from_numpy(resolve_labels(y, list(self.classes_), n))
+
+    def _labelled_batches(self, x: torch.Tensor, labels: torch.Tensor | None):
+        """(examples, their labels or None) batch by batch, on the model's device."""
+        size = self.config_.train.eval_batch_size
+        for start in range(0, len(x), size):
+            yield (x[start:start + size].to(self._device()),
+                   None if labels is None else labels[start:start + size].to(self._device()))
+
     # --- using the model --------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and variance of q(z|x) for every example, each of shape (n, latent_dim)."""
+    def encode(self, X: Any, y: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance of q(z|x) (q(z|x, y) for a conditional model) for every example, each (n, latent_dim)."""
         x = self._as_model_input(X)
+        labels = self._labels(y, len(x))
         means, variances = [], []
-        for batch in self._batches(x):
-            mu, logvar = self.model_.posterior_params(batch)
+        for batch, batch_labels in self._labelled_batches(x, labels):
+            mu, logvar = self.model_.posterior_params(batch, batch_labels)
             means.append(mu.float().cpu())
             variances.append(logvar.float().exp().cpu())
         return torch.cat(means).numpy(), torch.cat(variances).numpy()
 
-    def transform(self, X: Any) -> np.ndarray:
-        """Latent means (the posterior mean of q(z|x)), shape (n, latent_dim)."""
-        return self.encode(X)[0]
+    def transform(self, X: Any, y: Any = None) -> np.ndarray:
+        """Latent means (the posterior mean of q(z|x)), shape (n, latent_dim); ``y``: a conditional model's labels."""
+        return self.encode(X, y)[0]
 
-    def sample_posterior(self, X: Any, num_samples: int = 1, seed: int | None = None) -> np.ndarray:
+    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
+        return self.fit(X, y, **fit_params).transform(X, y if self.conditional else None)
+
+    def sample_posterior(self, X: Any, num_samples: int = 1, seed: int | None = None, y: Any = None) -> np.ndarray:
         """Draws z ~ q(z|x), shape (num_samples, n, latent_dim)."""
-        mean, var = self.encode(X)
+        mean, var = self.encode(X, y)
         if not _is_count(num_samples) or num_samples < 1:
             raise DataError(f"num_samples must be a whole number of at least 1, got {num_samples!r}")
         generator = _seeded(torch.device("cpu"), self.seed if seed is None else seed)
@@ -318,15 +382,16 @@ class VAE(TransformerMixin, BaseEstimator):
         return mean[None] + np.sqrt(var)[None] * eps
 
     @torch.no_grad()
-    def decode(self, Z: Any, *, sample: bool = False, seed: int | None = None) -> np.ndarray:
-        """The mean of p(x|z) (or a draw from it with ``sample=True``) in the data's original units."""
-        x = self._decode_values(Z, sample=sample, seed=seed)
+    def decode(self, Z: Any, *, y: Any = None, sample: bool = False, seed: int | None = None) -> np.ndarray:
+        """The mean of p(x|z) (or a draw from it with ``sample=True``) in the data's original units; a conditional
+        model decodes p(x|z, y) under labels ``y`` (one label for all codes, or one per code)."""
+        x = self._decode_values(Z, y=y, sample=sample, seed=seed)
         if self.schema_ is not None:
             return self.schema_.decode(x)  # a DataFrame in the table's own form
         return to_original_units(x, self.config_.data)
 
     @torch.no_grad()
-    def _decode_values(self, Z: Any, *, sample: bool = False, seed: int | None = None) -> np.ndarray:
+    def _decode_values(self, Z: Any, *, y: Any = None, sample: bool = False, seed: int | None = None) -> np.ndarray:
         """``decode`` in model units: the mean of p(x|z) (or a draw) as the model gives it, float32 of shape
         (n, *input_shape); for a table its encoded values (standardized numbers, P(second value), category
         probabilities), which pictures and reconstruction errors use."""
@@ -341,10 +406,11 @@ class VAE(TransformerMixin, BaseEstimator):
             raise DataError(f"latent vectors must have shape (n, {self.latent_dim_}), got {tuple(z.shape)}")
         if not torch.isfinite(z).all():
             raise DataError("the latent vectors hold NaN or infinite values")
+        labels = self._labels(y, len(z))
         generator = _seeded(self._device(), self.seed if seed is None else seed)
         outputs = []
-        for batch in self._batches(z):
-            dist = self.model_.decode(batch)
+        for batch, batch_labels in self._labelled_batches(z, labels):
+            dist = self.model_.decode(batch, batch_labels)
             if sample:
                 outputs.append(_sample(dist, generator).float().cpu())
             else:
@@ -354,7 +420,7 @@ class VAE(TransformerMixin, BaseEstimator):
     def inverse_transform(self, Z: Any) -> np.ndarray:
         return self.decode(Z)
 
-    def sample(self, n: int = 1, *, sampler: Any = "prior", seed: int | None = None,
+    def sample(self, n: int = 1, *, y: Any = None, sampler: Any = "prior", seed: int | None = None,
                sample_output: bool | None = None) -> np.ndarray:
         """Generate ``n`` examples by decoding latent codes; the encoder is not used.
 
@@ -364,16 +430,19 @@ class VAE(TransformerMixin, BaseEstimator):
         ``sample_latent(vae, n, generator)`` method (see ``vaekit.generation.samplers``).
         ``sample_output``: draw x ~ p(x|z) instead of taking its mean; the default is False for images and arrays
         (the mean is the usual picture) and True for tables, whose synthetic rows must follow every column's
-        distribution (a DataFrame in the table's own form, with missing cells at the learned rates)."""
+        distribution (a DataFrame in the table's own form, with missing cells at the learned rates).
+        ``y``: a conditional model's label(s) to generate, one for all n examples or one per example (class names
+        or indices, see ``classes_``)."""
         self._check_fitted()
         if sample_output is None:
             sample_output = self.schema_ is not None
         if not _is_count(n) or n < 1:
             raise DataError(f"the number of samples must be a whole number of at least 1, got {n!r}")
+        labels = self._labels(y, n)  # checked before any drawing
         generator = _seeded(self._device(), self.seed if seed is None else seed)
         with torch.no_grad():
             z = self._sample_latent(sampler, n, generator).float().cpu()
-        return self.decode(z.numpy(), sample=sample_output, seed=seed)
+        return self.decode(z.numpy(), y=None if labels is None else labels.numpy(), sample=sample_output, seed=seed)
 
     def _sample_latent(self, sampler: Any, n: int, generator: torch.Generator) -> torch.Tensor:
         """n codes z_1 (n, latent_dim) from ``sampler``: "prior", a fitted sampler's name, or a sampler object."""
@@ -396,15 +465,24 @@ class VAE(TransformerMixin, BaseEstimator):
                             f"({n}, {self.latent_dim_})")
         return z
 
-    def reconstruct(self, X: Any) -> np.ndarray:
-        """Decode each example's latent mean: the mean of p(x | z = E[z|x]), in original units."""
-        return self.decode(self.transform(X))
+    def reconstruct(self, X: Any, y: Any = None) -> np.ndarray:
+        """Decode each example's latent mean: the mean of p(x | z = E[z|x]), in original units (a conditional
+        model's under the examples' own labels ``y``)."""
+        return self.decode(self.transform(X, y), y=y)
+
+    def transfer(self, X: Any, y: Any, to: Any) -> np.ndarray:
+        """A conditional model's latent transfer: encode each example under its label ``y``, decode the code under
+        label(s) ``to`` (the style kept, the class changed); in original units."""
+        z = self.transform(X, y)
+        return self.decode(z, y=to)
 
     # --- scores -----------------------------------------------------------------------------------
-    def elbo(self, X: Any, seed: int = 0) -> dict[str, np.ndarray]:
-        """Per-example negative ELBO, reconstruction and KL in nats (model units)."""
+    def elbo(self, X: Any, seed: int = 0, y: Any = None) -> dict[str, np.ndarray]:
+        """Per-example negative ELBO, reconstruction and KL in nats (model units); -log p(x|y) bounds for a
+        conditional model given labels ``y``."""
         x = self._as_model_input(X)
-        result = elbo_of(self.model_, x, batch_size=self.config_.train.eval_batch_size, seed=seed)
+        result = elbo_of(self.model_, x, batch_size=self.config_.train.eval_batch_size, seed=seed,
+                         labels=self._labels(y, len(x)))
         return {"neg_elbo": result.neg_elbo.cpu().numpy(), "reconstruction": result.reconstruction.cpu().numpy(),
                 "kl": result.kl.cpu().numpy()}
 
@@ -414,18 +492,23 @@ class VAE(TransformerMixin, BaseEstimator):
             return 0.0
         return -float(np.log(np.asarray(self.config_.data.standardize_std)).sum())
 
-    def score_samples(self, X: Any, num_importance_samples: int | None = None, seed: int = 0) -> np.ndarray:
-        """Importance-weighted estimate of log p(x) per example, in nats, for data in its original units."""
+    def score_samples(self, X: Any, num_importance_samples: int | None = None, seed: int = 0, *,
+                      y: Any = None) -> np.ndarray:
+        """Importance-weighted estimate of log p(x) per example, in nats, for data in its original units (log p(x|y)
+        for a conditional model given labels ``y``)."""
         x = self._as_model_input(X)
         k = num_importance_samples or self.num_importance_samples
-        log_px = log_likelihood(self.model_, x, num_importance_samples=k, seed=seed).numpy().astype(np.float64)
+        log_px = log_likelihood(self.model_, x, num_importance_samples=k, seed=seed,
+                                labels=self._labels(y, len(x))).numpy().astype(np.float64)
         return log_px + self._log_scale_of_units()  # change of variables back to the original units
 
-    def evaluate(self, X: Any, num_importance_samples: int = 5000, seed: int = 0, *,
+    def evaluate(self, X: Any, num_importance_samples: int = 5000, seed: int = 0, *, y: Any = None,
                  memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, progress: bool = False) -> Evaluation:
         """-ELBO (reconstruction + KL), importance-weighted -log p(x), bits/dim, active units and KL per latent
-        dimension on ``X`` (original units), with standard errors over the examples; see ``vaekit.evaluation``."""
-        result = evaluate_model(self.model_, self._as_model_input(X), num_importance_samples, seed,
+        dimension on ``X`` (original units), with standard errors over the examples; see ``vaekit.evaluation``.
+        A conditional model is evaluated given the examples' labels ``y``: of log p(x|y)."""
+        x = self._as_model_input(X)
+        result = evaluate_model(self.model_, x, num_importance_samples, seed, labels=self._labels(y, len(x)),
                                 memory_budget_mb=memory_budget_mb, progress=progress)
         shift = self._log_scale_of_units()
         if shift:  # -log densities of standardized values -> -log densities in the data's own units
@@ -440,6 +523,8 @@ class VAE(TransformerMixin, BaseEstimator):
         self._check_fitted()
         if self.schema_ is None:
             raise DataError("per-column log-likelihoods apply to runs trained on a table")
+        if self.model_.conditional:
+            raise ConfigError("per-column log-likelihoods are not available for conditional table models yet")
         from .evaluation.likelihood import column_log_likelihood
 
         values = column_log_likelihood(self.model_, self._as_model_input(X), num_importance_samples, seed)
@@ -455,6 +540,9 @@ class VAE(TransformerMixin, BaseEstimator):
         self._check_fitted()
         if self.schema_ is None:
             raise DataError("imputation applies to runs trained on a table")
+        if self.model_.conditional:
+            raise ConfigError("imputation is not available for conditional table models yet; train one without "
+                              "conditional=True to impute")
         if draws is not None and (not _is_count(draws) or draws < 1):
             raise DataError(f"draws must be a whole number of at least 1, got {draws!r}")
         x = self._as_model_input(X)
@@ -488,7 +576,8 @@ class VAE(TransformerMixin, BaseEstimator):
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean estimated log-likelihood (nats per example); higher is better."""
-        return float(np.mean(self.score_samples(X)))
+        return float(np.mean(self.score_samples(X, y=y if getattr(self, "model_", None) is not None
+                                                and self.model_.conditional else None)))
 
     # --- persistence ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -515,7 +604,7 @@ class VAE(TransformerMixin, BaseEstimator):
                         vamp_components=m.vamp_components, objective=t.objective,
                         objective_samples=t.objective_samples, free_bits=t.free_bits,
                         clip_grad_norm=t.clip_grad_norm, max_rollbacks=t.max_rollbacks, precision=t.precision,
-                        perturb_rate=t.perturb_rate, inference=m.inference)
+                        perturb_rate=t.perturb_rate, inference=m.inference, conditional=m.num_classes is not None)
         estimator._set_fitted(model, config, ckpt.read_metrics(path))
         return estimator
 

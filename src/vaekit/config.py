@@ -10,12 +10,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from .errors import ConfigError
 
@@ -124,6 +123,10 @@ class ModelConfig:
     inference: str = "bottom-up"
     # The table likelihood's columns (vaekit.data.table.TableSchema.model_columns): kind, width, missing, scale.
     table_columns: list[dict] | None = None
+    # A conditional VAE (Sohn et al. 2015): q(z|x, y) and p(x|z, y) see the one-hot label y of num_classes classes,
+    # named class_names (index order); None: an unconditional model.
+    num_classes: int | None = None
+    class_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         _check_field_types(self, "model")
@@ -169,6 +172,15 @@ class ModelConfig:
             _check(self.arch == "mlp", "a table model uses the mlp architecture")
             _check(self.prior != "vamp", "the VampPrior is not available for tables (its pseudo-inputs would need "
                                          "one-hot categories and missing cells); use --prior standard-normal")
+        if self.num_classes is not None or self.class_names is not None:
+            _check(isinstance(self.num_classes, int) and self.num_classes >= 2,
+                   f"a conditional model needs at least two classes, got num_classes={self.num_classes}")
+            _check(isinstance(self.class_names, list) and len(self.class_names) == self.num_classes
+                   and all(isinstance(n, str) for n in self.class_names)
+                   and len(set(self.class_names)) == len(self.class_names),
+                   f"class_names must list {self.num_classes} distinct names, got {self.class_names!r}")
+            _check(self.prior != "vamp", "the VampPrior is not available for conditional models (its pseudo-inputs "
+                                         "would need labels too); use --prior standard-normal")
 
 
 @dataclass
@@ -360,6 +372,12 @@ def dataclass_from_dict(cls: type, raw: Any, where: str) -> Any:
         raise ConfigError(f"in '{where}': {err}") from None
 
 
+def _is_bool(value: Any) -> bool:
+    """A Python or numpy bool (numpy is not imported for this: the command line reads this module's names at startup)."""
+    np = sys.modules.get("numpy")  # without numpy imported there is no numpy bool
+    return isinstance(value, bool) or (np is not None and isinstance(value, np.bool_))
+
+
 def _coerce(value: Any, hint: Any, where: str, require_finite: bool = True) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -373,11 +391,11 @@ def _coerce(value: Any, hint: Any, where: str, require_finite: bool = True) -> A
         _check(isinstance(value, bool), f"'{where}' must be true or false, got {value!r}")
         return value
     if hint is int:
-        _check(isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)),
+        _check(isinstance(value, numbers.Integral) and not _is_bool(value),
                f"'{where}' must be an integer, got {value!r}")
         return int(value)
     if hint is float:
-        _check(isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)),
+        _check(isinstance(value, numbers.Real) and not _is_bool(value),
                f"'{where}' must be a number, got {value!r}")
         _check(not require_finite or math.isfinite(value), f"'{where}' must be finite, got {value!r}")
         return float(value)

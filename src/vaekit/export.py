@@ -36,9 +36,9 @@ from ._version import __version__
 from .api import VAE
 from .errors import ConfigError, VaekitError
 from .fileio import atomic_write_bytes
+from .names import EXPORT_FORMATS as FORMATS
 
 PARTS = ("decoder", "encoder")
-FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pt2": "torch.export"}
 PARITY_TOLERANCE = 1e-4  # absolute and relative; float32 kernels of two runtimes differ by a few ulps, far below this
 
 
@@ -135,6 +135,9 @@ def export_model(vae: VAE, path: str | Path, part: str = "decoder", *, verify: b
         raise ConfigError("exporting a model of a mixed table is not supported: its decoder's outputs are per-column "
                           "parameters (softmax logits, discretized Gaussians, missingness) that only vaekit turns into "
                           "rows; use the Python API or vaekit serve for it")
+    if vae.model_.conditional:
+        raise ConfigError("exporting a conditional model is not supported yet: its networks take the one-hot label "
+                          "beside x and z; use the Python API or vaekit serve for it")
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:

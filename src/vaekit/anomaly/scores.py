@@ -45,36 +45,23 @@ import torch
 from ..api import VAE
 from ..data.transforms import binarize
 from ..errors import ConfigError, DataError
+from ..names import (BACKGROUND_DIR, COMPRESSORS, DEFAULT_SCORE, DETECTOR_FILE,  # noqa: F401  (re-exported)
+                     SCORE_DESCRIPTIONS, SCORE_NAMES)
 from ..plots import new_figure
 
 if TYPE_CHECKING:
     from .typicality import TypicalityModel
 
-SCORE_DESCRIPTIONS = {
-    "neg_elbo": "negative ELBO, nats (one posterior sample)",
-    "neg_log_likelihood": "importance-weighted -log p(x), nats",
-    "reconstruction_error": "mean squared error of the reconstruction from the latent mean",
-    "input_complexity": "-log2 p(x) minus the compressed size of x, bits (Serra et al. 2020)",
-    "likelihood_ratio": "-log p(x) + log p_background(x), nats (Ren et al. 2019)",
-    "likelihood_regret": "nats gained by fine-tuning the encoder on the example alone (Xiao et al. 2020); slow",
-    "posterior_regret": "nats gained by optimizing the example's posterior directly (the amortization gap)",
-    "typicality": "-log density of the model's statistics under their distribution on clean data (DoSE, Morningstar et al. 2021)",
-    "llr": "ELBO minus the bound with the k lowest latent layers from the prior, nats (Havtorn et al. 2021); 2+ layers",
-}
-SCORE_NAMES = tuple(SCORE_DESCRIPTIONS)
 SLOW_SCORES = ("likelihood_regret",)
 """Scores computed only when asked for by name: about 10-15 examples/s on 2 cores (see ``regret.py``)."""
 ONE_LAYER_SCORES = ("likelihood_regret", "posterior_regret")
 MULTI_LAYER_SCORES = ("llr",)
-DEFAULT_SCORE = "typicality"
+CONDITIONAL_UNSUPPORTED = ("likelihood_regret", "posterior_regret", "llr", "likelihood_ratio")
+"""Scores that fine-tune a copy of the encoder, cut the hierarchy or need a background model: unconditional only."""
 # Without a typicality model (a run from before it existed whose data cannot be read again): input complexity
 # for images it applies to, else -log p(x).
 LEGACY_SCORE = "input_complexity"
 FALLBACK_SCORE = "neg_log_likelihood"
-COMPRESSORS = ("png", "zlib")
-DETECTOR_FILE = "anomaly_detector.json"
-BACKGROUND_DIR = "background"
-"""Where a detector's background model (for likelihood_ratio) is saved, inside the main run directory."""
 DETECTOR_FORMAT_VERSION = 1
 
 
@@ -215,16 +202,19 @@ def available_scores(vae: VAE, background: VAE | None = None, x: np.ndarray | No
     names = [n for n in names if n != "typicality" or typicality is not None]
     names = [n for n in names if n not in ONE_LAYER_SCORES or len(vae.model_.latent_dims) == 1]
     names = [n for n in names if n not in MULTI_LAYER_SCORES or len(vae.model_.latent_dims) > 1]
+    names = [n for n in names if not (vae.model_.conditional and n in CONDITIONAL_UNSUPPORTED)]
     return tuple(n for n in names if n != "likelihood_ratio" or background is not None)
 
 
 def anomaly_scores(vae: VAE, X: Any, scores: tuple[str, ...] | list[str] | None = None, *,
                    num_importance_samples: int = 100, compressor: str = "png", seed: int = 0,
                    background: VAE | None = None, typicality: "TypicalityModel | None" = None,
-                   llr_k: int = 1) -> dict[str, np.ndarray]:
+                   llr_k: int = 1, labels: Any = None) -> dict[str, np.ndarray]:
     """Per-example anomaly scores (higher = more anomalous), one array per name in ``scores`` (default: all that apply).
 
     ``llr_k``: the k of the ``llr`` score, how many of the lowest stochastic layers its second bound takes from the prior.
+    ``labels``: a conditional model scores each example given its label (how unusual x is for its class); the
+    scores that fine-tune or cut the model (regret, llr, likelihood_ratio) do not apply to conditional models.
     """
     if num_importance_samples < 1:
         raise ConfigError(f"num_importance_samples must be at least 1, got {num_importance_samples}")
@@ -232,27 +222,34 @@ def anomaly_scores(vae: VAE, X: Any, scores: tuple[str, ...] | list[str] | None 
     names = list([n for n in available_scores(vae, background, x, typicality) if n not in SLOW_SCORES]
                  if scores is None else scores)
     _check_score_names(vae, names, background, x, typicality)
+    if vae.model_.conditional:
+        unsupported = [n for n in names if n in CONDITIONAL_UNSUPPORTED]
+        if unsupported:
+            raise ConfigError(f"{', '.join(unsupported)} do(es) not apply to conditional models; use "
+                              f"{', '.join(n for n in SCORE_NAMES if n not in CONDITIONAL_UNSUPPORTED)}")
+    vae._labels(labels, len(x))  # a conditional model needs them, an unconditional one refuses them
     if "llr" in names:
         from .hierarchical import check_k
 
         check_k(vae.model_, llr_k, for_ratio=True)
     result: dict[str, np.ndarray] = {}
     need_nll = {"neg_log_likelihood", "input_complexity", "likelihood_ratio"} & set(names)
-    nll = -vae.score_samples(x, num_importance_samples=num_importance_samples, seed=seed) if need_nll else None
+    nll = -vae.score_samples(x, num_importance_samples=num_importance_samples, seed=seed, y=labels) \
+        if need_nll else None
     for name in names:
         if name == "neg_elbo":
-            result[name] = vae.elbo(x, seed=seed)["neg_elbo"].astype(np.float64) + _log_scale(vae)
+            result[name] = vae.elbo(x, seed=seed, y=labels)["neg_elbo"].astype(np.float64) + _log_scale(vae)
         elif name == "neg_log_likelihood":
             result[name] = nll
         elif name == "reconstruction_error":
-            result[name] = reconstruction_error(vae, x)
+            result[name] = reconstruction_error(vae, x, labels)
         elif name == "input_complexity":
             result[name] = model_bits(vae, nll) - compressed_bits(x, compressor)
         elif name == "likelihood_ratio":
             x_bg = prepare_inputs(background, x, seed=seed)
             result[name] = nll + background.score_samples(x_bg, num_importance_samples=num_importance_samples, seed=seed)
         elif name == "typicality":
-            result[name] = typicality.score(vae, model_units(vae, x))
+            result[name] = typicality.score(vae, model_units(vae, x), labels)
         elif name in ONE_LAYER_SCORES:
             result[name] = _regret(vae, x, name, seed)
         elif name == "llr":
@@ -270,15 +267,15 @@ def _regret(vae: VAE, x: np.ndarray, name: str, seed: int) -> np.ndarray:
     return regret(vae.model_, _model_tensor(vae, x), seed=seed).cpu().numpy()
 
 
-def reconstruction_error(vae: VAE, x: np.ndarray) -> np.ndarray:
+def reconstruction_error(vae: VAE, x: np.ndarray, labels: Any = None) -> np.ndarray:
     """Mean squared error of each example's reconstruction, in model units: standardized columns, so that every
     column counts on its own scale (one column with large values does not make up the whole error); for a table,
     over its observed encoded values (one-hot categories, 0/1 booleans, standardized numbers)."""
     target = model_units(vae, x).reshape(len(x), -1).astype(np.float64)
     if vae.is_table_:
-        recon = vae._decode_values(vae.transform(x)).reshape(len(x), -1).astype(np.float64)
+        recon = vae._decode_values(vae.transform(x, labels), y=labels).reshape(len(x), -1).astype(np.float64)
         return np.nanmean((target - recon) ** 2, axis=1)
-    recon = model_units(vae, vae.reconstruct(x)).reshape(len(x), -1).astype(np.float64)
+    recon = model_units(vae, vae.reconstruct(x, labels)).reshape(len(x), -1).astype(np.float64)
     return ((target - recon) ** 2).mean(axis=1)
 
 

@@ -66,8 +66,10 @@ def _has_complexity(vae: VAE) -> bool:
 
 
 @torch.no_grad()
-def model_statistics(vae: VAE, x: np.ndarray, num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0) -> np.ndarray:
-    """The statistics of ``statistic_names(vae)`` for prepared inputs ``x`` (model units), shape (n, k), float64."""
+def model_statistics(vae: VAE, x: np.ndarray, num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0,
+                     labels: Any = None) -> np.ndarray:
+    """The statistics of ``statistic_names(vae)`` for prepared inputs ``x`` (model units), shape (n, k), float64;
+    a conditional model's are computed given the examples' ``labels``."""
     if num_samples < 1:
         raise ConfigError(f"num_samples must be at least 1, got {num_samples}")
     model = vae.model_
@@ -77,13 +79,15 @@ def model_statistics(vae: VAE, x: np.ndarray, num_samples: int = DEFAULT_NUM_SAM
     generator = torch.Generator(device=device).manual_seed(seed)
     prior = model.prior_distribution()
     dims = model.latent_dims
+    y_all = vae._labels(labels, len(x))
     rows = []
     try:
         size = max(1, vae.config_.train.eval_batch_size // num_samples)  # the draws share one batch's memory
         for start in range(0, len(x), size):
             batch = torch.as_tensor(x[start:start + size], device=device)
-            terms = model.elbo_terms(batch, generator=generator, prior=prior, num_samples=num_samples)
-            mu, logvar = model.posterior_params(batch)
+            y = None if y_all is None else y_all[start:start + size].to(device)
+            terms = model.elbo_terms(batch, generator=generator, prior=prior, num_samples=num_samples, y=y)
+            mu, logvar = model.posterior_params(batch, y)
             columns = [terms.reconstruction]
             if len(dims) == 1:
                 columns.append(terms.kl)
@@ -136,19 +140,22 @@ class TypicalityModel:
         top = stacked.max(0)
         return top + np.log(np.exp(stacked - top).sum(0))
 
-    def score(self, vae: VAE, x: np.ndarray) -> np.ndarray:
-        """-log density of each prepared example's statistics: higher = less typical."""
+    def score(self, vae: VAE, x: np.ndarray, labels: Any = None) -> np.ndarray:
+        """-log density of each prepared example's statistics: higher = less typical (``labels``: a conditional
+        model's labels of the examples)."""
         names = statistic_names(vae)
         if not set(self.statistics) <= set(names):
             raise ConfigError(f"this typicality model was fitted on the statistics {self.statistics}; the model "
                               f"gives {names}: fit it again for this run")
         columns = [names.index(n) for n in self.statistics]
-        return -self.log_density(model_statistics(vae, x, self.num_samples, self.seed)[:, columns])
+        return -self.log_density(model_statistics(vae, x, self.num_samples, self.seed, labels)[:, columns])
 
 
 def fit_typicality(vae: VAE, x: np.ndarray, *, num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0,
-                   max_components: int = DEFAULT_MAX_COMPONENTS, max_examples: int = DEFAULT_FIT_SIZE) -> TypicalityModel:
-    """Fit the typicality density on clean prepared examples ``x`` (at most ``max_examples``, a seeded subsample)."""
+                   max_components: int = DEFAULT_MAX_COMPONENTS, max_examples: int = DEFAULT_FIT_SIZE,
+                   labels: Any = None) -> TypicalityModel:
+    """Fit the typicality density on clean prepared examples ``x`` (at most ``max_examples``, a seeded subsample;
+    ``labels``: a conditional model's labels of the examples)."""
     from sklearn.mixture import GaussianMixture
 
     from .scores import model_fingerprint
@@ -156,9 +163,13 @@ def fit_typicality(vae: VAE, x: np.ndarray, *, num_samples: int = DEFAULT_NUM_SA
     if max_components < 1:
         raise ConfigError(f"max_components must be at least 1, got {max_components}")
     x = np.asarray(x)
+    if labels is not None and not isinstance(labels, (str, int, np.integer)):
+        labels = np.asarray(labels, dtype=object).reshape(-1)
     if len(x) > max_examples:
-        x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_examples, replace=False))]
-    stats = model_statistics(vae, x, num_samples, seed)
+        keep = np.sort(np.random.default_rng(seed).choice(len(x), max_examples, replace=False))
+        x = x[keep]
+        labels = labels[keep] if isinstance(labels, np.ndarray) else labels
+    stats = model_statistics(vae, x, num_samples, seed, labels)
     names = statistic_names(vae)
     # The per-dimension posterior needs a covariance of (k^2 + k) / 2 values: only with enough examples for
     # twice that; fewer examples keep the summary statistics, which every model has.

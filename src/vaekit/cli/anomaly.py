@@ -7,31 +7,32 @@ import csv
 import io
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from .. import anomaly
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import atomic_write_text
-from ..plots import save_figure
-from .common import (add_data_options, check_output, load_run, load_run_data, load_run_data_or_own, positive_int,
-                     resolved_split)
+from ..names import BACKGROUND_DIR, COMPRESSORS, DEFAULT_SCORE, DETECTOR_FILE, SCORE_DESCRIPTIONS, SCORE_NAMES
+from .common import (DEVICE_HELP, add_data_options, check_output, load_run, load_run_data, load_run_data_or_own,
+                     positive_int, resolved_split, run_labels)
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("score", help="anomaly scores of every example (higher = more anomalous)",
                               description="Write one row per example of DATA with a column per anomaly score and a "
                                           "column 'score' holding the default one; higher means more anomalous. "
-                                          f"Scores: {'; '.join(f'{k}: {v}' for k, v in anomaly.SCORE_DESCRIPTIONS.items())}. "
+                                          f"Scores: {'; '.join(f'{k}: {v}' for k, v in SCORE_DESCRIPTIONS.items())}. "
                                           "With labels marking the anomalies, print AUROC and AUPRC and write a ROC curve. "
                                           "When the run holds a fitted detector (vaekit fit-detector), its score is the "
                                           "default and a column 'is_anomaly' holds its verdict.")
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("data", metavar="DATA", help="the examples to score")
     p.add_argument("-o", "--output", required=True, help="output: .csv")
-    p.add_argument("--score", choices=anomaly.SCORE_NAMES,
+    p.add_argument("--score", choices=SCORE_NAMES,
                    help=f"the score written to column 'score' (default: the run's detector's, else "
-                        f"{anomaly.DEFAULT_SCORE}: how unusual an example's reconstruction, KL and posterior are "
+                        f"{DEFAULT_SCORE}: how unusual an example's reconstruction, KL and posterior are "
                         "compared with the training data (DoSE), which unlike -log p(x) does not rank simpler "
                         "images from elsewhere as more normal; benchmarks/anomaly.py measures it)")
     p.add_argument("--scores", type=_parse_scores, metavar="A,B",
@@ -41,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "when named")
     p.add_argument("--num-importance-samples", type=positive_int, metavar="K",
                    help="importance samples for -log p(x) (default: the detector's, else 100)")
-    p.add_argument("--compressor", choices=anomaly.COMPRESSORS, help="for input_complexity (default: png)")
+    p.add_argument("--compressor", choices=COMPRESSORS, help="for input_complexity (default: png)")
     p.add_argument("--background", metavar="RUN2",
                    help="a run trained on perturbed data: adds likelihood_ratio (default: the one saved with the "
                         "run's detector, if any)")
@@ -62,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     labels.add_argument("--anomaly-classes", metavar="A,B",
                         help="the data's own labels (or class names) that count as anomalies, e.g. 3,7")
     labels.add_argument("--roc", metavar="PNG", help="where to write the ROC curves (default: beside the output, *_roc.png)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_data_options(p)
     p.set_defaults(func=score)
 
@@ -77,16 +78,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rule = p.add_mutually_exclusive_group()
     rule.add_argument("--target-fpr", type=float, metavar="F", help="false-positive rate on clean data (default 0.05)")
     rule.add_argument("--contamination", type=float, metavar="C", help="fraction of DATA to flag (PyOD's rule)")
-    p.add_argument("--score", choices=anomaly.SCORE_NAMES,
-                   help=f"the score to threshold (default {anomaly.DEFAULT_SCORE}; its density comes from the run's "
+    p.add_argument("--score", choices=SCORE_NAMES,
+                   help=f"the score to threshold (default {DEFAULT_SCORE}; its density comes from the run's "
                         "typicality.json, or is fitted on half of DATA when the run has none)")
     p.add_argument("--num-importance-samples", type=positive_int, default=100, metavar="K")
-    p.add_argument("--compressor", choices=anomaly.COMPRESSORS, default="png")
+    p.add_argument("--compressor", choices=COMPRESSORS, default="png")
     p.add_argument("--background", metavar="RUN2",
                    help="a run trained on perturbed data, for --score likelihood_ratio; it is copied into "
-                        f"RUN/{anomaly.BACKGROUND_DIR} with the detector")
+                        f"RUN/{BACKGROUND_DIR} with the detector")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_data_options(p)
     p.set_defaults(func=fit_detector)
 
@@ -99,23 +100,30 @@ def _parse_scores(text: str) -> list[str] | str:
     if text.strip() == "all":
         return "all"
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in anomaly.SCORE_NAMES]
+    unknown = [n for n in names if n not in SCORE_NAMES]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown score(s) {', '.join(unknown) or '(none)'}; "
-                                         f"choose from {', '.join(anomaly.SCORE_NAMES)}")
+                                         f"choose from {', '.join(SCORE_NAMES)}")
     return names
 
 
 def _saved_detector(run: str):
+    from .. import anomaly
+
     try:
         return anomaly.read_detector_state(run)
     except CheckpointError:
-        if (Path(run) / anomaly.DETECTOR_FILE).is_file():
+        if (Path(run) / DETECTOR_FILE).is_file():
             raise  # present but damaged: say so rather than ignore it
         return None
 
 
 def score(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .. import anomaly
+    from ..plots import save_figure
+
     out = check_output(args.output, (".csv",))
     roc_path = check_output(args.roc, (".png",)) if args.roc else None
     if args.labels and args.anomaly_classes:
@@ -135,6 +143,9 @@ def score(args: argparse.Namespace) -> int:
     default = args.score or (detector.score if detector else anomaly.default_score(vae, typicality_model))
 
     x, labels, dataset = load_run_data(args.data, vae, args.data_dir)
+    given = run_labels(vae, labels, dataset, args.run)  # a conditional run scores x given its label
+    if given is not None and args.explain:
+        raise ConfigError("--explain is not available for conditional runs yet")
     truth = _anomaly_truth(args, labels, dataset, len(x))
     if args.scores == "all":
         names = None  # every score that applies but likelihood regret (slow: only by name)
@@ -142,7 +153,8 @@ def score(args: argparse.Namespace) -> int:
         names = list(args.scores or QUICK_SCORES)
         names += [] if default in names else [default]
     scores = anomaly.anomaly_scores(vae, x, names, num_importance_samples=k, compressor=compressor, seed=seed,
-                                    background=background, typicality=typicality_model, llr_k=args.llr_k)
+                                    background=background, typicality=typicality_model, llr_k=args.llr_k,
+                                    labels=given)
     columns = {**scores, "score": scores[default]}
     if detector is not None and detector.score == default:
         columns["is_anomaly"] = (scores[default] > detector.threshold).astype(int)
@@ -172,6 +184,7 @@ def score(args: argparse.Namespace) -> int:
 def _run_typicality(run: str, vae, data_dir: str | None):
     """The run's typicality model; a run without one (trained before it existed) gets it fitted now on its own
     training data and saved beside the model, or ``None`` when that data cannot be read."""
+    from .. import anomaly
     from ..anomaly import typicality
 
     state = typicality.load_typicality(run, vae)
@@ -181,13 +194,14 @@ def _run_typicality(run: str, vae, data_dir: str | None):
     if spec == "array":
         return None
     try:
-        x, _, _ = load_run_data(spec + ":train", vae, data_dir)
+        x, labels, dataset = load_run_data(spec + ":train", vae, data_dir)
+        labels = run_labels(vae, labels, dataset, run)
     except DataError as err:
         print(f"note: {run} has no typicality model and its training data cannot be read ({err}); "
               "scoring without it", file=sys.stderr)
         return None
     try:
-        state = typicality.fit_typicality(vae, anomaly.model_units(vae, anomaly.prepare_inputs(vae, x)))
+        state = typicality.fit_typicality(vae, anomaly.model_units(vae, anomaly.prepare_inputs(vae, x)), labels=labels)
     except DataError as err:
         print(f"note: no typicality model for {run} ({err}); scoring without it", file=sys.stderr)
         return None
@@ -207,6 +221,8 @@ def example_names(dataset, spec: str) -> tuple[str, list[str]] | None:
 
 def _explain(args: argparse.Namespace, vae, x: np.ndarray, columns: dict[str, np.ndarray],
              names: list[str] | None, seed: int) -> None:
+    import numpy as np
+
     from ..anomaly.explain import write_explanations
 
     score = columns["score"]
@@ -228,6 +244,8 @@ def _explain(args: argparse.Namespace, vae, x: np.ndarray, columns: dict[str, np
 
 def _anomaly_truth(args: argparse.Namespace, labels: np.ndarray | None, dataset, n: int) -> np.ndarray | None:
     """Which examples are known anomalies: from --labels, from --anomaly-classes, or from a 0/1 --label-column."""
+    import numpy as np
+
     if args.labels:
         truth = read_anomaly_labels(args.labels)
         if len(truth) != n:
@@ -254,6 +272,8 @@ def _anomaly_truth(args: argparse.Namespace, labels: np.ndarray | None, dataset,
 
 def read_anomaly_labels(path: str) -> np.ndarray:
     """0/1 anomaly markers from .npy or a text/CSV file with one value per line (a header line is skipped)."""
+    import numpy as np
+
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path} does not exist")
@@ -273,6 +293,8 @@ def read_anomaly_labels(path: str) -> np.ndarray:
 
 
 def _as_binary(values: np.ndarray, where: str) -> np.ndarray:
+    import numpy as np
+
     text = np.array([str(v).strip().lower() for v in np.asarray(values).reshape(-1)])
     mapping = {"0": False, "1": True, "0.0": False, "1.0": True, "false": False, "true": True}
     bad = sorted(set(text.tolist()) - set(mapping))
@@ -299,7 +321,12 @@ def _write_scores(path: Path, columns: dict[str, np.ndarray], labels: np.ndarray
 
 
 def fit_detector(args: argparse.Namespace) -> int:
+    from .. import anomaly
+
     vae = load_run(args.run, args.device)
+    if vae.model_.conditional:
+        raise ConfigError(f"{args.run} is a conditional run; the calibrated detector is not available for conditional "
+                          "runs yet: score them with vaekit score, or train without --conditional for a detector")
     x, _, _, spec = load_run_data_or_own(args.data, vae, args.run, args.data_dir, "of clean examples to calibrate on")
     score_name = args.score or ("likelihood_ratio" if args.background else None)
     if args.background and score_name != "likelihood_ratio":

@@ -1,4 +1,8 @@
-"""Pieces the commands share: data options, loading a run and its data, reading and writing outputs."""
+"""Pieces the commands share: data options, loading a run and its data, reading and writing outputs.
+
+Like every ``vaekit.cli`` module it imports PyTorch, numpy and the library only inside the functions that use
+them, so that building the parsers (``vaekit --help``, argument errors) stays fast; tests/test_startup.py checks.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,19 @@ import argparse
 import csv
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from ..api import VAE, load
-from ..data import Dataset, load_dataset, parse_spec, to_original_units
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_open, atomic_write_text
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..api import VAE
+    from ..data import Dataset
+
+DEVICE_HELP = "cpu, cuda, mps or auto (default auto: a GPU when there is one)"
+"""The help of every command's --device option (default auto, resolved by vaekit.training.device.resolve_device)."""
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -75,6 +85,8 @@ def check_output(path: str, allowed: tuple[str, ...]) -> Path:
 
 
 def load_run(run: str, device: str = "cpu") -> VAE:
+    from ..api import load
+
     return load(run, device=device)
 
 
@@ -84,6 +96,8 @@ def load_run_data(spec: str, vae: VAE, data_dir: str | None = None) -> tuple[np.
     Without a ``:split`` suffix the whole file is used in its own order, or the test split of a built-in set.
     A table's rows come as their encoded values (NaN for missing cells), which the run's estimator takes as they are.
     """
+    from ..data import load_dataset, parse_spec, to_original_units
+
     source, _ = parse_spec(spec)
     dataset = load_dataset(spec, data_dir=data_dir, like=vae.config_.data)
     split = resolved_split(spec, dataset)
@@ -97,6 +111,8 @@ def load_run_data(spec: str, vae: VAE, data_dir: str | None = None) -> tuple[np.
 
 def resolved_split(spec: str, dataset: Dataset) -> str:
     """The split a tool uses for ``spec``: the one named, else all of a file (in its order) or a built-in's test split."""
+    from ..data import parse_spec
+
     split = parse_spec(spec)[1]
     if split is None:
         split = "test" if dataset.order is None else "all"
@@ -122,10 +138,28 @@ def to_images(x: np.ndarray, vae: VAE) -> np.ndarray | None:
 EXAMPLE_FORMATS = (".png", ".npy", ".csv", ".tsv", ".parquet")
 
 
-def write_examples(x, path: Path, vae: VAE, title: str = "") -> None:
+def run_labels(vae: VAE, labels, dataset: Dataset, run: str = "the run") -> np.ndarray | None:
+    """A conditional run's labels of the examples ``load_run_data`` read (indices into its classes); ``None`` for an
+    unconditional run."""
+    if not vae.model_.conditional:
+        return None
+    if labels is None:
+        raise DataError(f"{run} is a conditional run, so every example needs its label, and {dataset.name} has none "
+                        "(image folders: one subfolder per class; tables: --label-column)")
+    from ..data.labels import label_indices
+
+    return label_indices(labels, list(vae.classes_), dataset.class_names)
+
+
+def write_examples(x, path: Path, vae: VAE, title: str = "", ncols: int | None = None, labels=None) -> None:
     """Write examples as a PNG (image grid, or a heat map for vectors), a .npy array or a CSV table; a table run's
-    rows (a DataFrame) as CSV, TSV or Parquet in the table's own form."""
+    rows (a DataFrame) as CSV, TSV or Parquet in the table's own form. A conditional run's ``labels`` (class
+    indices) go into a first ``label`` column of CSV, TSV and Parquet outputs (the table's own label column)."""
     suffix = path.suffix.lower()
+    names = None if labels is None else [str(vae.classes_[int(i)]) for i in labels]
+    if names is not None and vae.is_table_ and suffix != ".png":
+        x = x.copy()
+        x.insert(0, vae.config_.data.label_column or "label", names)
     if vae.is_table_:
         if suffix == ".png":
             from ..plots import save_figure, vectors_figure
@@ -147,13 +181,13 @@ def write_examples(x, path: Path, vae: VAE, title: str = "") -> None:
     if suffix == ".npy":
         save_npy(path, x)
     elif suffix == ".csv":
-        write_csv(path, x.reshape(len(x), -1), vae.config_.data.columns)
+        write_csv(path, x.reshape(len(x), -1), vae.config_.data.columns, labels=names)
     else:
         from ..plots import save_figure, save_image_grid, vectors_figure
 
         images = to_images(x, vae)
         if images is not None:
-            save_image_grid(images, path)
+            save_image_grid(images, path, ncols=ncols)
         else:
             data = vae.config_.data
             save_figure(vectors_figure(x.reshape(len(x), -1), title=title, columns=data.columns,
@@ -163,6 +197,8 @@ def write_examples(x, path: Path, vae: VAE, title: str = "") -> None:
 def table_picture_values(schema, frame) -> np.ndarray:
     """A table's rows as one number per cell for a heat map, every column on its own scale: standard deviations
     from the mean for numbers, 0/1 for two-valued columns, the category's number for categories, NaN if empty."""
+    import numpy as np
+
     encoded = schema.encode(frame, where="the rows")
     out = np.full((len(encoded), len(schema.columns)), np.nan)
     for j, (c, at) in enumerate(zip(schema.columns, schema.offsets())):
@@ -173,23 +209,32 @@ def table_picture_values(schema, frame) -> np.ndarray:
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
+    import numpy as np
+
     with atomic_open(path, "wb") as fh:
         np.save(fh, array)
 
 
-def write_csv(path: Path, rows: np.ndarray, columns: list[str] | None = None, prefix: str = "x") -> None:
+def write_csv(path: Path, rows: np.ndarray, columns: list[str] | None = None, prefix: str = "x",
+              labels: list[str] | None = None) -> None:
+    """Rows of numbers as CSV (7 significant digits), optionally after a first ``label`` column of names."""
     columns = columns if columns is not None and len(columns) == rows.shape[1] else [f"{prefix}{i}" for i in range(rows.shape[1])]
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(columns)
-    writer.writerows([[f"{v:.7g}" for v in row] for row in rows])
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow((["label"] if labels is not None else []) + list(columns))
+    if labels is None:
+        writer.writerows([[f"{v:.7g}" for v in row] for row in rows])
+    else:
+        writer.writerows([[name] + [f"{v:.7g}" for v in row] for name, row in zip(labels, rows)])
     atomic_write_text(path, buffer.getvalue())
 
 
 def write_table(path: Path, columns: dict[str, np.ndarray]) -> None:
     """A CSV file with one named column per array (integers as such, other numbers to 10 significant digits)."""
+    import numpy as np
+
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = csv.writer(buffer, lineterminator="\n")  # LF, as Unix tools expect
     writer.writerow(list(columns))
     arrays = [np.asarray(v) for v in columns.values()]
     formats = ["{:d}" if a.dtype.kind in "iu" else "{:.10g}" for a in arrays]
@@ -200,6 +245,8 @@ def write_table(path: Path, columns: dict[str, np.ndarray]) -> None:
 
 def read_latents(path: str, latent_dim: int) -> np.ndarray:
     """Latent vectors from .npy, .npz (key 'mean' or 'z', or its only array) or .csv (header optional)."""
+    import numpy as np
+
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path} does not exist")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..training import checkpoint as ckpt
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="describe a run directory",
@@ -17,6 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def info(args: argparse.Namespace) -> int:
+    from ..training import checkpoint as ckpt
+
     model, config = ckpt.load_model(args.run)
     history = ckpt.read_metrics(args.run)
     pointer = ckpt.read_pointer(args.run)
@@ -42,6 +42,9 @@ def info(args: argparse.Namespace) -> int:
     prior = f"vamp ({m.vamp_components} pseudo-inputs)" if m.prior == "vamp" else m.prior
     print(f"model        {m.arch} hidden {','.join(map(str, m.hidden))}, latent {m.latent_dim}{upper}, "
           f"likelihood {m.likelihood}, prior {prior}, {params:,} parameters")
+    if m.num_classes:
+        print(f"conditional  on {m.num_classes} classes: {', '.join(m.class_names[:20])}"
+              + (" ..." if m.num_classes > 20 else ""))
     print(f"training     {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} ({t.lr_schedule}), objective {t.objective}"
           + (f" (k={t.objective_samples})" if t.objective_samples > 1 else "")
           + f", kl weight {t.kl_weight}, warm-up {t.warmup_epochs} epochs"

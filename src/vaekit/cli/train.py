@@ -10,20 +10,17 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..training import checkpoint as ckpt
-from ..training import distributed
-from ..api import latent_dim_for, load, make_run_config
-from ..config import (ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, LR_SCHEDULES, default_schedule,
+from ..config import (ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, LIKELIHOOD_NAMES, LR_SCHEDULES, default_schedule,
                       INFERENCE_NAMES, OBJECTIVE_NAMES, PRECISIONS, PRIOR_NAMES, RunConfig)
-from ..data.streaming import DEFAULT_LOADER_WORKERS, IN_MEMORY_CHOICES
-from ..data import load_dataset, parse_spec
-from ..data.sources import UnreadableFileError
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_text
-from ..models.likelihoods import LIKELIHOODS
-from ..training.trainer import train
-from .common import add_data_options, parse_hidden, positive_int
+from ..names import DEFAULT_LOADER_WORKERS, IN_MEMORY_CHOICES
+from .common import DEVICE_HELP, add_data_options, parse_hidden, positive_int
+
+if TYPE_CHECKING:
+    from ..data.sources import UnreadableFileError
 
 BAD_FILES = "bad_files.txt"
 """In the run directory: the files --skip-bad-files left out, one a line (path, a tab, what is wrong)."""
@@ -66,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--hidden", type=parse_hidden, metavar="SIZES",
                    help="comma-separated hidden sizes (MLP units or conv channels; default 400 / 32,64)")
     g.add_argument("--activation", choices=ACTIVATIONS, help="hidden activation (default relu)")
-    g.add_argument("--likelihood", choices=("auto", *LIKELIHOODS),
+    g.add_argument("--likelihood", choices=("auto", *LIKELIHOOD_NAMES),
                    help="p(x|z): bernoulli, gaussian (fixed variance = MSE up to a constant), gaussian-learned "
                         "(one learned variance per output), gaussian-decoder (decoder outputs mean and variance); "
                         "default auto: bernoulli for [0, 1] data, gaussian-learned otherwise")
@@ -87,6 +84,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="p(z) of the top layer: standard-normal, or vamp (Tomczak and Welling's VampPrior, a mixture of "
                         "posteriors of learned pseudo-inputs; its KL is estimated by sampling); default standard-normal")
     g.add_argument("--vamp-components", type=positive_int, metavar="K", help="pseudo-inputs of the VampPrior (default 500)")
+    g.add_argument("--conditional", action="store_true",
+                   help="a conditional VAE (Sohn et al. 2015): encoder and decoder also see the label (an image "
+                        "folder's subfolder, a built-in set's class, a table's --label-column); then vaekit sample "
+                        "--label NAME or --per-label N, and vaekit transfer")
     g.add_argument("--binarize", choices=BINARIZATIONS,
                    help="for [0, 1] data: static (threshold, or one fixed random draw), dynamic (a fresh draw at every step)")
     g.add_argument("--binarize-threshold", type=float, metavar="T", help="with --binarize static: threshold instead of a random draw")
@@ -120,7 +121,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--patience", type=positive_int, help="stop after this many epochs without a better validation -ELBO, "
                    "keeping the best weights (default: no early stopping)")
     t.add_argument("--seed", type=int, help="seed for initialisation, data order and sampling (default 0)")
-    t.add_argument("--device", help="auto (CUDA, else MPS, else the CPU), cpu, cuda, cuda:N or mps (default auto)")
+    t.add_argument("--device", help=DEVICE_HELP)
     t.add_argument("--precision", choices=PRECISIONS,
                    help="fp32, or bf16/fp16: the networks run under torch.autocast in that type (fp16 with gradient "
                         "scaling); densities and weights stay float32 (default fp32)")
@@ -172,6 +173,9 @@ def _option_value(config: RunConfig, name: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.sources import UnreadableFileError
+    from ..training import distributed
+
     if args.nproc is not None and args.nproc > 1 and not distributed.launched_by_torchrun():
         return distributed.launch(args.nproc, args.argv)  # each rank runs this command again under torchrun
     finished = False
@@ -194,6 +198,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ..api import latent_dim_for, load, make_run_config
+    from ..data import load_dataset, parse_spec
+    from ..training import checkpoint as ckpt
+    from ..training import distributed
+    from ..training.trainer import train
+
     out = Path(args.out)
     data_options = dict(in_memory=args.data_in_memory, memory_budget_mb=args.memory_budget_mb,
                         loader_workers=args.loader_workers, skip_bad_files=args.skip_bad_files)
@@ -240,7 +250,8 @@ def _train(args: argparse.Namespace) -> int:
             vamp_components=opts["vamp_components"], objective=opts["objective"],
             objective_samples=opts["objective_samples"], free_bits=opts["free_bits"],
             clip_grad_norm=opts["clip_grad_norm"], max_rollbacks=opts["max_rollbacks"], precision=opts["precision"],
-            perturb_rate=opts["perturb_rate"], inference=opts["inference"], latent_layers=opts["latent_layers"])
+            perturb_rate=opts["perturb_rate"], inference=opts["inference"], latent_layers=opts["latent_layers"],
+            conditional=args.conditional)
 
     context = distributed.initialize(config.train.device)  # joins torchrun's process group, if launched by it
     log = _logger(args.progress) if context.is_main else (lambda message: None)
@@ -266,7 +277,10 @@ def _train(args: argparse.Namespace) -> int:
     t = config.train
     latents = ",".join(map(str, (m.latent_dim, *m.upper_latent_dims)))
     inference = f" ({m.inference})" if m.upper_latent_dims else ""
-    log(f"model: {m.arch} {','.join(map(str, m.hidden))} -> latent {latents}{inference}, likelihood {m.likelihood}, prior {m.prior}; "
+    conditioned = (f", conditional on {m.num_classes} classes ({', '.join(m.class_names[:6])}"
+                   f"{', ...' if m.num_classes > 6 else ''})" if m.num_classes else "")
+    log(f"model: {m.arch} {','.join(map(str, m.hidden))} -> latent {latents}{inference}, likelihood {m.likelihood}, "
+        f"prior {m.prior}{conditioned}; "
         f"training {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} ({t.lr_schedule}), objective {t.objective}"
         + (f" (k={t.objective_samples})" if t.objective_samples > 1 else "")
         + (f", free bits {t.free_bits}" if t.free_bits else "")
@@ -295,6 +309,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _with_skip_hint(err: UnreadableFileError, args: argparse.Namespace) -> str:
     """The error, with what to do: --skip-bad-files when the file is one of several (not the data file itself)."""
+    from ..data import parse_spec
+    from ..training import checkpoint as ckpt
+
     source = parse_spec(args.data)[0] if args.data else None
     if source is None:  # --resume: the run's own data
         with contextlib.suppress(Exception):
@@ -315,6 +332,8 @@ def _remove_unstarted_run(out: Path, entries_before: set[str] | None) -> bool:
     """After training failed before its first checkpoint, remove what this invocation wrote into ``out`` (and ``out``
     itself when it made it), so that no directory is left that looks like a run; entries that were there before are
     never touched. Returns whether it removed anything (False once a checkpoint or the model exists)."""
+    from ..training import checkpoint as ckpt
+
     if not out.is_dir() or (out / ckpt.POINTER_FILE).exists() or (out / ckpt.MODEL_FILE).exists():
         return False
     with contextlib.suppress(OSError):  # never hide the error that stopped training
@@ -354,23 +373,34 @@ def _write_bad_files(out: Path, dataset, log) -> None:
 
 def _write_pictures(vae, out: Path, dataset) -> None:
     """samples.png and reconstructions.png in the run directory, for a first look (a table: samples.csv)."""
+    import numpy as np
+
     from .common import write_examples
 
+    labels = None
+    if vae.model_.conditional:  # samples: one row per class (at most 16 classes shown), 8 of each
+        from ..data.labels import split_label_indices
+
+        shown = min(len(vae.classes_), 16)
+        sample_labels = np.repeat(np.arange(shown), 8 if not vae.is_table_ else max(1, 64 // shown))
+        labels = split_label_indices(dataset, "test", list(vae.classes_))[:32]
+    else:
+        sample_labels = None
+    count = 64 if sample_labels is None else len(sample_labels)
     if vae.is_table_:
         from ..data.table import write_table
 
-        write_table(vae.sample(64, seed=0), out / "samples.csv")
+        write_table(vae.sample(count, y=sample_labels, seed=0), out / "samples.csv")
         return
-    write_examples(vae.sample(64, seed=0), out / "samples.png", vae, title="samples")
+    title = "samples" if sample_labels is None else "samples, one row per class"
+    write_examples(vae.sample(count, y=sample_labels, seed=0), out / "samples.png", vae, title=title)
     originals = dataset.split("test")[:32].numpy()  # in the data's own units
     if len(vae.input_shape_) == 3:
         from ..plots import save_reconstruction_grid
 
-        save_reconstruction_grid(originals, vae.reconstruct(originals), out / "reconstructions.png")
+        save_reconstruction_grid(originals, vae.reconstruct(originals, labels), out / "reconstructions.png")
     else:
-        import numpy as np
-
-        both = np.stack([originals, vae.reconstruct(originals)], axis=1).reshape(-1, *vae.input_shape_)
+        both = np.stack([originals, vae.reconstruct(originals, labels)], axis=1).reshape(-1, *vae.input_shape_)
         write_examples(both, out / "reconstructions.png", vae, title="originals (even rows) and reconstructions")
 
 
@@ -380,10 +410,16 @@ def _fit_typicality(vae, out: Path, dataset, log) -> None:
     from ..anomaly import typicality
 
     streamed = dataset.train_stream is not None
-    x = dataset.split("test" if streamed else "train", units="model").numpy()  # binarized as the model saw them
+    which = "test" if streamed else "train"
+    x = dataset.split(which, units="model").numpy()  # binarized as the model saw them
+    labels = None
+    if vae.model_.conditional:
+        from ..data.labels import split_label_indices
+
+        labels = split_label_indices(dataset, which, list(vae.classes_))
     started = time.perf_counter()
     try:
-        state = typicality.fit_typicality(vae, x)
+        state = typicality.fit_typicality(vae, x, labels=labels)
     except DataError as err:
         log(f"anomaly scores: no typicality model ({err}); vaekit score will use {anomaly.default_score(vae)}")
         return

@@ -37,9 +37,8 @@ from ..errors import ConfigError, DataError
 from ..models.likelihoods import BernoulliLikelihood, DiscretizedLogisticLikelihood
 from ..models.model import VAEModel
 from ..models.priors import StandardNormalPrior
+from ..names import LIKELIHOOD_MEMORY_BUDGET_MB as DEFAULT_MEMORY_BUDGET_MB
 
-DEFAULT_MEMORY_BUDGET_MB = 256
-"""Working memory of one chunk of the importance-weighted estimate."""
 
 # Chunks beyond this many (sample, example) rows gain nothing (the matrix products already run at full
 # speed) and fall out of the processor's caches.
@@ -78,8 +77,10 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def elbo(model: VAEModel, x: Tensor, batch_size: int = 1024, seed: int = 0) -> ElboResult:
-    """Negative ELBO of every example (one posterior sample each, seeded), on the model's device."""
+def elbo(model: VAEModel, x: Tensor, batch_size: int = 1024, seed: int = 0, labels: Tensor | None = None,
+         ) -> ElboResult:
+    """Negative ELBO of every example (one posterior sample each, seeded), on the model's device; a conditional
+    model's ``labels`` (class indices, one per example) make it the bound on log p(x|y)."""
     device = _device_of(model)
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
@@ -88,11 +89,25 @@ def elbo(model: VAEModel, x: Tensor, batch_size: int = 1024, seed: int = 0) -> E
     parts = []
     for start in range(0, len(x), batch_size):
         batch = x[start:start + batch_size].to(device, non_blocking=True)
-        terms = model.elbo_terms(batch, generator=generator, prior=prior)
+        terms = model.elbo_terms(batch, generator=generator, prior=prior, y=_labels_of(labels, start, len(batch), device))
         parts.append((terms.reconstruction.float(), terms.kl.float(), terms.kl_per_dim.float()))
     model.train(was_training)
     rec, kl, kl_dim = (torch.cat(p) for p in zip(*parts))
     return ElboResult(reconstruction=rec, kl=kl, kl_per_dim=kl_dim)
+
+
+def _labels_of(labels: Tensor | None, start: int, size: int, device: torch.device) -> Tensor | None:
+    """The labels of the batch x[start:start + size] (None for an unconditional model)."""
+    return None if labels is None else labels[start:start + size].to(device)
+
+
+def _check_labels(model: VAEModel, x: Tensor, labels: Tensor | None) -> None:
+    if model.conditional and labels is None:
+        raise ConfigError("this model is conditional: give the examples' labels (class indices)")
+    if not model.conditional and labels is not None:
+        raise ConfigError("this model is not conditional; it takes no labels")
+    if labels is not None and (labels.shape != (len(x),) or bool(((labels < 0) | (labels >= model.num_classes)).any())):
+        raise ConfigError(f"labels must be one class index in [0, {model.num_classes}) per example")
 
 
 # --- the importance-weighted estimate ---------------------------------------------------------------
@@ -155,6 +170,8 @@ def _decoder_log_prob(model: VAEModel, compile: bool):
     """log p(x|z_1) for draws of shape (samples, batch, latent): the model's own distribution, or the fused,
     exact kernels of ``decoder_kernels`` for a Bernoulli likelihood on an MLP decoder and for the
     discretized logistic on any decoder."""
+    if model.conditional:  # the fused kernels read the decoder's input as z alone
+        return lambda z, x, y: model.decode(z, y).log_prob(x)
     if isinstance(model.likelihood, BernoulliLikelihood) and model.config.arch == "mlp":
         return BernoulliMLPLogProb(model.decoder, math.prod(model.input_shape), compile=compile)
     if isinstance(model.likelihood, DiscretizedLogisticLikelihood):
@@ -174,7 +191,8 @@ class _Accumulators:
 @torch.no_grad()
 def _importance_pass(model: VAEModel, x: Tensor, num_importance_samples: int, seed: int,
                      batch_size: int | None, sample_chunk: int | None, memory_budget_mb: float,
-                     compile: bool | None, progress: bool = False) -> _Accumulators:
+                     compile: bool | None, progress: bool = False, labels: Tensor | None = None) -> _Accumulators:
+    _check_labels(model, x, labels)
     if num_importance_samples < 1:
         raise ConfigError(f"the number of importance samples must be at least 1, got {num_importance_samples}")
     device = _device_of(model)
@@ -198,6 +216,7 @@ def _importance_pass(model: VAEModel, x: Tensor, num_importance_samples: int, se
     for start in range(0, n, batch_size):
         batch = x[start:start + batch_size].to(device, non_blocking=True)
         size = len(batch)
+        y = _labels_of(labels, start, size, device)
         block = min(num_importance_samples, NOISE_BLOCK)
         sources = [_ExampleNoise(_example_seed(seed, start + i), total_dim, block, device) for i in range(size)]
         running = torch.full((size,), -math.inf, device=device, dtype=torch.float64)
@@ -208,8 +227,8 @@ def _importance_pass(model: VAEModel, x: Tensor, num_importance_samples: int, se
             chunk = min(sample_chunk, num_importance_samples - done)
             eps = torch.stack([source.take(chunk) for source in sources], dim=1)
             noise = list(torch.split(eps.to(batch.dtype), dims, dim=-1))
-            z, log_pz, log_qz = model.latent_log_densities(batch, chunk, prior=prior, noise=noise)
-            log_px_z = log_prob_x(z, batch).double()
+            z, log_pz, log_qz = model.latent_log_densities(batch, chunk, prior=prior, noise=noise, y=y)
+            log_px_z = (log_prob_x(z, batch) if y is None else log_prob_x(z, batch, y)).double()
             kl = (log_qz - log_pz).double()
             running = torch.logaddexp(running, torch.logsumexp(log_px_z - kl, dim=0))
             sum_log_px_z += log_px_z.sum(0)
@@ -238,7 +257,8 @@ def _progress_bar(total: int, description: str):
 
 def log_likelihood(model: VAEModel, x: Tensor, num_importance_samples: int = 1000, batch_size: int | None = None,
                    sample_chunk: int | None = None, seed: int = 0, *,
-                   memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, compile: bool | None = None) -> Tensor:
+                   memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, compile: bool | None = None,
+                   labels: Tensor | None = None) -> Tensor:
     """Importance-weighted estimate of log p(x) for every example, in nats (float32, shape ``(n,)``, on the CPU).
 
     ``x`` holds examples as the model sees them (binarized where the model was trained on binary data).
@@ -246,10 +266,10 @@ def log_likelihood(model: VAEModel, x: Tensor, num_importance_samples: int = 100
     ``memory_budget_mb`` unless given; they change the speed, never the result, which depends only on
     ``seed``. ``compile``: fuse the Bernoulli or discretized-logistic log-likelihood with ``torch.compile``
     (default: when the evaluation is large enough to repay the compilation, seconds once per process;
-    ``False`` keeps every computation eager).
+    ``False`` keeps every computation eager). A conditional model's ``labels`` (class indices) give log p(x|y).
     """
     sums = _importance_pass(model, x, num_importance_samples, seed, batch_size, sample_chunk, memory_budget_mb,
-                            compile)
+                            compile, labels=labels)
     return (sums.log_sum_w - math.log(num_importance_samples)).float()
 
 
@@ -300,13 +320,14 @@ class Evaluation:
 
 @torch.no_grad()
 def active_units(model: VAEModel, x: Tensor, batch_size: int = 1024, seed: int = 0,
-                 ) -> tuple[list[int], list[float]]:
+                 labels: Tensor | None = None) -> tuple[list[int], list[float]]:
     """Active units per stochastic layer (Burda et al.: Cov_x(E_q[u|x]) > 0.01) and those covariances, one per unit."""
     device = _device_of(model)
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    parts = [model.posterior_means(x[start:start + batch_size].to(device), generator=generator)
+    parts = [model.posterior_means(x[start:start + batch_size].to(device), generator=generator,
+                                   y=_labels_of(labels, start, batch_size, device))
              for start in range(0, len(x), batch_size)]
     model.train(was_training)
     counts, variances = [], []
@@ -323,7 +344,8 @@ KL_DIAGNOSTIC_DRAWS = 2**16  # posterior draws, over all examples, for the KL pe
 
 @torch.no_grad()
 def _kl_per_example_and_dim(model: VAEModel, x: Tensor, batch_size: int, seed: int,
-                            samples: int | None = None) -> tuple[Tensor | None, Tensor]:
+                            samples: int | None = None, labels: Tensor | None = None,
+                            ) -> tuple[Tensor | None, Tensor]:
     """The closed-form KL per example where there is one (else ``None``) and the mean KL per latent dimension.
 
     Without a closed form the KL per dimension is a Monte Carlo average over all examples and ``samples``
@@ -340,7 +362,8 @@ def _kl_per_example_and_dim(model: VAEModel, x: Tensor, batch_size: int, seed: i
     totals, per_dim = [], torch.zeros(sum(model.latent_dims), dtype=torch.float64)
     for start in range(0, len(x), batch_size):
         batch = x[start:start + batch_size].to(device)
-        terms = model.elbo_terms(batch, generator=generator, prior=prior, num_samples=None if exact else samples)
+        terms = model.elbo_terms(batch, generator=generator, prior=prior, num_samples=None if exact else samples,
+                                 y=_labels_of(labels, start, len(batch), device))
         totals.append(terms.kl.double().cpu())
         per_dim += terms.kl_per_dim.double().sum(0).cpu()
     return (torch.cat(totals) if exact else None), per_dim / max(len(x), 1)
@@ -348,26 +371,28 @@ def _kl_per_example_and_dim(model: VAEModel, x: Tensor, batch_size: int, seed: i
 
 def evaluate(model: VAEModel, x: Tensor, num_importance_samples: int = 5000, seed: int = 0, *,
              batch_size: int | None = None, memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
-             compile: bool | None = None, progress: bool = False) -> Evaluation:
+             compile: bool | None = None, progress: bool = False, labels: Tensor | None = None) -> Evaluation:
     """Negative ELBO (reconstruction + KL), importance-weighted -log p(x), bits/dim, active units and KL per
     latent dimension of ``model`` on examples ``x`` (as the model sees them), with standard errors over ``x``.
 
     The reconstruction term averages -log p(x|z_k) over the same K draws as the importance-weighted
     estimate; the KL term is in closed form where it has one (one layer, normal prior), else their average.
+    A conditional model is evaluated given ``labels`` (class indices, one per example): every number is then of
+    log p(x|y).
     """
     if len(x) == 0:
         raise ConfigError("there are no examples to evaluate")
     started = time.perf_counter()
     model.likelihood.check_data(x)
     sums = _importance_pass(model, x, num_importance_samples, seed, batch_size, None, memory_budget_mb, compile,
-                            progress)
+                            progress, labels=labels)
     k = num_importance_samples
     nll = -(sums.log_sum_w - math.log(k)).numpy()
     reconstruction = (-sums.sum_log_px_z / k).numpy()
-    exact_kl, kl_per_dim = _kl_per_example_and_dim(model, x, 1024, seed)
+    exact_kl, kl_per_dim = _kl_per_example_and_dim(model, x, 1024, seed, labels=labels)
     kl = exact_kl.numpy() if exact_kl is not None else (sums.sum_kl / k).numpy()
     neg_elbo = reconstruction + kl
-    counts, variances = active_units(model, x, seed=seed)
+    counts, variances = active_units(model, x, seed=seed, labels=labels)
     stats = {name: _mean_and_stderr(values) for name, values in
              (("neg_elbo", neg_elbo), ("reconstruction", reconstruction), ("kl", kl), ("nll", nll))}
     result = Evaluation(
@@ -391,7 +416,7 @@ def evaluate(model: VAEModel, x: Tensor, num_importance_samples: int = 5000, see
 
 @torch.no_grad()
 def column_log_likelihood(model: VAEModel, x: Tensor, num_importance_samples: int = 100, seed: int = 0,
-                          batch_size: int = 256) -> Tensor:
+                          batch_size: int = 256, labels: Tensor | None = None) -> Tensor:
     """Importance-weighted estimate of log p(x_c) for every column c of every table row, shape (n, columns).
 
     p(x_c) = E_{z~q(z|x)}[p(x_c|z) p(z) / q(z|x)]: the proposal may condition on the whole row, the estimate is
@@ -406,8 +431,9 @@ def column_log_likelihood(model: VAEModel, x: Tensor, num_importance_samples: in
     out = []
     for start in range(0, len(x), batch_size):
         batch = x[start:start + batch_size].to(device)
-        z, log_pz, log_qz = model.latent_log_densities(batch, num_importance_samples, generator=generator)
-        log_px_z = -likelihood.column_nll(model.decoder_params(z), batch)  # (K, batch, columns)
+        y = _labels_of(labels, start, len(batch), device)
+        z, log_pz, log_qz = model.latent_log_densities(batch, num_importance_samples, generator=generator, y=y)
+        log_px_z = -likelihood.column_nll(model.decoder_params(z, y), batch)  # (K, batch, columns)
         log_w = log_px_z + (log_pz - log_qz).unsqueeze(-1)
         out.append((torch.logsumexp(log_w, 0) - math.log(num_importance_samples)).cpu())
     return torch.cat(out)

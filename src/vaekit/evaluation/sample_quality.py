@@ -48,11 +48,11 @@ from ..data import Dataset, load_dataset, parse_spec
 from ..data.transforms import to_original_units
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_bytes, atomic_write_json
+from ..names import QUALITY_NEIGHBOURS as DEFAULT_K
 
 if TYPE_CHECKING:
     from ..api import VAE
 
-DEFAULT_K = 3
 DEFAULT_MEMORY_BUDGET_MB = 64.0
 CLASSIFIER_FORMAT = 1  # raise when the network or its training changes, so that old caches are not reused
 CLASSIFIER_JSON = "classifier.json"
@@ -485,6 +485,10 @@ class SampleQuality:
     classifier_from_cache: bool = False
     classifier_settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    # A conditional run: its samples are drawn for labels in the test split's proportions, and this is the share
+    # the classifier assigns to the label they were drawn for (overall and per label).
+    conditional_accuracy: float | None = None
+    per_label_accuracy: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -578,9 +582,38 @@ def sample_quality(vae: "VAE", data: Dataset | str | None = None, *, num_samples
     if classifier is None:
         classifier = feature_classifier(dataset, classifier_settings, cache_dir=cache_dir, log=log)
     start = time.perf_counter()
-    samples = vae.sample(int(n), seed=seed, sampler=sampler, sample_output=True if draw else None)
+    labels = _conditional_labels(vae, dataset, int(n), seed)
+    samples = vae.sample(int(n), y=labels, seed=seed, sampler=sampler, sample_output=True if draw else None)
     name = sampler if isinstance(sampler, str) else getattr(sampler, "kind", type(sampler).__name__)
     result = compare_samples(samples, dataset, classifier, k=k, seed=seed, memory_budget_mb=memory_budget_mb,
                              sampler=name, draw=draw)
+    if labels is not None:
+        result.conditional_accuracy, result.per_label_accuracy = conditional_accuracy(
+            vae, dataset, classifier, samples, labels)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _conditional_labels(vae: "VAE", dataset: Dataset, n: int, seed: int) -> np.ndarray | None:
+    """For a conditional run, n labels (indices into its classes) in the test split's proportions: a draw of the
+    test labels, so that the samples are compared with a test set of the same class mix."""
+    model = getattr(vae, "model_", None)
+    if model is None or not model.conditional:
+        return None
+    from ..data.labels import label_indices
+
+    test = label_indices(dataset.labels("test"), list(vae.classes_), dataset.class_names)
+    return np.sort(np.random.default_rng(seed).choice(test, size=n, replace=True))
+
+
+def conditional_accuracy(vae: "VAE", dataset: Dataset, classifier: FeatureClassifier, samples: Any,
+                         labels: np.ndarray) -> tuple[float, dict[str, float]]:
+    """The share of a conditional run's ``samples`` that the data set's classifier assigns to the label each was
+    drawn for (``labels``: indices into the run's classes), overall and per label."""
+    from ..data.labels import label_indices
+
+    raw = np.unique(np.asarray(dataset.y_train))  # the classifier's classes, as the data set's own label values
+    predicted = label_indices(raw[classifier.predict(samples)], list(vae.classes_), dataset.class_names)
+    hit = predicted == np.asarray(labels)
+    per_label = {str(vae.classes_[c]): float(hit[labels == c].mean()) for c in np.unique(labels)}
+    return float(hit.mean()), per_label

@@ -52,12 +52,13 @@ from ..anomaly.typicality import component_parameters
 from ..api import VAE
 from ..errors import CheckpointError, ConfigError, DataError
 from ..fileio import atomic_write_bytes, atomic_write_json, read_json
+from ..names import FITTED_KINDS
+from ..names import SAMPLER_MAX_COMPONENTS as DEFAULT_MAX_COMPONENTS
+from ..names import SAMPLER_SOURCES as SOURCES
 
 SAMPLER_FORMAT_VERSION = 1
-DEFAULT_MAX_COMPONENTS = 20
 DEFAULT_MAX_FIT_SIZE = 20_000
 DEFAULT_REG_COVAR = 1e-4  # added to every covariance's diagonal (latent units are of order 1)
-SOURCES = ("mean", "draw")
 
 
 @runtime_checkable
@@ -162,38 +163,42 @@ class GaussianMixtureSampler:
                 f"examples; BIC per components {{{tried}}}")
 
 
-SAMPLERS: dict[str, type] = {"prior": PriorSampler, "gmm": GaussianMixtureSampler}
-"""The samplers by name; ``fit_sampler``, the CLI and the benchmark list them from here."""
+SAMPLERS: dict[str, type] = {cls.kind: cls for cls in (PriorSampler, GaussianMixtureSampler)}
+"""The samplers by name; ``fit_sampler`` and the benchmark list them from here, the CLI from ``vaekit.names``."""
 
 SAMPLER_DESCRIPTIONS = {
     "prior": "z ~ p(z), the model's prior (what training used)",
     "gmm": "a Gaussian mixture fitted after training on the training set's latent means (BIC picks its size)",
 }
-FITTED_KINDS = ("gmm",)  # the samplers that are fitted and saved with a run
 
 
 # --- fitting ------------------------------------------------------------------------------------------
 
-def latent_codes(vae: VAE, X: Any, *, source: str = "mean", seed: int = 0, num_samples: int = 100) -> np.ndarray:
+def latent_codes(vae: VAE, X: Any, *, source: str = "mean", seed: int = 0, num_samples: int = 100,
+                 y: Any = None) -> np.ndarray:
     """The top stochastic layer's codes of every example of ``X`` (n, d_top), float64: posterior means
     (``source="mean"``; above a bottom-up model's first layer a Monte Carlo average over ``num_samples`` draws,
-    see ``VAEModel.posterior_means``) or one draw z_L ~ q per example (``source="draw"``)."""
+    see ``VAEModel.posterior_means``) or one draw z_L ~ q per example (``source="draw"``). A conditional model
+    encodes each example under its label ``y``: its codes then hold what the label does not say (the style), and
+    the fitted mixture is shared by all labels."""
     if source not in SOURCES:
         raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     vae._check_fitted()
     model = vae.model_
     x = vae._as_model_input(X)
+    labels = vae._labels(y, len(x))
     generator = torch.Generator(device=vae._device()).manual_seed(int(seed))
     parts = []
     with torch.no_grad():
-        for batch in vae._batches(x):
+        for batch, batch_labels in vae._labelled_batches(x, labels):
             if source == "mean":
                 if len(model.latent_dims) == 1:
-                    top = model.posterior_params(batch)[0]
+                    top = model.posterior_params(batch, batch_labels)[0]
                 else:
-                    top = model.posterior_means(batch, num_samples=num_samples, generator=generator)[-1]
+                    top = model.posterior_means(batch, num_samples=num_samples, generator=generator,
+                                                y=batch_labels)[-1]
             else:
-                top = model.infer(batch, generator=generator)[-1][0]
+                top = model.infer(batch, generator=generator, y=batch_labels)[-1][0]
             parts.append(top.double().cpu())
     return torch.cat(parts).numpy()
 
@@ -207,7 +212,7 @@ def max_components_for(n: int, dim: int, max_components: int = DEFAULT_MAX_COMPO
 
 def fit_gmm(vae: VAE, X: Any, *, seed: int = 0, max_components: int = DEFAULT_MAX_COMPONENTS,
             source: str = "mean", max_fit_size: int = DEFAULT_MAX_FIT_SIZE,
-            reg_covar: float = DEFAULT_REG_COVAR) -> GaussianMixtureSampler:
+            reg_covar: float = DEFAULT_REG_COVAR, y: Any = None) -> GaussianMixtureSampler:
     """Fit the ``gmm`` sampler on ``X`` (at most ``max_fit_size`` examples, a seeded subset): scikit-learn's
     ``GaussianMixture`` (full covariances) for 1 .. ``max_components_for(n, d)`` components, the lowest BIC kept."""
     from sklearn.mixture import GaussianMixture
@@ -218,7 +223,7 @@ def fit_gmm(vae: VAE, X: Any, *, seed: int = 0, max_components: int = DEFAULT_MA
             raise ConfigError(f"{name} must be a whole number of at least {low}, got {value!r}")
     if not (isinstance(reg_covar, (int, float)) and math.isfinite(reg_covar) and reg_covar >= 0):
         raise ConfigError(f"reg_covar must be a number of at least 0, got {reg_covar!r}")
-    codes = latent_codes(vae, X, source=source, seed=seed)
+    codes = latent_codes(vae, X, source=source, seed=seed, y=y)
     if len(codes) > max_fit_size:
         codes = codes[np.sort(np.random.default_rng(seed).choice(len(codes), max_fit_size, replace=False))]
     n, dim = codes.shape
@@ -244,10 +249,12 @@ def fit_gmm(vae: VAE, X: Any, *, seed: int = 0, max_components: int = DEFAULT_MA
         seed=int(seed), source=source, reg_covar=float(reg_covar), bic=bic)
 
 
-def fit_sampler(vae: VAE, X: Any = None, kind: str = "gmm", *, seed: int = 0, **options: Any) -> Sampler:
+def fit_sampler(vae: VAE, X: Any = None, kind: str = "gmm", *, seed: int = 0, y: Any = None,
+                **options: Any) -> Sampler:
     """Fit the sampler ``kind`` on ``X`` (the training set, as ``vae.fit`` took it) and make it the estimator's
     sampler of that name, so ``vae.sample(n, sampler=kind)`` uses it. ``options`` go to the kind's fitting
-    (for ``gmm``: ``max_components``, ``source``, ``max_fit_size``, ``reg_covar``; see ``fit_gmm``)."""
+    (for ``gmm``: ``max_components``, ``source``, ``max_fit_size``, ``reg_covar``; see ``fit_gmm``). A conditional
+    model's examples are encoded under their labels ``y``."""
     if kind not in SAMPLERS:
         raise ConfigError(f"unknown sampler {kind!r}; the samplers are {', '.join(SAMPLERS)}")
     vae._check_fitted()
@@ -258,7 +265,7 @@ def fit_sampler(vae: VAE, X: Any = None, kind: str = "gmm", *, seed: int = 0, **
     else:
         if X is None:
             raise DataError(f"the {kind} sampler is fitted on data: pass the training set as X")
-        sampler = fit_gmm(vae, X, seed=seed, **options)
+        sampler = fit_gmm(vae, X, seed=seed, y=y, **options)
     attach(vae, sampler)
     return sampler
 

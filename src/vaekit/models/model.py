@@ -25,6 +25,11 @@ the same z_{i+1}, so its KL term KL(q(z_i|x, z_{i+1}) || p(z_i|z_{i+1})) is in c
 z_{i+1}: the ELBO is E_q[log p(x|z_1)] - sum_i E_q[KL_i], with lower variance than the single-sample
 estimate. ``encode``/``posterior_params`` give q(z_1|x, z_2) along the mean path (z_L at its mean, each
 layer below at the mean of its q given the mean above), a deterministic code for z_1.
+
+With ``num_classes`` set the model is a conditional VAE (Sohn et al. 2015): q(z|x, y) and p(x|z, y) read the
+one-hot label y (the encoder beside x: extra values after an MLP's flattened input, constant extra channels of a
+convolutional encoder's image; the decoder beside z_1), the prior stays p(z), and every bound is one on
+log p(x|y). Every method that takes x or z then also takes ``y``, the class indices, shape (batch,).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from ..config import ModelConfig
 from .likelihoods import DISCRETE_LIKELIHOODS, make_likelihood, soft_clamp
-from .networks import build_decoder, build_encoder, mlp
+from .networks import build_decoder, build_encoder, join_label, mlp
 from .priors import StandardNormalPrior, VampPrior, log_prob_per_dim
 
 # Posterior log-variances are kept in this range (smoothly, see ``soft_clamp``): wide enough that a
@@ -122,6 +127,7 @@ class VAEModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.num_classes = config.num_classes or 0
         self.encoder, features = build_encoder(config)
         self.mean_head = nn.Linear(features, config.latent_dim)
         self.logvar_head = nn.Linear(features, config.latent_dim)
@@ -161,10 +167,34 @@ class VAEModel(nn.Module):
         """Whether q runs top-down (Ladder VAE); a one-layer model is the same either way and says False."""
         return self.config.inference == "top-down" and len(self.upper_layers) > 0
 
+    @property
+    def conditional(self) -> bool:
+        """Whether q and p see a label y beside x and z (a conditional VAE, Sohn et al. 2015)."""
+        return self.num_classes > 0
+
+    def label_one_hot(self, y: Tensor | None, dtype: torch.dtype = torch.float32) -> Tensor | None:
+        """The one-hot labels of a conditional model, shape (batch, num_classes); None for an unconditional one.
+
+        ``y`` holds class indices (``config.class_names`` order); a conditional model refuses to run without them.
+        """
+        if not self.num_classes:
+            if y is not None:
+                raise ValueError("this model is not conditional: it takes no labels")
+            return None
+        if y is None:
+            raise ValueError("this model is conditional: pass the examples' labels (class indices) as y")
+        return torch.nn.functional.one_hot(y.long(), self.num_classes).to(dtype)
+
+    def _encoder_input(self, x: Tensor, y: Tensor | None) -> Tensor:
+        one_hot = self.label_one_hot(y, x.dtype)
+        return x if one_hot is None else join_label(x, one_hot, planes=self.config.arch == "conv")
+
     # --- inference network -------------------------------------------------------------------
-    def first_layer_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The encoder and its heads: q(z_1|x) bottom-up, (mu_hat_1, logvar_hat_1) top-down."""
+    def first_layer_params(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The encoder and its heads: q(z_1|x) bottom-up, (mu_hat_1, logvar_hat_1) top-down (given y if conditional)."""
         # Called on the one-layer encoder of ``anomaly.regret`` too, which holds just these three modules.
+        if y is not None or getattr(self, "num_classes", 0):
+            x = self._encoder_input(x, y)
         return VAEModel._first_heads(self, self.encoder(x))  # type: ignore[arg-type]
 
     def _first_heads(self, features: Tensor) -> tuple[Tensor, Tensor]:
@@ -173,23 +203,23 @@ class VAEModel(nn.Module):
         logvar = soft_clamp(full_precision(self.logvar_head(features)), LOGVAR_MIN, LOGVAR_MAX)
         return full_precision(self.mean_head(features)), logvar
 
-    def posterior_params(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def posterior_params(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of q(z_1|x), each of shape (batch, latent_dim).
 
         Top-down: of q(z_1|x, z_2) with z_2 on the mean path (z_L = mu_hat_L, then each layer at the
         mean of its q given the one above); the exact E_q[z_1|x] is ``posterior_means``' Monte Carlo average.
         """
         if not self.top_down:
-            return self.first_layer_params(x)
-        params = self.bottom_up_params(x)
+            return self.first_layer_params(x, y)
+        params = self.bottom_up_params(x, y)
         mu, logvar = params[-1]
         for i in reversed(range(len(self.upper_layers))):
             mu, logvar = self.precision_weighted(*params[i], *self.upper_layers[i].generative(mu))
         return mu, logvar
 
-    def bottom_up_params(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
+    def bottom_up_params(self, x: Tensor, y: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
         """Top-down inference's deterministic pass: (mu_hat_i, logvar_hat_i) of every layer, bottom first."""
-        d = self.encoder(x)
+        d = self.encoder(self._encoder_input(x, y))
         params = [self._first_heads(d)]
         for layer in self.upper_layers:
             d = layer.inference.body(d)
@@ -207,9 +237,9 @@ class VAEModel(nn.Module):
         weight = torch.sigmoid(logvar_p - logvar_hat)
         return mu_p + weight * (mu_hat - mu_p), logvar
 
-    def encode(self, x: Tensor) -> Distribution:
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Distribution:
         """q(z_1|x) as a distribution with event shape (latent_dim,) (top-down: see ``posterior_params``)."""
-        mu, logvar = self.posterior_params(x)
+        mu, logvar = self.posterior_params(x, y)
         return diagonal_gaussian(mu, logvar)
 
     @staticmethod
@@ -221,26 +251,27 @@ class VAEModel(nn.Module):
         return mu + std * eps
 
     def infer(self, x: Tensor, num_samples: int | None = None, generator: torch.Generator | None = None,
-              noise: list[Tensor] | None = None) -> list[tuple[Tensor, Distribution]]:
+              noise: list[Tensor] | None = None, y: Tensor | None = None) -> list[tuple[Tensor, Distribution]]:
         """Draw z_1, ..., z_L from q; returns (z_i, q(z_i | what it is conditioned on)) for every layer, bottom first.
 
         Bottom-up the layers are drawn from the first up, top-down from the top down. ``noise`` may give the
         standard-normal draws to use, one tensor per layer (bottom first) shaped like its z.
         """
-        return self._infer_with_priors(x, num_samples, generator, noise)[0]
+        return self._infer_with_priors(x, num_samples, generator, noise, y)[0]
 
     def _infer_with_priors(self, x: Tensor, num_samples: int | None = None, generator: torch.Generator | None = None,
-                           noise: list[Tensor] | None = None,
+                           noise: list[Tensor] | None = None, y: Tensor | None = None,
                            ) -> tuple[list[tuple[Tensor, Distribution]], list[Distribution]]:
         """``infer``'s draws and the conditional priors p(z_i|z_{i+1}) at them, i = 1 .. L-1."""
         if self.top_down:
-            return self._infer_top_down(x, num_samples, generator, noise)
-        drawn = self._infer_bottom_up(x, num_samples, generator, noise)
+            return self._infer_top_down(x, num_samples, generator, noise, y)
+        drawn = self._infer_bottom_up(x, num_samples, generator, noise, y)
         return drawn, self.conditional_priors([z for z, _ in drawn])
 
     def _infer_top_down(self, x: Tensor, num_samples: int | None, generator: torch.Generator | None,
-                        noise: list[Tensor] | None) -> tuple[list[tuple[Tensor, Distribution]], list[Distribution]]:
-        params = self.bottom_up_params(x)
+                        noise: list[Tensor] | None, y: Tensor | None = None,
+                        ) -> tuple[list[tuple[Tensor, Distribution]], list[Distribution]]:
+        params = self.bottom_up_params(x, y)
         top = len(params) - 1
         q = diagonal_gaussian(*params[top])
         if noise is None:
@@ -260,8 +291,8 @@ class VAEModel(nn.Module):
         return drawn[::-1], priors[::-1]
 
     def _infer_bottom_up(self, x: Tensor, num_samples: int | None, generator: torch.Generator | None,
-                         noise: list[Tensor] | None) -> list[tuple[Tensor, Distribution]]:
-        q = self.encode(x)
+                         noise: list[Tensor] | None, y: Tensor | None = None) -> list[tuple[Tensor, Distribution]]:
+        q = self.encode(x, y)
         if noise is None:
             z = self.reparameterize(q.base_dist.loc, q.base_dist.scale, num_samples=num_samples, generator=generator)
         else:
@@ -276,8 +307,8 @@ class VAEModel(nn.Module):
             drawn.append((z, q))
         return drawn
 
-    def posterior_means(self, x: Tensor, num_samples: int = 100,
-                        generator: torch.Generator | None = None) -> list[Tensor]:
+    def posterior_means(self, x: Tensor, num_samples: int = 100, generator: torch.Generator | None = None,
+                        y: Tensor | None = None) -> list[Tensor]:
         """E_q[z_i | x] for every layer, each (batch, dim_i): exact for the first layer, Monte Carlo above it.
 
         Above the first layer the conditional means E[z_i | z_{i-1}] are averaged over draws of the
@@ -286,9 +317,9 @@ class VAEModel(nn.Module):
         draws of the layers above.
         """
         if self.top_down:
-            drawn = self.infer(x, num_samples=num_samples, generator=generator)
+            drawn = self.infer(x, num_samples=num_samples, generator=generator, y=y)
             return [q.base_dist.loc.mean(0) if q.base_dist.loc.dim() > 2 else q.base_dist.loc for _, q in drawn]
-        q = self.encode(x)
+        q = self.encode(x, y)
         means = [q.base_dist.loc]
         if not len(self.upper_layers):
             return means
@@ -300,14 +331,21 @@ class VAEModel(nn.Module):
         return means
 
     # --- generative network ------------------------------------------------------------------
-    def decoder_params(self, z: Tensor) -> Tensor:
-        """The likelihood's parameters for latent vectors of shape (..., latent_dim), batch axes kept."""
-        params = full_precision(self.decoder(z.reshape(-1, z.shape[-1])))  # float32 likelihood under autocast
+    def decoder_params(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """The likelihood's parameters for latent vectors of shape (..., latent_dim), batch axes kept.
+
+        A conditional model's labels ``y`` have shape (batch,), the axis before latent_dim (a leading sample axis
+        of z shares them)."""
+        flat = z.reshape(-1, z.shape[-1])
+        one_hot = self.label_one_hot(y, z.dtype)
+        if one_hot is not None:
+            flat = torch.cat([flat, one_hot.expand(*z.shape[:-1], self.num_classes).reshape(-1, self.num_classes)], -1)
+        params = full_precision(self.decoder(flat))  # float32 likelihood under autocast
         return params.reshape(*z.shape[:-1], *params.shape[1:])
 
-    def decode(self, z: Tensor) -> Distribution:
-        """p(x|z_1) for latent vectors of shape (..., latent_dim); batch axes before the last are kept."""
-        return self.likelihood(self.decoder_params(z))
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
+        """p(x|z_1[, y]) for latent vectors of shape (..., latent_dim); batch axes before the last are kept."""
+        return self.likelihood(self.decoder_params(z, y))
 
     def prior_distribution(self) -> Distribution:
         """p(z_L) over the top layer. For the VampPrior its components are encodings of the pseudo-inputs
@@ -336,18 +374,20 @@ class VAEModel(nn.Module):
 
     # --- objectives --------------------------------------------------------------------------
     def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None, prior: Distribution | None = None,
-                   num_samples: int | None = None, encoder_x: Tensor | None = None) -> ElboTerms:
+                   num_samples: int | None = None, encoder_x: Tensor | None = None,
+                   y: Tensor | None = None) -> ElboTerms:
         """Reconstruction and KL terms for every example of ``x`` (closed-form KL where it has one).
 
         One posterior draw per example, or the average over ``num_samples`` draws (Burda et al.'s
         k-sample VAE objective). ``prior`` may pass a precomputed ``prior_distribution()``. ``encoder_x``, when
         given, is what q(z|.) sees instead of ``x`` (a table's rows with cells hidden, see ``TableLikelihood``);
-        any q gives a lower bound on log p(x).
+        any q gives a lower bound on log p(x). A conditional model's labels ``y`` (class indices, (batch,)) make it
+        the bound on log p(x|y).
         """
         drawn, priors = self._infer_with_priors(x if encoder_x is None else encoder_x, num_samples=num_samples,
-                                                generator=generator)
+                                                generator=generator, y=y)
         zs = [z for z, _ in drawn]
-        reconstruction = self.likelihood.negative_log_prob(self.decoder_params(zs[0]), x)  # = -decode(z).log_prob(x)
+        reconstruction = self.likelihood.negative_log_prob(self.decoder_params(zs[0], y), x)  # = -decode(z).log_prob(x)
         prior = self.prior_distribution() if prior is None else prior
         per_dim = self.lower_layer_kl_per_dim(drawn, priors)
         z_top, q_top = drawn[-1]
@@ -386,9 +426,9 @@ class VAEModel(nn.Module):
 
     def latent_log_densities(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None,
                              prior: Distribution | None = None, noise: list[Tensor] | None = None,
-                             ) -> tuple[Tensor, Tensor, Tensor]:
+                             y: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Draws z_1 ~ q (shape (num_samples, batch, latent_dim)) with log p(z) and log q(z|x) over all layers."""
-        drawn, priors = self._infer_with_priors(x, num_samples=num_samples, generator=generator, noise=noise)
+        drawn, priors = self._infer_with_priors(x, num_samples=num_samples, generator=generator, noise=noise, y=y)
         zs = [z for z, _ in drawn]
         prior = self.prior_distribution() if prior is None else prior
         log_pz = prior.log_prob(zs[-1])
@@ -400,13 +440,15 @@ class VAEModel(nn.Module):
         return zs[0], log_pz, log_qz
 
     def importance_weight_terms(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None,
-                                prior: Distribution | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                                prior: Distribution | None = None, y: Tensor | None = None,
+                                ) -> tuple[Tensor, Tensor, Tensor]:
         """log p(x|z_k), log p(z_k) and log q(z_k|x) for z_k ~ q(z|x), each of shape (num_samples, batch)."""
-        z, log_pz, log_qz = self.latent_log_densities(x, num_samples, generator=generator, prior=prior)
-        return self.decode(z).log_prob(x), log_pz, log_qz
+        z, log_pz, log_qz = self.latent_log_densities(x, num_samples, generator=generator, prior=prior, y=y)
+        return self.decode(z, y).log_prob(x), log_pz, log_qz
 
     def log_importance_weights(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None,
-                               prior: Distribution | None = None) -> Tensor:
-        """log p(x, z_k) - log q(z_k|x) for z_k ~ q(z|x), shape (num_samples, batch)."""
-        log_px_z, log_pz, log_qz = self.importance_weight_terms(x, num_samples, generator=generator, prior=prior)
+                               prior: Distribution | None = None, y: Tensor | None = None) -> Tensor:
+        """log p(x, z_k) - log q(z_k|x) for z_k ~ q(z|x), shape (num_samples, batch) (given y if conditional)."""
+        log_px_z, log_pz, log_qz = self.importance_weight_terms(x, num_samples, generator=generator, prior=prior,
+                                                                y=y)
         return log_px_z + log_pz - log_qz

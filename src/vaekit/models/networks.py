@@ -66,10 +66,20 @@ class TableInput(nn.Module):
         return torch.cat([values, missing.index_select(-1, self.missing_pos).to(values.dtype)], -1)
 
 
+def join_label(x: Tensor, one_hot: Tensor, planes: bool) -> Tensor:
+    """A conditional encoder's input: the one-hot labels (batch, classes) beside the examples, as constant extra
+    channels of an image (``planes``, for convolutional encoders) or as extra values after the flattened example
+    (Sohn et al. 2015's concatenation)."""
+    if planes:
+        return torch.cat([x, one_hot.to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])], 1)
+    return torch.cat([x.flatten(1), one_hot.to(x.dtype)], 1)
+
+
 def build_encoder(config: ModelConfig) -> tuple[nn.Module, int]:
     """The encoder body and the size of the features it hands to the mean and variance heads."""
+    labels = config.num_classes or 0  # a conditional model's encoder also reads the one-hot label (join_label)
     if config.arch == "mlp":
-        n_in = math.prod(config.input_shape)
+        n_in = math.prod(config.input_shape) + labels
         if config.table_columns is not None:  # a table: missing cells zeroed, a 0/1 missingness input per column
             table_input = TableInput(config.table_columns)
             body = nn.Sequential(table_input, mlp([n_in + table_input.extra, *config.hidden], config.activation,
@@ -80,7 +90,7 @@ def build_encoder(config: ModelConfig) -> tuple[nn.Module, int]:
     channels, height, width = config.input_shape
     act = ACTIVATION_LAYERS[config.activation]
     layers: list[nn.Module] = []
-    n_in = channels
+    n_in = channels + labels
     for n_out in config.hidden:
         layers += [nn.Conv2d(n_in, n_out, kernel_size=3, stride=2, padding=1), act()]
         n_in = n_out
@@ -100,9 +110,10 @@ class _Reshape(nn.Module):
 
 def build_decoder(config: ModelConfig, params_per_value: int) -> nn.Module:
     """Decoder from ``latent_dim`` to ``(batch, params_per_value, *input_shape)`` parameters."""
+    n_z = config.latent_dim + (config.num_classes or 0)  # a conditional decoder reads [z, one-hot y]
     if config.arch == "mlp":
         n_out = params_per_value * math.prod(config.input_shape)
-        sizes = [config.latent_dim, *reversed(config.hidden), n_out]
+        sizes = [n_z, *reversed(config.hidden), n_out]
         return nn.Sequential(mlp(sizes, config.activation, final_activation=False),
                              _Reshape(params_per_value, *config.input_shape))
     channels, height, width = config.input_shape
@@ -110,7 +121,7 @@ def build_decoder(config: ModelConfig, params_per_value: int) -> nn.Module:
     sizes = _conv_sizes(height, width, len(config.hidden))
     h, w = sizes[-1]
     widths = list(reversed(config.hidden))
-    layers: list[nn.Module] = [nn.Linear(config.latent_dim, widths[0] * h * w), act(), _Reshape(widths[0], h, w)]
+    layers: list[nn.Module] = [nn.Linear(n_z, widths[0] * h * w), act(), _Reshape(widths[0], h, w)]
     targets = list(reversed(sizes[:-1]))
     outs = widths[1:] + [params_per_value * channels]
     n_in = widths[0]

@@ -26,7 +26,8 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
@@ -47,6 +48,24 @@ PAGE_HEADERS = [
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Seed = Annotated[int, Field(strict=True, ge=0, le=2**63 - 1)]
+MAX_LABEL_CHARS = 200
+LABEL_HELP = ("the class to generate (a conditional model: one of /api/info's classes, by name or index); "
+              "required by a conditional model, refused by an unconditional one")
+UPLOAD_LABEL_HELP = ("the class of every uploaded example (a conditional model: one of /api/info's classes, by name "
+                     "or index); required by a conditional model, refused by an unconditional one")
+
+
+def _one_label_error(value: Any, handler: Callable[[Any], Any]) -> Any:
+    """One message for a label of the wrong type, not one per member of the union."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError("label_type", "must be a class name (text of at most {limit} characters) or a "
+                                                "class index (a whole number)", {"limit": MAX_LABEL_CHARS}) from None
+
+
+Label = Annotated[Annotated[int, Field(strict=True)] | Annotated[str, Field(max_length=MAX_LABEL_CHARS)],
+                  WrapValidator(_one_label_error)]
 
 
 # --- request and response bodies -------------------------------------------------------------------
@@ -58,10 +77,12 @@ class StrictModel(BaseModel):
 class SampleRequest(StrictModel):
     n: Annotated[int, Field(strict=True, ge=1, description="how many draws z ~ N(0, I)")] = 8
     seed: Seed | None = Field(None, description="seed of the draws; a fresh random one when omitted (returned)")
+    label: Label | None = Field(None, description=LABEL_HELP)
 
 
 class DecodeRequest(StrictModel):
     z: list[list[FiniteFloat]] = Field(description="latent vectors, shape (n, latent_dim)")
+    label: Label | None = Field(None, description=LABEL_HELP)
 
 
 class InterpolateRequest(StrictModel):
@@ -69,6 +90,7 @@ class InterpolateRequest(StrictModel):
     z_end: list[FiniteFloat] = Field(description="last latent point (latent_dim,)")
     steps: Annotated[int, Field(strict=True, ge=2)] = 16
     method: Literal["linear", "spherical"] = "linear"
+    label: Label | None = Field(None, description=LABEL_HELP)
 
 
 class Outputs(BaseModel):
@@ -386,6 +408,8 @@ async def _busy(request: Request, exc: ServiceBusy) -> JSONResponse:
 
 UPLOAD = Annotated[UploadFile, File(description="the example: an image file, or a JSON array (or object of columns)")]
 INVERT = Annotated[bool, Form(description="invert the values (1 - x), for images drawn dark on light")]
+UPLOAD_LABEL = Annotated[str | None, Form(max_length=MAX_LABEL_CHARS, description=UPLOAD_LABEL_HELP)]
+QUERY_LABEL = Annotated[str | None, Query(max_length=MAX_LABEL_CHARS, description=LABEL_HELP)]
 
 
 def create_app(explorer: Explorer, *, allowed_hosts: Iterable[str] = (), token: str | None = None) -> FastAPI:
@@ -409,7 +433,9 @@ def create_app(explorer: Explorer, *, allowed_hosts: Iterable[str] = (), token: 
     app = FastAPI(title="vaekit serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   responses=ERROR_RESPONSES,
                   description="Explore a trained variational autoencoder: sample, decode, encode, reconstruct, "
-                              "score and interpolate. Uploads are multipart form data in a field named `file`.")
+                              "score and interpolate. Uploads are multipart form data in a field named `file`. A conditional "
+                              "model (`conditional` in /api/info) needs a `label`, one of its `classes`, on every "
+                              "generation and upload request.")
     app.state.explorer = explorer
     app.state.worker = worker
     app.state.access = access
@@ -439,16 +465,17 @@ def create_app(explorer: Explorer, *, allowed_hosts: Iterable[str] = (), token: 
     async def sample(request: SampleRequest) -> dict[str, Any]:
         """Draw ``n`` latent vectors from the prior N(0, I) and decode them (the same draws as ``VAE.sample``)."""
         def work():
-            z, x, seed = explorer.sample(request.n, request.seed)
+            z, x, seed = explorer.sample(request.n, request.seed, request.label)
             return {"seed": seed, "z": z.tolist(), "outputs": explorer.outputs(x)}
         return await worker.run(work)
 
     @app.get("/api/sample.png", tags=["generate"], response_class=Response,
              responses={200: {"content": {"image/png": {}}}})
-    async def sample_png(n: Annotated[int, Query(ge=1)] = 16, seed: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None):
+    async def sample_png(n: Annotated[int, Query(ge=1)] = 16, seed: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
+                         label: QUERY_LABEL = None):
         """``n`` prior draws decoded and tiled into one PNG (image models)."""
         def work():
-            _, x, used = explorer.sample(n, seed)
+            _, x, used = explorer.sample(n, seed, label)
             return explorer.png_grid(x), used
         png, used = await worker.run(work)
         return Response(png, media_type="image/png", headers={"X-Vaekit-Seed": str(used)})
@@ -457,7 +484,7 @@ def create_app(explorer: Explorer, *, allowed_hosts: Iterable[str] = (), token: 
     async def decode(request: DecodeRequest) -> dict[str, Any]:
         """Decode latent vectors to the mean of p(x|z), in the data's original units."""
         def work():
-            z, x = explorer.decode(request.z)
+            z, x = explorer.decode(request.z, request.label)
             return {"z": z.tolist(), "outputs": explorer.outputs(x)}
         return await worker.run(work)
 
@@ -465,44 +492,48 @@ def create_app(explorer: Explorer, *, allowed_hosts: Iterable[str] = (), token: 
               responses={200: {"content": {"image/png": {}}}})
     async def decode_png(request: DecodeRequest):
         """Decode latent vectors and tile the images into one PNG (image models)."""
-        png = await worker.run(lambda: explorer.png_grid(explorer.decode(request.z)[1]))
+        png = await worker.run(lambda: explorer.png_grid(explorer.decode(request.z, request.label)[1]))
         return Response(png, media_type="image/png")
 
     @app.post("/api/encode", tags=["examples"], response_model=EncodeResponse, responses=UPLOAD_RESPONSES)
-    async def encode(file: UPLOAD, invert: INVERT = False) -> dict[str, Any]:
-        """Mean and variance of q(z|x) for the uploaded example(s)."""
+    async def encode(file: UPLOAD, invert: INVERT = False, label: UPLOAD_LABEL = None) -> dict[str, Any]:
+        """Mean and variance of q(z|x) (q(z|x, label)) for the uploaded example(s)."""
+        y = explorer.label(label)
         x, note = await upload(file, invert)
-        mean, variance = await worker.run(explorer.encode, x)
+        mean, variance = await worker.run(explorer.encode, x, y)
         return {"mean": mean.tolist(), "variance": variance.tolist(), "note": note}
 
     @app.post("/api/reconstruct", tags=["examples"], response_model=ReconstructResponse, responses=UPLOAD_RESPONSES)
-    async def reconstruct(file: UPLOAD, invert: INVERT = False) -> dict[str, Any]:
+    async def reconstruct(file: UPLOAD, invert: INVERT = False, label: UPLOAD_LABEL = None) -> dict[str, Any]:
         """The uploaded example(s) as the model sees them, and decoded from their latent means."""
+        y = explorer.label(label)
         x, note = await upload(file, invert)
 
         def work():
-            mean = explorer.encode(x)[0]
-            return {"inputs": explorer.outputs(x), "reconstructions": explorer.outputs(explorer.vae.decode(mean)),
+            mean = explorer.encode(x, y)[0]
+            return {"inputs": explorer.outputs(x), "reconstructions": explorer.outputs(explorer.vae.decode(mean, y=y)),
                     "mean": mean.tolist(), "note": note}
         return await worker.run(work)
 
     @app.post("/api/score", tags=["examples"], response_model=ScoreResponse, responses=UPLOAD_RESPONSES)
-    async def score(file: UPLOAD, invert: INVERT = False) -> dict[str, Any]:
-        """Anomaly scores of the uploaded example(s): higher = more anomalous."""
+    async def score(file: UPLOAD, invert: INVERT = False, label: UPLOAD_LABEL = None) -> dict[str, Any]:
+        """Anomaly scores of the uploaded example(s): higher = more anomalous (a conditional model's: for the class)."""
+        y = explorer.label(label)
         x, note = await upload(file, invert)
-        return {**await worker.run(explorer.score, x), "note": note}
+        return {**await worker.run(explorer.score, x, y), "note": note}
 
     @app.post("/api/analyze", tags=["examples"], response_model=AnalyzeResponse, responses=UPLOAD_RESPONSES)
-    async def analyze(file: UPLOAD, invert: INVERT = False) -> dict[str, Any]:
+    async def analyze(file: UPLOAD, invert: INVERT = False, label: UPLOAD_LABEL = None) -> dict[str, Any]:
         """One example: as the model sees it, its reconstruction, its posterior and its anomaly score."""
+        y = explorer.label(label)
         x, note = await upload(file, invert)
-        return {**await worker.run(explorer.analyze, x), "note": note}
+        return {**await worker.run(explorer.analyze, x, y), "note": note}
 
     @app.post("/api/interpolate", tags=["latent space"], response_model=DecodeResponse)
     async def interpolate(request: InterpolateRequest) -> dict[str, Any]:
         """Decoded points on the line (or, with ``spherical``, the great circle) between two latent points."""
         def work():
-            z, x = explorer.interpolate(request.z_start, request.z_end, request.steps, request.method)
+            z, x = explorer.interpolate(request.z_start, request.z_end, request.steps, request.method, request.label)
             return {"z": z.tolist(), "outputs": explorer.outputs(x)}
         return await worker.run(work)
 
@@ -513,9 +544,10 @@ def create_app(explorer: Explorer, *, allowed_hosts: Iterable[str] = (), token: 
         return await worker.run(explorer.examples, n, seed)
 
     @app.get("/api/latent-map", tags=["latent space"], response_model=LatentMapResponse)
-    async def latent_map(steps: Annotated[int, Query(ge=2)] = 16) -> dict[str, Any]:
-        """For a 2-D latent: the decoded grid over the prior's quantiles and the reference points on it."""
-        return await worker.run(explorer.latent_map, steps)
+    async def latent_map(steps: Annotated[int, Query(ge=2)] = 16, label: QUERY_LABEL = None) -> dict[str, Any]:
+        """For a 2-D latent: the decoded grid over the prior's quantiles (under ``label``, a conditional model's) and
+        the reference points on it."""
+        return await worker.run(explorer.latent_map, steps, label)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

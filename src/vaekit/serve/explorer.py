@@ -3,6 +3,7 @@
 An ``Explorer`` wraps a fitted ``VAE`` (plus, optionally, reference data and a saved anomaly detector)
 and answers what the service is asked: decode latent vectors, draw from the prior, read an uploaded
 example, encode, reconstruct and score it, interpolate, and lay out the latent plane of a 2-D model.
+A conditional model's methods take a ``label`` (a class name or index): required there, refused otherwise.
 Every input is checked against the model and against ``ServeLimits`` first; what is wrong raises a
 ``DataError`` (the service answers 422), ``RequestTooLarge`` (413) or ``UnsupportedInput`` (415).
 The model is used only through the public functions of ``vaekit.api``, ``vaekit.generation.latent`` and
@@ -28,7 +29,10 @@ from .._version import __version__
 from ..generation import latent
 from ..anomaly import TypicalityModel, feature_contributions, load_typicality
 from ..anomaly import DETECTOR_FILE, SCORE_DESCRIPTIONS, AnomalyDetector, anomaly_scores, default_score
+from ..anomaly import model_units, prepare_inputs
+from ..anomaly.explain import per_dimension_log_prob
 from ..api import VAE, load
+from ..data.labels import label_indices, resolve_label
 from ..errors import ConfigError, DataError, VaekitError
 from ..plots import image_grid
 
@@ -142,6 +146,8 @@ class Explorer:
         self.latent_dim = int(vae.latent_dim_)
         self.n_features = int(np.prod(self.input_shape))
         self.is_image = len(self.input_shape) == 3
+        self.conditional = bool(vae.model_.conditional)
+        self.classes = [str(c) for c in vae.classes_] if self.conditional else None
         columns = vae.config_.data.columns
         self.schema = vae.schema_  # a table run: rows of named, mixed columns
         if self.schema is not None:
@@ -159,19 +165,34 @@ class Explorer:
             self.score_name = default_score(vae, self.typicality)
             self.score_settings = {"num_importance_samples": num_importance_samples, "compressor": "png", "seed": 0}
         self.reference = reference
-        self._map_cache: dict[int, dict[str, Any]] = {}
+        self._map_cache: dict[tuple[int, int | None], dict[str, Any]] = {}
         self.dimension_order = np.arange(self.latent_dim)
         self.dimension_kl: np.ndarray | None = None
         self.reference_means: np.ndarray | None = None
+        self.reference_labels: np.ndarray | None = None  # a conditional model's: class indices of the examples
         self.reference_scores: np.ndarray | None = None
         if reference is not None:
             if tuple(reference.x.shape[1:]) != self.input_shape:
                 raise DataError(f"the reference data has examples of shape {reference.x.shape[1:]} "
                                 f"but the model expects {self.input_shape}")
-            self.reference_means = vae.transform(reference.x)
+            if self.conditional:
+                if reference.labels is None:
+                    raise DataError(f"this model is conditional, and the reference data ({reference.source}) have no "
+                                    "labels; give labelled data, or start without reference data")
+                self.reference_labels = label_indices(reference.labels, self.classes, reference.class_names)
+                mean, variance = vae.encode(reference.x, self.reference_labels)
+                self.reference_means = mean
+                if len(reference.x) >= 2:  # as latent.informative_dimensions ranks them, each example under its label
+                    mean, variance = mean.astype(np.float64), variance.astype(np.float64)
+                    kl = (0.5 * (mean**2 + variance - np.log(variance) - 1.0)).mean(axis=0)
+                    self.dimension_order = np.argsort(-kl, kind="stable")
+                    self.dimension_kl = kl[self.dimension_order]
+            else:
+                self.reference_means = vae.transform(reference.x)
+                if len(reference.x) >= 2:
+                    self.dimension_order, self.dimension_kl = latent.informative_dimensions(vae, reference.x, by="kl")
             if len(reference.x) >= 2:
-                self.dimension_order, self.dimension_kl = latent.informative_dimensions(vae, reference.x, by="kl")
-                self.reference_scores = np.sort(self._scores(reference.x)[self.score_name])
+                self.reference_scores = np.sort(self._scores(reference.x, self.reference_labels)[self.score_name])
 
     @classmethod
     def from_run(cls, run: str | Path, *, vae: VAE | None = None, reference: ReferenceData | None = None,
@@ -212,6 +233,8 @@ class Explorer:
             "input_shape": list(self.input_shape),
             "columns": None if self.is_image else self.columns,
             "latent_dim": self.latent_dim,
+            "conditional": self.conditional,
+            "classes": self.classes,
             "arch": config.model.arch,
             "hidden": list(config.model.hidden),
             "likelihood": config.model.likelihood,
@@ -254,6 +277,23 @@ class Explorer:
                                    "ask the JSON endpoint for the rows")
         return png_bytes(x)
 
+    # --- labels ----------------------------------------------------------------------------------
+    def label(self, value: Any) -> int | None:
+        """A request's label as a class index: required by a conditional model (a class name or an index), refused
+        by an unconditional one; ``None`` for an unconditional model."""
+        if not self.conditional:
+            if value is not None:
+                raise DataError("this model is not conditional, so it takes no label; leave label out")
+            return None
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DataError(f"this model is conditional: give a label, one of its {self._class_listing()} "
+                            f"(or an index 0 to {len(self.classes) - 1})")
+        return resolve_label(value, self.classes)
+
+    def _class_listing(self) -> str:
+        shown = ", ".join(self.classes[:12])
+        return f"{len(self.classes)} classes: {shown}{' ...' if len(self.classes) > 12 else ''}"
+
     # --- latent vectors --------------------------------------------------------------------------
     def check_latents(self, z: Any, what: str = "z", batch: bool = True) -> np.ndarray:
         """Latent vectors as float32 (n, latent_dim) (or one vector (latent_dim,) with ``batch=False``), validated."""
@@ -277,28 +317,32 @@ class Explorer:
                             f"latent values must lie within +-{self.limits.max_latent_abs:g} (the prior is N(0, I))")
         return array.astype(np.float32)
 
-    def decode(self, z: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Validated latent vectors and the mean of p(x|z) for each, in the data's original units."""
+    def decode(self, z: Any, label: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Validated latent vectors and the mean of p(x|z) (p(x|z, label)) for each, in the data's original units."""
+        y = self.label(label)
         z = self.check_latents(z)
-        return z, self.vae.decode(z)
+        return z, self.vae.decode(z, y=y)
 
-    def sample(self, n: int, seed: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    def sample(self, n: int, seed: int | None = None, label: Any = None) -> tuple[np.ndarray, np.ndarray, int]:
         """``n`` draws z ~ N(0, I) and their decodings, with the seed used (a fresh random one when ``None``).
 
-        The draws are those of ``VAE.sample(n, seed=seed)``, so the service and the library agree.
+        The draws are those of ``VAE.sample(n, seed=seed)`` (``y=label``), so the service and the library agree.
         """
+        y = self.label(label)
         self._check_count(n, self.limits.max_samples, "samples")
         seed = secrets.randbelow(2**31) if seed is None else int(seed)
         z = torch.randn(n, self.latent_dim, generator=torch.Generator().manual_seed(seed)).numpy()
-        return z, self.vae.decode(z), seed
+        return z, self.vae.decode(z, y=y), seed
 
-    def interpolate(self, z_start: Any, z_end: Any, steps: int, method: str = "linear") -> tuple[np.ndarray, np.ndarray]:
+    def interpolate(self, z_start: Any, z_end: Any, steps: int, method: str = "linear",
+                    label: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """``steps`` points from ``z_start`` to ``z_end`` (linear or spherical) and their decodings."""
+        y = self.label(label)
         self._check_count(steps, self.limits.max_interpolation_steps, "interpolation steps", minimum=2)
         start = self.check_latents(z_start, "z_start", batch=False)
         end = self.check_latents(z_end, "z_end", batch=False)
         z = latent.interpolate_latents(start, end, steps, method)
-        return z, self.vae.decode(z)
+        return z, self.vae.decode(z, y=y)
 
     def examples(self, n: int, seed: int | None = None) -> dict[str, Any]:
         """``n`` random examples of the reference data with their latent means and labels."""
@@ -312,18 +356,25 @@ class Explorer:
                 "labels": [self.reference.label_name(int(i)) for i in index],
                 "outputs": self.outputs(self.reference.x[index])}
 
-    def latent_map(self, steps: int) -> dict[str, Any]:
+    def latent_map(self, steps: int, label: Any = None) -> dict[str, Any]:
         """For a 2-D latent: the decoded grid over the prior's quantiles, its axes, and the reference points on it.
 
         Positions are fractions of the map's width and height; between cell centres z changes linearly,
-        so a click at (u, v) decodes the z that ``z1_axis``/``z2_axis`` give there by the same rule.
+        so a click at (u, v) decodes the z that ``z1_axis``/``z2_axis`` give there by the same rule. A conditional
+        model decodes the grid under ``label``; the points are the reference examples' means under their own labels.
         """
+        y = self.label(label)
         if self.latent_dim != 2:
             raise DataError(f"the latent map needs a 2-D latent; this model's latent has {self.latent_dim} dimensions")
         self._check_count(steps, self.limits.max_map_steps, "map steps per axis", minimum=2)
-        if steps in self._map_cache:
-            return self._map_cache[steps]
-        grid, decoded = latent.manifold(self.vae, steps=steps)
+        if (steps, y) in self._map_cache:
+            return self._map_cache[(steps, y)]
+        if y is None:
+            grid, decoded = latent.manifold(self.vae, steps=steps)
+        else:  # latent.manifold, decoded under the label
+            grid = latent.prior_quantile_grid(self.vae, steps)
+            z = grid.reshape(-1, 2)
+            decoded = self.vae._decode_values(z, y=y) if self.vae.is_table_ else self.vae.decode(z, y=y)
         z1_axis, z2_axis = grid[0, :, 0].astype(np.float64), grid[:, 0, 1].astype(np.float64)  # z2 decreases downwards
         centres = (np.arange(steps) + 0.5) / steps
         points = None
@@ -342,7 +393,7 @@ class Explorer:
         result = {"steps": steps, "z1_axis": z1_axis.tolist(), "z2_axis": z2_axis.tolist(), "points": points,
                   "image": png_base64_grid(decoded.reshape(steps * steps, *self.input_shape), steps)
                   if self.is_image else None}
-        self._map_cache[steps] = result
+        self._map_cache[(steps, y)] = result
         return result
 
     # --- uploads ---------------------------------------------------------------------------------
@@ -507,21 +558,22 @@ class Explorer:
         return (arr[None] if channels == 1 else arr.transpose(2, 0, 1))[None]
 
     # --- encoding, reconstruction, scores ----------------------------------------------------------
-    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.vae.encode(x)
+    # A conditional model's upload methods take ``y``: the class index (``label``) of every example, or None.
+    def encode(self, x: np.ndarray, y: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self.vae.encode(x, y)
 
-    def reconstruct(self, x: np.ndarray) -> np.ndarray:
-        return self.vae.reconstruct(x)
+    def reconstruct(self, x: np.ndarray, y: int | None = None) -> np.ndarray:
+        return self.vae.reconstruct(x, y)
 
-    def _scores(self, x: np.ndarray) -> dict[str, np.ndarray]:
+    def _scores(self, x: np.ndarray, y: Any = None) -> dict[str, np.ndarray]:
         s = self.score_settings
         return anomaly_scores(self.vae, x, None, num_importance_samples=s["num_importance_samples"],
-                              compressor=s["compressor"], seed=s["seed"], typicality=self.typicality)
+                              compressor=s["compressor"], seed=s["seed"], typicality=self.typicality, labels=y)
 
-    def score(self, x: np.ndarray) -> dict[str, Any]:
+    def score(self, x: np.ndarray, y: int | None = None) -> dict[str, Any]:
         """Every anomaly score that applies, the explorer's score, its percentile among the reference data,
         and the detector's verdict when the run has a detector."""
-        scores = self._scores(x)
+        scores = self._scores(x, y)
         values = scores[self.score_name]
         result: dict[str, Any] = {"score": self.score_name, "values": values.tolist(),
                                   "scores": {name: v.tolist() for name, v in scores.items()},
@@ -534,23 +586,24 @@ class Explorer:
             result["is_anomaly"] = (values > self.detector.threshold_).tolist()
         return result
 
-    def analyze(self, x: np.ndarray) -> dict[str, Any]:
+    def analyze(self, x: np.ndarray, y: int | None = None) -> dict[str, Any]:
         """One example: as the model sees it, its reconstruction, its posterior and its anomaly score."""
         if len(x) != 1:
             raise DataError(f"analyze takes one example, the upload holds {len(x)}; use encode, reconstruct or score")
-        mean, variance = self.encode(x)
-        score = self.score(x)
-        return {"input": self.outputs(x), "reconstruction": self.outputs(self.reconstruct(x)),
-                "mean": mean[0].tolist(), "variance": variance[0].tolist(), "explanation": self.explanation(x),
+        mean, variance = self.encode(x, y)
+        score = self.score(x, y)
+        return {"input": self.outputs(x), "reconstruction": self.outputs(self.reconstruct(x, y)),
+                "mean": mean[0].tolist(), "variance": variance[0].tolist(), "explanation": self.explanation(x, y),
                 "anomaly": {"score": score["score"], "value": score["values"][0], "scores": {k: v[0] for k, v in score["scores"].items()},
                             "percentile": None if score["percentiles"] is None else score["percentiles"][0],
                             "threshold": score["threshold"],
                             "is_anomaly": None if score["is_anomaly"] is None else score["is_anomaly"][0]}}
 
-    def explanation(self, x: np.ndarray) -> dict[str, Any]:
+    def explanation(self, x: np.ndarray, y: int | None = None) -> dict[str, Any]:
         """Each value's share of -log p(x|z) in nats (``anomaly.explain``): a heat-map PNG for an image (viridis,
         0 to the largest share), the shares with their column names for a table."""
-        contributions = feature_contributions(self.vae, x, seed=0)[0]
+        contributions = (feature_contributions(self.vae, x, seed=0) if y is None
+                         else _conditional_contributions(self.vae, x, y))[0]
         total = float(contributions.sum())
         if not self.is_image:
             return {"kind": "vector", "columns": self.columns, "contributions": contributions.reshape(-1).tolist(),
@@ -570,6 +623,43 @@ class Explorer:
             raise DataError(f"the number of {what} must be at least {minimum}, got {value}")
         if value > limit:
             raise DataError(f"{value} {what} asked for; the service gives at most {limit} per request")
+
+
+def _conditional_contributions(vae: VAE, x: np.ndarray, y: int, num_samples: int = 16, seed: int = 0) -> np.ndarray:
+    """``anomaly.feature_contributions`` for a conditional model, every example under the class index ``y``:
+    the same draws (one generator seeded with ``seed``), q(z|x, y) and p(x|z, y) in place of q(z|x) and p(x|z)."""
+    x_model = model_units(vae, prepare_inputs(vae, x, seed=seed))
+    model = vae.model_
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    batch_size = vae.config_.train.eval_batch_size
+    was_training = model.training
+    model.eval()
+    parts = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(x_model), batch_size):
+                batch = torch.from_numpy(x_model[start:start + batch_size]).to(device)
+                labels = torch.full((len(batch),), int(y), dtype=torch.long, device=device)
+                q = model.encode(batch, labels)
+                z = model.reparameterize(q.base_dist.loc, q.base_dist.scale, num_samples=num_samples,
+                                         generator=generator)
+                table = vae.is_table_
+                shape = (len(batch), len(vae.schema_.columns)) if table else batch.shape
+                total = torch.zeros(shape, dtype=torch.float64, device=device)
+                for draw in z:
+                    if table:
+                        total += model.likelihood.column_nll(model.decoder_params(draw, labels), batch).double()
+                    else:
+                        total -= per_dimension_log_prob(model.decode(draw, labels), batch).double()
+                parts.append((total / num_samples).cpu())
+    finally:
+        model.train(was_training)
+    contributions = torch.cat(parts).numpy()
+    std = vae.config_.data.standardize_std
+    if std is not None:  # -log p_orig(x_j) = -log p_model(x_j) + log std_j
+        contributions = contributions + np.log(np.asarray(std, dtype=np.float64)).reshape(vae.input_shape_)
+    return contributions
 
 
 def png_base64_grid(images: np.ndarray, ncols: int) -> str:

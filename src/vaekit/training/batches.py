@@ -20,8 +20,9 @@ from .distributed import DistributedContext
 if TYPE_CHECKING:
     from ..data.streaming import StreamedSplit
 
-Batch = tuple[int, Tensor, int]
-"""(step in the epoch, this rank's examples on the device, examples in the global batch)"""
+Batch = tuple[int, Tensor, "Tensor | None", int]
+"""(step in the epoch, this rank's examples on the device, their labels (class indices) for a conditional model
+or None, examples in the global batch)"""
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> Tensor:
@@ -32,8 +33,10 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> Tensor:
 class InMemoryBatches:
     """Batches indexed straight out of one tensor on the device: no collation, no worker processes."""
 
-    def __init__(self, x: Tensor, batch_size: int, seed: int, context: DistributedContext, device: torch.device) -> None:
+    def __init__(self, x: Tensor, batch_size: int, seed: int, context: DistributedContext, device: torch.device,
+                 y: Tensor | None = None) -> None:
         self.x = x.to(device)
+        self.y = None if y is None else y.to(device)
         self.batch_size, self.seed, self.context, self.device = batch_size, seed, context, device
         self.steps_per_epoch = context.steps_per_epoch(len(x), batch_size)
 
@@ -45,7 +48,8 @@ class InMemoryBatches:
         size = self.batch_size
         for step in range(start_step, self.steps_per_epoch):
             indices = perm[step * size:(step + 1) * size]
-            yield step, self.x[self.context.shard(indices)], len(indices)
+            mine = self.context.shard(indices)
+            yield step, self.x[mine], None if self.y is None else self.y[mine], len(indices)
 
 
 class _IndexReader(torch.utils.data.Dataset):
@@ -102,12 +106,13 @@ class StreamedBatches:
                 raise error
             if found:
                 self.split.record_bad_files({int(index): tuple(file) for index, file in found})
-            yield step, x.to(self.device, non_blocking=True), global_count
+            yield step, x.to(self.device, non_blocking=True), None, global_count
 
 
 def training_batches(dataset, x_train: Tensor, config, context: DistributedContext,
-                     device: torch.device) -> InMemoryBatches | StreamedBatches:
-    """The batches of a training run: streamed when the data set streams its training split, else in memory."""
+                     device: torch.device, y_train: Tensor | None = None) -> InMemoryBatches | StreamedBatches:
+    """The batches of a training run: streamed when the data set streams its training split, else in memory;
+    with ``y_train`` (a conditional model's class indices) each batch carries its examples' labels."""
     from ..errors import ConfigError
 
     if config.batch_size < context.world_size:
@@ -115,5 +120,9 @@ def training_batches(dataset, x_train: Tensor, config, context: DistributedConte
                           f"it must be at least the number of processes ({context.world_size})")
     stream = getattr(dataset, "train_stream", None)
     if stream is not None:
+        if y_train is not None:
+            raise ConfigError(f"a conditional model is trained on data held in memory; {dataset.name} does not fit "
+                              "the memory budget, so it is streamed: load it with --data-in-memory yes (or give the "
+                              "memory budget more room)")
         return StreamedBatches(stream, config.batch_size, config.seed, context, device, stream.num_workers)
-    return InMemoryBatches(x_train, config.batch_size, config.seed, context, device)
+    return InMemoryBatches(x_train, config.batch_size, config.seed, context, device, y=y_train)

@@ -106,8 +106,11 @@ class _ObjectiveStep(torch.nn.Module):
         super().__init__()
         self.model, self.objective = model, objective
 
-    def forward(self, x: Tensor, kl_weight: float, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        return self.objective(self.model, x, kl_weight, generator)
+    def forward(self, x: Tensor, kl_weight: float, generator: torch.Generator,
+                y: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        if y is None:
+            return self.objective(self.model, x, kl_weight, generator)
+        return self.objective(self.model, x, kl_weight, generator, y=y)
 
 
 class _Records(list):
@@ -145,6 +148,9 @@ class Trainer:
         self.x_train = dataset.x_train if self.dynamic_binarization or streamed else dataset.split("train", units="model")
         if not streamed:  # a streamed split was checked as it was scanned
             self.model.likelihood.check_data(self.x_train)
+        # A conditional model's labels, as indices into its classes (None for an unconditional model).
+        self.y_train, self.y_val = (self._label_indices("train"), self._label_indices("test")) if model.conditional \
+            else (None, None)
         self.perturb_levels = self._perturbation_grid(streamed) if config.train.perturb_rate else None
         # Loop position and bookkeeping, all saved in checkpoints.
         self.epoch = 0
@@ -167,6 +173,11 @@ class Trainer:
                                     max_rollbacks=config.train.max_rollbacks,
                                     # fp16's gradient scaler skips steps with overflowing gradients by design
                                     check_gradients=config.train.precision != "fp16")
+
+    def _label_indices(self, which: str) -> Tensor:
+        from ..data.labels import split_label_indices
+
+        return torch.from_numpy(split_label_indices(self.dataset, which, self.config.model.class_names))
 
     def _perturbation_grid(self, streamed: bool) -> int | None:
         """The grid that perturbed values are drawn on (None: uniform on [0, 1]), so they stay in the likelihood's support."""
@@ -193,8 +204,9 @@ class Trainer:
             ckpt.remove_stale_temp_files(self.run_dir)
             ckpt.save_config(self.run_dir, self.config)
         dynamic = self.dynamic_binarization
-        batches = training_batches(self.dataset, self.x_train, cfg, self.context, self.device)
+        batches = training_batches(self.dataset, self.x_train, cfg, self.context, self.device, y_train=self.y_train)
         x_val = self.dataset.split("test", units="model")[self.context.rank::self.context.world_size].to(self.device)
+        self._val_labels = None if self.y_val is None else self.y_val[self.context.rank::self.context.world_size]
         steps_per_epoch = batches.steps_per_epoch
         warmup_steps = cfg.warmup_epochs * steps_per_epoch
         total_steps = cfg.epochs * steps_per_epoch  # the horizon of the learning-rate schedule
@@ -211,14 +223,14 @@ class Trainer:
                 bar = self._progress_bar(steps_per_epoch)
                 started = time.perf_counter() - self.epoch_seconds
                 rolled_back = False
-                for step, x, global_count in batches.epoch(self.epoch, self.step_in_epoch):
+                for step, x, y, global_count in batches.epoch(self.epoch, self.step_in_epoch):
                     if cfg.perturb_rate:  # before binarization: a replaced intensity is then a fair coin
                         x = perturb(x, cfg.perturb_rate, self.noise, self.perturb_levels)
                     if dynamic:
                         x = binarize(x, generator=self.noise)
                     kl_weight = cfg.kl_weight * min(1.0, (self.global_step + 1) / warmup_steps) if warmup_steps else cfg.kl_weight
                     with self.precision.autocast():
-                        loss, rec_sum, kl_sum = self.train_step(x, kl_weight, self.noise)
+                        loss, rec_sum, kl_sum = self.train_step(x, kl_weight, self.noise, *(() if y is None else (y,)))
                     self.optimizer.zero_grad(set_to_none=True)
                     self.precision.backward(loss * self.context.loss_weight(len(x), global_count)
                                             if self.context.enabled else loss)
@@ -418,7 +430,7 @@ class Trainer:
             zeros = self.context.all_reduce_sum(torch.zeros(4, dtype=torch.float64, device=self.device)).tolist()
             return {"neg_elbo": zeros[0] / zeros[3], "reconstruction": zeros[1] / zeros[3], "kl": zeros[2] / zeros[3]}
         result = elbo(self.model, x_val, batch_size=cfg.eval_batch_size,
-                      seed=distributed.rank_seed(cfg.seed, self.context.rank))
+                      seed=distributed.rank_seed(cfg.seed, self.context.rank), labels=self._val_labels)
         sums = torch.stack([result.neg_elbo.double().sum(), result.reconstruction.double().sum(),
                             result.kl.double().sum(), torch.tensor(float(len(x_val)), dtype=torch.float64,
                                                                    device=result.kl.device)])

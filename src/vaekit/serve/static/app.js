@@ -8,7 +8,7 @@ const MAP_STEPS = 16;
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 
 const $ = (selector, root = document) => root.querySelector(selector);
-const state = { info: null, z: [], gallery: [], nextId: 1, picks: { A: null, B: null }, path: null, analysis: null, map: null };
+const state = { info: null, z: [], gallery: [], nextId: 1, picks: { A: null, B: null }, path: null, analysis: null, map: null, label: null };
 
 class ApiError extends Error {
   constructor(status, detail) { super(detail); this.status = status; }
@@ -46,6 +46,34 @@ const svgNode = (tag, attrs = {}) => {
   for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
   return node;
 };
+
+// --- the class of a conditional model ------------------------------------------------------------------
+
+// A conditional model generates, decodes and reads examples of one class: the selector's, sent with every such
+// request as ``label``. An unconditional model takes no label, and none is sent.
+const withLabel = (body) => (state.label === null ? body : { ...body, label: state.label });
+const labelQuery = () => (state.label === null ? "" : `&label=${encodeURIComponent(state.label)}`);
+const ofClass = (caption) => (state.label === null ? caption : `${state.label} · ${caption}`);  // the class first: captions are cut short
+
+function buildClassSelector() {
+  const select = $("#class-select");
+  select.replaceChildren(...state.info.classes.map((name) => {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = name;
+    return option;
+  }));
+  state.label = state.info.classes[0];
+  select.value = state.label;
+  $("#class-picker").hidden = false;
+  select.addEventListener("change", () => {
+    state.label = select.value;
+    requestDecode();
+    if (state.picks.A && state.picks.B) fetchPath();
+    if (state.info.latent_dim === 2) loadMap();
+    say(`class ${state.label}: samples, decodings and uploads are now of this class`);
+  });
+}
 
 // --- rendering outputs ---------------------------------------------------------------------------
 
@@ -147,7 +175,7 @@ async function pumpDecode() {
     while (live.dirty) {
       live.dirty = false;
       const z = state.z.slice();
-      const result = await api("api/decode", { json: { z: [z] } });
+      const result = await api("api/decode", { json: withLabel({ z: [z] }) });
       const box = $("#explorer-output");
       renderOutput(box, outputAt(result.outputs, 0));
       box.dataset.z = JSON.stringify(result.z[0]);
@@ -210,9 +238,9 @@ function updatePickMarks() {
 
 async function randomSamples() {
   try {
-    const result = await api("api/sample", { json: { n: 8 } });
-    addToGallery(result.z.map((z, i) => ({ z, output: outputAt(result.outputs, i), caption: `sample ${result.seed}:${i}` })));
-    say(`8 draws from the prior (seed ${result.seed})`);
+    const result = await api("api/sample", { json: withLabel({ n: 8 }) });
+    addToGallery(result.z.map((z, i) => ({ z, output: outputAt(result.outputs, i), caption: ofClass(`sample ${result.seed}:${i}`) })));
+    say(`8 draws from the prior${state.label === null ? "" : `, decoded as class ${state.label}`} (seed ${result.seed})`);
   } catch (error) { failed(error); }
 }
 
@@ -241,12 +269,13 @@ async function analyzeFile(file) {
   const form = new FormData();
   form.append("file", file, file.name);
   form.append("invert", $("#invert").checked ? "true" : "false");
+  if (state.label !== null) form.append("label", state.label);
   say(`reading ${file.name}…`);
   try {
     const result = await api("api/analyze", { form, signal: analysisController.signal });
-    showAnalysis(result, file.name);
-    addToGallery([{ z: result.mean, output: outputAt(result.input, 0), caption: file.name }]);
-    say(`${file.name}: ${result.note}`);
+    showAnalysis(result, ofClass(file.name));
+    addToGallery([{ z: result.mean, output: outputAt(result.input, 0), caption: ofClass(file.name) }]);
+    say(`${ofClass(file.name)}: ${result.note}`);
   } catch (error) { failed(error); }
 }
 
@@ -358,7 +387,7 @@ function pick(slot, item) {
 async function fetchPath() {
   if (pathController) pathController.abort();  // only the newest pair (or method) matters
   pathController = new AbortController();
-  const body = { z_start: state.picks.A.z, z_end: state.picks.B.z, steps: PATH_STEPS, method: $("#interp-method").value };
+  const body = withLabel({ z_start: state.picks.A.z, z_end: state.picks.B.z, steps: PATH_STEPS, method: $("#interp-method").value });
   try {
     state.path = await api("api/interpolate", { json: body, signal: pathController.signal });
     const scrub = $("#scrub");
@@ -405,9 +434,13 @@ function zToFraction(z, axis) {
   return (i + 0.5 + (z - axis[i]) / (axis[i + 1] - axis[i])) / n;
 }
 
+let mapController = null;
+
 async function loadMap() {
+  if (mapController) mapController.abort();  // only the newest class's map matters
+  mapController = new AbortController();
   try {
-    const map = await api(`api/latent-map?steps=${MAP_STEPS}`);
+    const map = await api(`api/latent-map?steps=${MAP_STEPS}${labelQuery()}`, { signal: mapController.signal });
     state.map = map;
     $("#map-card").hidden = false;
     if (map.image) $("#map-image").src = `data:image/png;base64,${map.image}`;
@@ -431,14 +464,16 @@ async function loadMap() {
       span.append(dot, name);
       return span;
     }));
-    $("#map").addEventListener("click", (event) => {
-      const box = event.currentTarget.getBoundingClientRect();
-      const u = (event.clientX - box.left) / box.width, v = (event.clientY - box.top) / box.height;
-      const z = [fractionToZ(u, map.z1_axis), fractionToZ(v, map.z2_axis)];
-      setZ(z, `map (${fixed2(z[0])}, ${fixed2(z[1])})`);
-    });
     updateMapMarker();
   } catch (error) { failed(error); }
+}
+
+function mapClicked(event) {
+  if (!state.map) return;
+  const box = event.currentTarget.getBoundingClientRect();
+  const u = (event.clientX - box.left) / box.width, v = (event.clientY - box.top) / box.height;
+  const z = [fractionToZ(u, state.map.z1_axis), fractionToZ(v, state.map.z2_axis)];
+  setZ(z, `map (${fixed2(z[0])}, ${fixed2(z[1])})`);
 }
 
 function placeMarker(id, z) {
@@ -459,6 +494,7 @@ function updateMapMarker() {
 function describeModel(info) {
   const parts = [info.run || "model", `data ${info.data_source}`, `${info.arch} ${info.hidden.join(",")} → latent ${info.latent_dim}`,
     info.likelihood + (info.binarize !== "none" ? ` (${info.binarize} binarization)` : ""), `${info.epochs_trained} epochs`];
+  if (info.conditional) parts.splice(3, 0, `conditional on ${info.classes.length} classes`);
   if (info.val_neg_elbo !== null) parts.push(`validation −ELBO ${fmt(info.val_neg_elbo, 5)} nats/example`);
   return parts.join(" · ");
 }
@@ -473,7 +509,7 @@ function wireControls() {
   $("#reset-origin").addEventListener("click", () => setZ(new Array(state.info.latent_dim).fill(0), "the origin"));
   $("#random-point").addEventListener("click", async () => {
     try {
-      const result = await api("api/sample", { json: { n: 1 } });
+      const result = await api("api/sample", { json: withLabel({ n: 1 }) });
       setZ(result.z[0], `a prior draw (seed ${result.seed})`);
     } catch (error) { failed(error); }
   });
@@ -481,8 +517,8 @@ function wireControls() {
     const box = $("#explorer-output");
     const img = $("img", box);
     const output = img ? { kind: "image", image: img.src.split(",")[1] } : null;
-    if (output) addToGallery([{ z: state.z.slice(), output, caption: "explored point" }]);
-    else api("api/decode", { json: { z: [state.z] } }).then((r) => addToGallery([{ z: state.z.slice(), output: outputAt(r.outputs, 0), caption: "explored point" }])).catch(failed);
+    if (output) addToGallery([{ z: state.z.slice(), output, caption: ofClass("explored point") }]);
+    else api("api/decode", { json: withLabel({ z: [state.z] }) }).then((r) => addToGallery([{ z: state.z.slice(), output: outputAt(r.outputs, 0), caption: ofClass("explored point") }])).catch(failed);
   });
   $("#random-samples").addEventListener("click", randomSamples);
   $("#reference-examples").addEventListener("click", referenceExamples);
@@ -492,6 +528,7 @@ function wireControls() {
   $("#analysis-explore").addEventListener("click", () => state.analysis && setZ(state.analysis.z, state.analysis.caption));
   $("#analysis-a").addEventListener("click", () => state.analysis && pick("A", state.analysis));
   $("#analysis-b").addEventListener("click", () => state.analysis && pick("B", state.analysis));
+  $("#map").addEventListener("click", mapClicked);
 
   const zone = $("#dropzone");
   const input = $("#file-input");
@@ -525,6 +562,7 @@ async function start() {
     $("#drop-text").append(u);
   }
   if (!info.reference) $("#reference-examples").disabled = true;
+  if (info.conditional) buildClassSelector();
   wireControls();
   buildSliders();
   setZ(new Array(info.latent_dim).fill(0), "the origin");
