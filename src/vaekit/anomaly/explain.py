@@ -45,8 +45,9 @@ MAX_NAME_LENGTH = 100
 
 # --- the contributions ---------------------------------------------------------------------------
 
-def feature_contributions(vae: VAE, X: Any, *, num_samples: int = 16, seed: int = 0) -> np.ndarray:
-    """Each value's share of -log p(x|z) in nats, averaged over ``num_samples`` draws z ~ q(z|x).
+def feature_contributions(vae: VAE, X: Any, *, num_samples: int = 16, seed: int = 0, labels: Any = None) -> np.ndarray:
+    """Each value's share of -log p(x|z) in nats, averaged over ``num_samples`` draws z ~ q(z|x) (a conditional
+    model: q(z|x, y) and p(x|z, y) under ``labels``, one for all examples or one each).
 
     Returns float64 of shape (n, *vae.input_shape_) (a table run: (n, columns), each column's likelihood term);
     summed over the dimensions it is the reconstruction term over the same draws, in the data's own units
@@ -60,6 +61,7 @@ def feature_contributions(vae: VAE, X: Any, *, num_samples: int = 16, seed: int 
     _check_seed(seed)
     x = prepare_inputs(vae, X, seed=int(seed))  # original units, binarized as the run's data were
     x_model = model_units(vae, x)
+    y_all = vae._labels(labels, len(x_model))
     model = vae.model_
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(int(seed))
@@ -71,7 +73,8 @@ def feature_contributions(vae: VAE, X: Any, *, num_samples: int = 16, seed: int 
         with torch.no_grad():
             for start in range(0, len(x_model), batch_size):
                 batch = torch.from_numpy(x_model[start:start + batch_size]).to(device)
-                q = model.encode(batch)
+                y = None if y_all is None else y_all[start:start + batch_size].to(device)
+                q = model.encode(batch, y)
                 z = model.reparameterize(q.base_dist.loc, q.base_dist.scale, num_samples=num_samples,
                                          generator=generator)
                 table = vae.is_table_  # a table's contributions are per column: its likelihood's terms
@@ -79,9 +82,9 @@ def feature_contributions(vae: VAE, X: Any, *, num_samples: int = 16, seed: int 
                 total = torch.zeros(shape, dtype=torch.float64, device=device)
                 for draw in z:  # one decoder pass per draw: memory of one batch, whatever num_samples is
                     if table:
-                        total += model.likelihood.column_nll(model.decoder_params(draw), batch).double()
+                        total += model.likelihood.column_nll(model.decoder_params(draw, y), batch).double()
                     else:
-                        total -= per_dimension_log_prob(model.decode(draw), batch).double()
+                        total -= per_dimension_log_prob(model.decode(draw, y), batch).double()
                 parts.append((total / num_samples).cpu())
     finally:
         model.train(was_training)

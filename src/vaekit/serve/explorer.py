@@ -29,8 +29,6 @@ from .._version import __version__
 from ..generation import latent
 from ..anomaly import TypicalityModel, feature_contributions, load_typicality
 from ..anomaly import DETECTOR_FILE, SCORE_DESCRIPTIONS, AnomalyDetector, anomaly_scores, default_score
-from ..anomaly import model_units, prepare_inputs
-from ..anomaly.explain import per_dimension_log_prob
 from ..api import VAE, load
 from ..data.labels import label_indices, resolve_label
 from ..errors import ConfigError, DataError, VaekitError
@@ -602,8 +600,7 @@ class Explorer:
     def explanation(self, x: np.ndarray, y: int | None = None) -> dict[str, Any]:
         """Each value's share of -log p(x|z) in nats (``anomaly.explain``): a heat-map PNG for an image (viridis,
         0 to the largest share), the shares with their column names for a table."""
-        contributions = (feature_contributions(self.vae, x, seed=0) if y is None
-                         else _conditional_contributions(self.vae, x, y))[0]
+        contributions = feature_contributions(self.vae, x, seed=0, labels=y)[0]
         total = float(contributions.sum())
         if not self.is_image:
             return {"kind": "vector", "columns": self.columns, "contributions": contributions.reshape(-1).tolist(),
@@ -623,43 +620,6 @@ class Explorer:
             raise DataError(f"the number of {what} must be at least {minimum}, got {value}")
         if value > limit:
             raise DataError(f"{value} {what} asked for; the service gives at most {limit} per request")
-
-
-def _conditional_contributions(vae: VAE, x: np.ndarray, y: int, num_samples: int = 16, seed: int = 0) -> np.ndarray:
-    """``anomaly.feature_contributions`` for a conditional model, every example under the class index ``y``:
-    the same draws (one generator seeded with ``seed``), q(z|x, y) and p(x|z, y) in place of q(z|x) and p(x|z)."""
-    x_model = model_units(vae, prepare_inputs(vae, x, seed=seed))
-    model = vae.model_
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    batch_size = vae.config_.train.eval_batch_size
-    was_training = model.training
-    model.eval()
-    parts = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(x_model), batch_size):
-                batch = torch.from_numpy(x_model[start:start + batch_size]).to(device)
-                labels = torch.full((len(batch),), int(y), dtype=torch.long, device=device)
-                q = model.encode(batch, labels)
-                z = model.reparameterize(q.base_dist.loc, q.base_dist.scale, num_samples=num_samples,
-                                         generator=generator)
-                table = vae.is_table_
-                shape = (len(batch), len(vae.schema_.columns)) if table else batch.shape
-                total = torch.zeros(shape, dtype=torch.float64, device=device)
-                for draw in z:
-                    if table:
-                        total += model.likelihood.column_nll(model.decoder_params(draw, labels), batch).double()
-                    else:
-                        total -= per_dimension_log_prob(model.decode(draw, labels), batch).double()
-                parts.append((total / num_samples).cpu())
-    finally:
-        model.train(was_training)
-    contributions = torch.cat(parts).numpy()
-    std = vae.config_.data.standardize_std
-    if std is not None:  # -log p_orig(x_j) = -log p_model(x_j) + log std_j
-        contributions = contributions + np.log(np.asarray(std, dtype=np.float64)).reshape(vae.input_shape_)
-    return contributions
 
 
 def png_base64_grid(images: np.ndarray, ncols: int) -> str:
