@@ -13,10 +13,17 @@ The MLP rows share one architecture, vaekit's default MLP for images (784-400-20
                          training set's posterior means)
     vaekit_conditional   vaekit's conditional VAE (``VAE(conditional=True)``, labels from the data set), samples
                          drawn (``vae.sample(n, y=labels)``) for labels in the test split's proportions, as
-                         ``sample_quality`` draws them (Fashion-MNIST's test split: 1,000 per class); skipped,
-                         with the reason, while ``VAE`` takes no ``conditional`` option
+                         ``sample_quality`` draws them (Fashion-MNIST's test split: 1,000 per class), z ~ N(0, I)
+    vaekit_conditional_gmm
+                         the same model, each label's codes from that label's own ex-post mixture (``fit_sampler``
+                         on a conditional model: one BIC-chosen mixture per label)
+    vaekit_conditional_shared_gmm
+                         the same model, codes from one mixture fitted on all labels' codes (``per_label=False``,
+                         ``vaekit fit-sampler --shared``): what the per-label mixture is measured against
     vaekit_conv_prior    the strongest cheap vaekit image model: the convolutional architecture that
     vaekit_conv_gmm      ``vaekit train fashion-mnist`` picks by default (hidden 32, 64; latent 20), prior and gmm
+    vaekit_conv_conditional, vaekit_conv_conditional_gmm
+                         the conditional VAE on that convolutional architecture, prior and per-label gmm
     pythae_normal        pythae's ``VAE`` trained with its own ``TrainingPipeline`` on the same MLP, sampled with
                          its ``NormalSampler``
     pythae_gmm           the same pythae model with its ``GaussianMixtureSampler`` (its defaults: 10 components,
@@ -25,17 +32,17 @@ The MLP rows share one architecture, vaekit's default MLP for images (784-400-20
 Each row decodes the same number of samples (the mean of p(x|z): Bernoulli probabilities, for both libraries)
 and ``vaekit.evaluation.sample_quality`` compares them with the same 10,000 test images: the Fréchet distance,
 precision and recall (k = 3) in the features of the classifier ``feature_classifier(dataset)`` trains on the
-data set's own labels; the conditional row adds the share of its samples that classifier assigns to the class
+data set's own labels; the conditional rows add the share of its samples that classifier assigns to the class
 asked for. The training images themselves, as many as the samples, give the floor.
 
     python benchmarks/generation.py --quick    # 2,000 training and 500 test images, 1 epoch: about a minute
     python benchmarks/generation.py            # 10 epochs on all 60,000: about 15 minutes on 2 cores
 
 Resumable: each trained model and each finished row are kept under runs/bench-generation/<quick|full>/, and
-running the same command again does only what is missing (a row skipped because the conditional VAE is not
-there yet is tried again). Prints a Markdown table and writes benchmarks/results/generation.json (the machine,
-the settings, every row); saves an 8x8 grid of each row's samples as docs/images/generation_<row>.png (the
-conditional row: one row of 8 per class; --quick: into the work directory instead).
+running the same command again does only what is missing (a failed row is tried again). Prints a Markdown
+table and writes benchmarks/results/generation.json (the machine, the settings, every row); saves an 8x8 grid of
+each row's samples as docs/images/generation_<row>.png (a conditional row's: one row of 8 per class; --quick: into
+the work directory instead).
 """
 
 from __future__ import annotations
@@ -75,14 +82,21 @@ MODELS = {  # what is trained; rows sharing a model sample it differently
     "vaekit_mlp": dict(library="vaekit", arch="mlp", hidden=ARCH["hidden"]),
     "vaekit_cvae": dict(library="vaekit", arch="mlp", hidden=ARCH["hidden"], conditional=True),
     "vaekit_conv": dict(library="vaekit", arch="conv", hidden=CONV_HIDDEN),
+    "vaekit_conv_cvae": dict(library="vaekit", arch="conv", hidden=CONV_HIDDEN, conditional=True),
     "pythae_vae": dict(library="pythae", arch="mlp", hidden=ARCH["hidden"]),
 }
 ROWS = [  # row, description, model, sampler
     ("vaekit_prior", "vaekit VAE (MLP), prior z ~ N(0, I)", "vaekit_mlp", "prior"),
     ("vaekit_gmm", "vaekit VAE (MLP), GMM ex-post sampler", "vaekit_mlp", "gmm"),
-    ("vaekit_conditional", "vaekit conditional VAE (MLP), prior, label asked", "vaekit_cvae", "conditional"),
+    ("vaekit_conditional", "vaekit conditional VAE (MLP), prior, label asked", "vaekit_cvae", "prior"),
+    ("vaekit_conditional_gmm", "vaekit conditional VAE (MLP), per-label GMM sampler", "vaekit_cvae", "gmm"),
+    ("vaekit_conditional_shared_gmm", "vaekit conditional VAE (MLP), one GMM for all labels", "vaekit_cvae",
+     "gmm_shared"),
     ("vaekit_conv_prior", "vaekit VAE (conv, the default image arch), prior", "vaekit_conv", "prior"),
     ("vaekit_conv_gmm", "vaekit VAE (conv), GMM ex-post sampler", "vaekit_conv", "gmm"),
+    ("vaekit_conv_conditional", "vaekit conditional VAE (conv), prior, label asked", "vaekit_conv_cvae", "prior"),
+    ("vaekit_conv_conditional_gmm", "vaekit conditional VAE (conv), per-label GMM sampler", "vaekit_conv_cvae",
+     "gmm"),
     ("pythae_normal", "pythae VAE (MLP), NormalSampler", "pythae_vae", "normal"),
     ("pythae_gmm", "pythae VAE (MLP), GaussianMixtureSampler", "pythae_vae", "gmm"),
 ]
@@ -110,10 +124,6 @@ def _jsonable(value: Any) -> Any:
 
 # --- training ---------------------------------------------------------------------------------------------
 
-class ConditionalUnavailable(Exception):
-    """``vaekit.VAE`` takes no ``conditional`` option (yet)."""
-
-
 def vaekit_options(model: str, settings: dict[str, Any]) -> dict[str, Any]:
     spec = MODELS[model]
     options = dict(arch=spec["arch"], hidden=spec["hidden"], latent_dim=ARCH["latent_dim"],
@@ -127,11 +137,7 @@ def vaekit_options(model: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 def train_vaekit(model: str, data, settings: dict[str, Any], where: Path) -> dict[str, Any]:
     options = vaekit_options(model, settings)
-    try:
-        vae = vaekit.VAE(**options)
-    except TypeError as err:
-        raise ConditionalUnavailable(f"vaekit.VAE(conditional=True) raised TypeError ({err}): the conditional "
-                                     "VAE is not in this checkout yet") from err
+    vae = vaekit.VAE(**options)
     run = where / "run"
     shutil.rmtree(run, ignore_errors=True)  # a half-trained model is trained again, so the time is a whole run's
     started = time.perf_counter()
@@ -249,32 +255,46 @@ def pythae_samples(sampler: str, model, data, n: int, seed: int) -> tuple[np.nda
     return samples, info
 
 
-def vaekit_quality(sampler: str, vae, data, classifier, n: int, seed: int, run_dir: Path) -> tuple[Any, dict]:
+def vaekit_quality(sampler: Any, vae, data, classifier, n: int, seed: int, run_dir: Path) -> tuple[Any, dict, Any]:
     """``vaekit.evaluation.sample_quality.sample_quality`` of n samples of a vaekit model: a conditional model's
     are drawn for labels in the test split's proportions (Fashion-MNIST's test split: 1,000 per class) and scored
-    for conditional accuracy there too; ``gmm`` is fitted first, as ``vaekit fit-sampler`` fits it."""
+    for conditional accuracy there too; ``gmm`` is fitted first, as ``vaekit fit-sampler`` fits it (a
+    conditional model's: one mixture per label, each on that label's training images; ``gmm_shared``: one for
+    all labels). Returns the quality, what the fit took, and the sampler (its name or the fitted object)."""
     info: dict[str, Any] = {}
-    if sampler == "gmm":
+    conditional = vae.model_.conditional
+    if sampler in ("gmm", "gmm_shared"):
         from vaekit.generation import fit_sampler, save_sampler
 
+        train = data.split("train")
         started = time.perf_counter()
-        fitted = fit_sampler(vae, data.split("train"), kind="gmm", seed=seed)
+        labels = None
+        if conditional:  # the images' labels as the run's class indices, as `vaekit fit-sampler` reads them
+            from vaekit.data.labels import label_indices
+
+            labels = label_indices(data.labels("train"), list(vae.classes_), data.class_names)
+        fitted = fit_sampler(vae, train, kind="gmm", seed=seed, y=labels,
+                             per_label=False if sampler == "gmm_shared" else None)
         info.update(sampler_fit_seconds=time.perf_counter() - started, components=fitted.components,
-                    bic={str(k): v for k, v in fitted.bic.items()}, sampler_description=fitted.describe())
-        save_sampler(fitted, run_dir)  # beside the run, as `vaekit fit-sampler RUN` keeps it
-    quality = sample_quality(vae, data, num_samples=n, seed=seed, k=K, classifier=classifier,
-                             sampler="prior" if sampler == "conditional" else sampler)
-    if sampler == "conditional" and quality.conditional_accuracy is None:
+                    bic={str(k): v for k, v in fitted.bic.items()},
+                    sampler_description=fitted.describe(vae.classes_ if conditional else None))
+        if fitted.per_label:
+            info["components_per_label"] = {str(vae.classes_[c]): k for c, k in fitted.label_components().items()}
+        if sampler == "gmm":
+            save_sampler(fitted, run_dir)  # beside the run, as `vaekit fit-sampler RUN` keeps it
+        sampler = fitted
+    quality = sample_quality(vae, data, num_samples=n, seed=seed, k=K, classifier=classifier, sampler=sampler)
+    if conditional and quality.conditional_accuracy is None:
         raise RuntimeError("the conditional model's samples came back without a conditional accuracy")
-    return quality, info
+    return quality, info, sampler
 
 
-def grid_images(sampler: str, model, seed: int) -> np.ndarray:
-    """What a vaekit row's PNG shows: 64 samples (8 x 8), or for the conditional row 8 per class, a row per class
+def grid_images(sampler: Any, model, seed: int) -> np.ndarray:
+    """What a vaekit row's PNG shows: 64 samples (8 x 8), or for a conditional row 8 per class, a row per class
     (a pythae row's shows 64 of its measured samples chosen at random: a new draw would cost a second fit)."""
-    if sampler == "conditional":
+    if model.model_.conditional:
         classes = len(model.classes_)
-        return np.asarray(model.sample(8 * classes, y=np.repeat(np.arange(classes), 8), seed=seed))
+        return np.asarray(model.sample(8 * classes, y=np.repeat(np.arange(classes), 8), seed=seed, sampler=sampler))
     return np.asarray(model.sample(64, sampler=sampler, seed=seed))
 
 
@@ -296,16 +316,17 @@ def run_row(row: str, description: str, model_name: str, sampler: str, data, cla
         # so the first 64 would show one or two components only
         grid = samples[np.sort(np.random.default_rng(SEED + 1).choice(len(samples), 64, replace=False))]
     else:
-        quality, info = vaekit_quality(sampler, model, data, classifier, n, SEED, work / "models" / model_name / "run")
-    result: dict[str, Any] = {"name": row, "description": description, "model": model_name, "sampler": sampler,
-                              "library": library, **quality.to_dict(), **info,
+        quality, info, used = vaekit_quality(sampler, model, data, classifier, n, SEED,
+                                             work / "models" / model_name / "run")
+    result: dict[str, Any] = {"name": row, "description": description, "model": model_name,
+                              "library": library, **quality.to_dict(), "sampler": sampler, **info,
                               "sample_and_score_seconds": time.perf_counter() - started,
                               "train_seconds": trained["train_seconds"], "trained": trained}
-    if sampler == "conditional":
+    if MODELS[model_name].get("conditional"):
         result["classes"] = [str(c) for c in model.classes_]
     path = images / f"generation_{row}.png"
     if library != "pythae":  # a new draw (seed 1) from the sampler fitted above
-        grid = grid_images(sampler, model, SEED + 1)
+        grid = grid_images(used, model, SEED + 1)
     save_image_grid(grid, path, ncols=8)  # the grid writer of `vaekit sample -o X.png`
     result["grid"] = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
     atomic_write_json(done, result)
@@ -342,6 +363,15 @@ def markdown_table(results: dict[str, dict[str, Any]], skipped: dict[str, str], 
     else:
         note = "\n"
     return "\n".join(lines) + note
+
+
+def per_class_accuracy(classifier, data) -> dict[str, float]:
+    """The classifier's accuracy on each class's real test images: the ceiling a class's conditional accuracy is
+    read against (a class it confuses on real images it also confuses on samples)."""
+    truth = np.asarray(data.y_test)
+    predicted = np.unique(np.asarray(data.y_train))[classifier.predict(data.split("test").numpy())]
+    names = data.class_names or [str(c) for c in np.unique(truth)]
+    return {str(names[i]): float(np.mean(predicted[truth == c] == c)) for i, c in enumerate(np.unique(truth))}
 
 
 def rows_seconds(results: dict[str, dict[str, Any]], classifier) -> float:
@@ -412,12 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             results[row] = run_row(row, description, model_name, sampler, data, classifier, settings, work, images)
-        except ConditionalUnavailable as err:
-            skipped[row] = "skipped: no conditional VAE yet"
-            log(f"{row}: skipped: {err}")
-        except Exception as err:  # noqa: BLE001 - one row's failure (the conditional VAE in the making) stops no other
-            if not MODELS[model_name].get("conditional"):
-                raise
+        except Exception as err:  # noqa: BLE001 - one row's failure stops no other; the run then exits 1
             failed = True
             skipped[row] = f"failed: {type(err).__name__}"
             log(f"{row}: FAILED ({type(err).__name__}: {err}); the other rows go on; not cached, rerun to retry")
@@ -436,7 +461,9 @@ def main(argv: list[str] | None = None) -> int:
                          "architecture": _jsonable(ARCH), "conv_hidden": list(CONV_HIDDEN),
                          "training": {**TRAIN, "optimizer": f"Adam, betas {ADAM_BETAS}, constant rate"},
                          "samples": "the mean of p(x|z) for every row",
-                         "classifier": {"test_accuracy": classifier.test_accuracy, "key": classifier.key,
+                         "classifier": {"test_accuracy": classifier.test_accuracy,
+                                        "test_accuracy_per_class": per_class_accuracy(classifier, data),
+                                        "key": classifier.key,
                                         "settings": _jsonable(classifier.settings.__dict__),
                                         "train_seconds": classifier.train_seconds}},
             "results": results, "skipped": skipped, "table": table, "seconds": time.time() - started,

@@ -176,11 +176,59 @@ def test_the_gmm_sampler_of_a_conditional_model_encodes_under_the_labels(digits_
 
     data, vae = digits_cvae
     x, y = data.split("train").numpy(), data.labels("train")
-    sampler = samplers.fit_sampler(vae, x, kind="gmm", y=y, max_components=2)
+    sampler = samplers.fit_sampler(vae, x, kind="gmm", y=y, max_components=2, per_label=False)
+    assert not sampler.per_label and sampler.component_labels is None and sampler.bic
     codes = samplers.latent_codes(vae, x[:10], y=y[:10])
     np.testing.assert_allclose(codes, vae.transform(x[:10], y[:10]), rtol=1e-5, atol=1e-6)
     assert vae.sample(4, y="7", sampler="gmm").shape == (4, 1, 8, 8)
     assert sampler.dim == 4
+
+
+def test_a_conditional_models_gmm_is_one_mixture_per_label_fitted_on_that_labels_codes(digits_cvae):
+    from vaekit.generation import samplers
+
+    data, vae = digits_cvae
+    x, y = data.split("train").numpy(), np.asarray(data.labels("train"))
+    sampler = samplers.fit_sampler(vae, x, kind="gmm", y=y, max_components=1)  # per label: the default here
+    assert sampler.per_label and sampler.label_components() == {c: 1 for c in range(10)}
+    assert set(sampler.bic_by_label) == set(range(10)) and not sampler.bic
+    codes = vae.transform(x, y).astype(np.float64)
+    for c in range(10):  # one component per label: the label's codes' own mean, covariance and share
+        own = codes[y == c]
+        k = int(np.flatnonzero(sampler.component_labels.numpy() == c)[0])
+        np.testing.assert_allclose(sampler.means[k].numpy(), own.mean(0), atol=1e-6)
+        np.testing.assert_allclose(sampler.covariances[k].numpy(),
+                                   np.cov(own.T, bias=True) + samplers.DEFAULT_REG_COVAR * np.eye(4), atol=1e-5)
+        assert sampler.weights[k].item() == pytest.approx((y == c).mean())
+    # Codes drawn for label 7 come from label 7's Gaussian, not from the mixture of all labels.
+    generator = torch.Generator().manual_seed(0)
+    drawn = sampler.sample_latent(vae, 20_000, generator, y=torch.full((20_000,), 7)).double().numpy()
+    k = int(np.flatnonzero(sampler.component_labels.numpy() == 7)[0])
+    spread = np.sqrt(np.diag(sampler.covariances[k].numpy()))
+    assert np.all(np.abs(drawn.mean(0) - sampler.means[k].numpy()) < 0.05 * spread + 1e-3)
+    # vae.sample passes its labels on: a sample of label 3 decodes a code of label 3's mixture.
+    z3 = sampler.sample_latent(vae, 5, torch.Generator().manual_seed(4), y=torch.full((5,), 3))
+    np.testing.assert_allclose(vae.sample(5, y=3, sampler="gmm", seed=4), vae.decode(z3.numpy(), y=3), atol=1e-6)
+
+
+def test_a_per_label_gmm_round_trips_and_a_label_it_never_saw_is_a_clear_error(digits_cvae, tmp_path):
+    from vaekit.generation import samplers
+
+    data, vae = digits_cvae
+    x, y = data.split("train").numpy(), np.asarray(data.labels("train"))
+    keep = y != 9
+    sampler = samplers.fit_sampler(vae, x[keep], kind="gmm", y=y[keep], max_components=2)
+    assert 9 not in sampler.label_components()
+    with pytest.raises(DataError, match="no examples of 9"):
+        vae.sample(3, y=[1, 9, 2], sampler="gmm")
+    samplers.save_sampler(sampler, tmp_path)
+    again = samplers.load_sampler(tmp_path, vae)
+    for name in (*samplers.TENSOR_NAMES, "component_labels"):
+        assert torch.equal(getattr(again, name), getattr(sampler, name)), name
+    assert again.bic_by_label == sampler.bic_by_label and again.per_label
+    np.testing.assert_array_equal(vae.sample(4, y=5, sampler="gmm", seed=3), vae.sample(4, y=5, sampler=again, seed=3))
+    with pytest.raises(ConfigError, match="conditional model"):
+        samplers.fit_sampler(vaekit.VAE(latent_dim=2, epochs=1).fit(x[:50]), x[:50], per_label=True)
 
 
 def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -199,6 +247,10 @@ def test_cli_conditional_run_end_to_end(tmp_path):
     rows = (tmp_path / "s.csv").read_text().splitlines()
     assert rows[0].startswith("label,") and [r.split(",")[0] for r in rows[1:]] == ["3"] * 4 + ["7"] * 4
     _cli("transfer", run, "digits", "--to-label", "0", "-o", str(tmp_path / "t.png"))
+    fitted = _cli("fit-sampler", run, "--max-components", "2")
+    assert "one mixture per label" in fitted.stdout
+    _cli("sample", run, "--sampler", "gmm", "--label", "4", "-n", "3", "-o", str(tmp_path / "g.npy"))
+    assert np.load(tmp_path / "g.npy").shape == (3, 1, 8, 8)
     _cli("reconstruct", run, "digits", "-o", str(tmp_path / "r.png"))
     evaluation = _cli("eval", run, "-k", "20")
     assert "p(x|y)" in evaluation.stdout

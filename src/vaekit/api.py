@@ -427,7 +427,9 @@ class VAE(TransformerMixin, BaseEstimator):
         ``sampler``: where the codes come from: "prior" (z ~ p(z), N(0, I) unless the model has another prior),
         the name of a sampler fitted on this estimator ("gmm": ``vaekit.generation.fit_sampler(vae, X)`` or a
         run's, ``vaekit.generation.load_sampler(RUN, vae)``), or any object with a
-        ``sample_latent(vae, n, generator)`` method (see ``vaekit.generation.samplers``).
+        ``sample_latent(vae, n, generator)`` method (see ``vaekit.generation.samplers``; a conditional model's gets
+        ``y=`` too, the labels as class indices). A conditional model's fitted "gmm" holds one mixture per label
+        and draws each code from its label's.
         ``sample_output``: draw x ~ p(x|z) instead of taking its mean; the default is False for images and arrays
         (the mean is the usual picture) and True for tables, whose synthetic rows must follow every column's
         distribution (a DataFrame in the table's own form, with missing cells at the learned rates).
@@ -441,11 +443,13 @@ class VAE(TransformerMixin, BaseEstimator):
         labels = self._labels(y, n)  # checked before any drawing
         generator = _seeded(self._device(), self.seed if seed is None else seed)
         with torch.no_grad():
-            z = self._sample_latent(sampler, n, generator).float().cpu()
+            z = self._sample_latent(sampler, n, generator, labels).float().cpu()
         return self.decode(z.numpy(), y=None if labels is None else labels.numpy(), sample=sample_output, seed=seed)
 
-    def _sample_latent(self, sampler: Any, n: int, generator: torch.Generator) -> torch.Tensor:
-        """n codes z_1 (n, latent_dim) from ``sampler``: "prior", a fitted sampler's name, or a sampler object."""
+    def _sample_latent(self, sampler: Any, n: int, generator: torch.Generator,
+                       labels: torch.Tensor | None = None) -> torch.Tensor:
+        """n codes z_1 (n, latent_dim) from ``sampler``: "prior", a fitted sampler's name, or a sampler object;
+        a conditional model's sampler also gets the labels the codes are drawn for (``y=``, class indices)."""
         if isinstance(sampler, str):
             if sampler == "prior":
                 return self.model_.sample_latent(n, generator=generator)
@@ -459,7 +463,8 @@ class VAE(TransformerMixin, BaseEstimator):
         if not callable(getattr(sampler, "sample_latent", None)):
             raise ConfigError(f"sampler must be 'prior', a fitted sampler's name or an object with a "
                               f"sample_latent(vae, n, generator) method, got {sampler!r}")
-        z = sampler.sample_latent(self, n, generator)
+        z = (sampler.sample_latent(self, n, generator) if labels is None
+             else sampler.sample_latent(self, n, generator, y=labels))
         if not isinstance(z, torch.Tensor) or tuple(z.shape) != (n, self.latent_dim_):
             raise DataError(f"the sampler gave codes of shape {tuple(getattr(z, 'shape', ()))}; the decoder needs "
                             f"({n}, {self.latent_dim_})")

@@ -43,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "full covariances over the top stochastic layer's posterior means, its "
                                           "number of components (1 to --max-components, fewer for few examples) "
                                           "chosen by BIC; with several stochastic layers the layers below are drawn "
-                                          "from the model's own conditionals, as prior sampling does.")
+                                          "from the model's own conditionals, as prior sampling does. A conditional "
+                                          "run gets one mixture per label (each fitted on that label's examples), "
+                                          "and sample --label draws from the label's own.")
     p.add_argument("run", metavar="RUN", help="run directory; the sampler is saved in it")
     p.add_argument("data", metavar="DATA", nargs="?",
                    help="the examples to fit on (default: the run's own training data; a built-in set named without "
@@ -53,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"the most mixture components BIC chooses among (default {SAMPLER_MAX_COMPONENTS})")
     p.add_argument("--source", choices=SAMPLER_SOURCES, default="mean",
                    help="fit on each example's posterior mean (default) or on one draw z ~ q(z|x)")
+    p.add_argument("--shared", action="store_true",
+                   help="a conditional run: one mixture shared by all labels instead of one per label")
     p.add_argument("--seed", type=int, default=0, help="seed of the fit (default 0)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_data_options(p)
@@ -263,14 +267,20 @@ def fit_sampler(args: argparse.Namespace) -> int:
         spec = vae.config_.data.source + ":train"
     x, labels, dataset = load_run_data(spec, vae, args.data_dir)
     sampler = samplers.fit_sampler(vae, x, kind=args.kind, seed=args.seed, max_components=args.max_components,
-                                   source=args.source, y=run_labels(vae, labels, dataset, args.run))
+                                   source=args.source, y=run_labels(vae, labels, dataset, args.run),
+                                   per_label=False if args.shared else None)
     path = samplers.save_sampler(sampler, args.run)
-    best = sampler.bic[sampler.components]
-    tried = sorted(sampler.bic)
-    print(f"{sampler.kind} sampler: {sampler.components} component{'s' * (sampler.components != 1)} (full covariance) "
-          f"over the {sampler.dim}-dimensional {'top layer' if sampler.layer else 'latent space'}, fitted on the "
-          f"posterior {sampler.source}s of {sampler.fit_size:,} examples of {spec}; BIC {best:.1f}, the lowest of "
-          f"{tried[0]}..{tried[-1]} components (1 component: {sampler.bic[1]:.1f})")
+    head = (f"{sampler.kind} sampler: {sampler.components} component{'s' * (sampler.components != 1)} (full "
+            f"covariance) over the {sampler.dim}-dimensional {'top layer' if sampler.layer else 'latent space'}, "
+            f"fitted on the posterior {sampler.source}s of {sampler.fit_size:,} examples of {spec}")
+    if sampler.per_label:
+        each = ", ".join(f"{vae.classes_[c]}: {k}" for c, k in sampler.label_components().items())
+        print(f"{head}; one mixture per label (samples of a label are drawn from its own), components chosen by "
+              f"BIC: {each}")
+    else:
+        best, tried = sampler.bic[sampler.components], sorted(sampler.bic)
+        print(f"{head}; BIC {best:.1f}, the lowest of {tried[0]}..{tried[-1]} components (1 component: "
+              f"{sampler.bic[1]:.1f})")
     print(f"wrote {path} and {path.with_suffix('.safetensors').name}", file=sys.stderr)
     return 0
 
