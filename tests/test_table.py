@@ -137,6 +137,54 @@ def test_a_missing_cell_changes_neither_the_loss_nor_the_gradient_of_the_other_c
     assert full[3, 0].item() == pytest.approx(-torch.nn.functional.logsigmoid(logit).item(), rel=1e-6)
 
 
+def _every_kind_with_gaps(n: int = 60):
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"x": rng.normal(5, 2, n), "k": rng.integers(0, 9, n), "b": rng.choice(["no", "yes"], n),
+                          "c": rng.choice(["a", "b", "c"], n), "d": rng.choice(["p", "q", "r", "s", "t"], n),
+                          "w": rng.integers(0, 100_000, n) * 3})  # a wide integer: bins narrow next to the scale
+    frame.loc[rng.random(n) < 0.2, "x"] = np.nan
+    frame.loc[rng.random(n) < 0.2, "c"] = None
+    frame.loc[rng.random(n) < 0.2, "k"] = np.nan
+    return frame
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_fused_training_terms_equal_the_plain_ones_with_their_gradients(dtype):
+    frame = _every_kind_with_gaps()
+    schema, lik = likelihood_for(frame)
+    assert {c.kind for c in schema.columns} == {"continuous", "integer", "boolean", "categorical"}
+    x = torch.from_numpy(schema.encode(frame)).to(dtype)
+    torch.manual_seed(1)
+    params = (3 * torch.randn(4, len(x), 3, schema.width, dtype=dtype)).requires_grad_(True)  # extra sample axis
+    weights = torch.rand(4, len(x), lik.n_columns, dtype=dtype)  # a different upstream gradient per term
+    lik.train()
+    lik.fused = False
+    plain = lik.column_nll(params, x)
+    (g_plain,) = torch.autograd.grad((plain * weights).sum(), params)
+    lik.fused = True
+    fused = lik.column_nll(params, x)
+    assert fused.grad_fn is not None and "Fused" in type(fused.grad_fn).__name__
+    (g_fused,) = torch.autograd.grad((fused * weights).sum(), params)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(fused, plain, **tol)
+    torch.testing.assert_close(g_fused, g_plain, **tol)
+    assert torch.isfinite(g_fused).all()
+    # evaluation (no gradient, or eval mode) takes the plain operations
+    lik.eval()
+    assert "Fused" not in type(lik.column_nll(params, x).grad_fn).__name__
+
+
+def test_the_fused_terms_pass_gradcheck():
+    # (without the wide integer column: central differences on its narrow bins are less exact than the closed
+    # form, which the test above checks against the unfused terms)
+    frame = _every_kind_with_gaps(12).drop(columns="w")
+    schema, lik = likelihood_for(frame)
+    x = torch.from_numpy(schema.encode(frame)).double()
+    params = torch.randn(len(x), 3, schema.width, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    lik.train()
+    assert torch.autograd.gradcheck(lambda p: lik.column_nll(p, x), (params.requires_grad_(True),))
+
+
 @pytest.fixture(scope="module")
 def fitted():
     frame = crafted(400)
