@@ -32,6 +32,7 @@ from hypothesis.extra import numpy as hnp
 
 import vaekit
 from vaekit import VaekitError
+from vaekit.errors import CheckpointError
 from vaekit.training import checkpoint as ckpt
 from vaekit.config import RunConfig
 from vaekit.data.idx import parse_idx, read_idx
@@ -408,6 +409,19 @@ def test_checkpoint_config_json(valid_config, trained_run, data):
         vae = outcome("run_directory", lambda: vaekit.load(tmp))
         if vae is not None:
             assert np.isfinite(vae.sample(2, seed=0)).all()
+
+
+def test_a_config_naming_huge_layers_is_refused_before_it_allocates(valid_config, trained_run, tmp_path):
+    import time
+
+    config = json.loads(json.dumps(valid_config))
+    config["model"]["hidden"] = [50_000_000] * len(config["model"]["hidden"])  # gigabytes per layer if built
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes((trained_run / "model.safetensors").read_bytes())
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match="does not match the model in its config.json"):
+        vaekit.load(tmp_path)
+    assert time.perf_counter() - started < 5  # checked on shapes alone: nothing of that size was made
 
 
 # --- the Python API -------------------------------------------------------------------------------

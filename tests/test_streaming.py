@@ -65,6 +65,25 @@ def test_shards_read_as_one_array_in_name_order(tmp_path):
     np.testing.assert_allclose(streamed.config.standardize_std, loaded.config.standardize_std, rtol=1e-6)
     np.testing.assert_allclose(streamed.x_test.numpy(), loaded.x_test.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(streamed.train_stream.read(np.arange(3)), loaded.x_train[:3].numpy(), rtol=1e-5, atol=1e-6)
+    # The same folder held in memory (what auto does with shards that fit) is the concatenated array.
+    for in_memory in ("yes", "auto"):
+        held = vaekit.load_dataset(str(folder), in_memory=in_memory)
+        assert held.train_stream is None
+        np.testing.assert_array_equal(held.x_train.numpy(), loaded.x_train.numpy())
+        np.testing.assert_array_equal(held.x_test.numpy(), loaded.x_test.numpy())
+        assert held.config.standardize_mean == loaded.config.standardize_mean
+
+
+def test_a_shard_folder_with_its_own_split_keeps_it_in_memory(tmp_path):
+    for split, values in (("train", np.arange(40)), ("test", np.arange(100, 110))):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        for i, chunk in enumerate(np.array_split(values, 2)):
+            np.save(tmp_path / "data" / split / f"part-{i}.npy", np.repeat(chunk[:, None], 3, 1).astype(np.uint8))
+    held = vaekit.load_dataset(str(tmp_path / "data"), in_memory="yes")
+    streamed = vaekit.load_dataset(str(tmp_path / "data"), in_memory="no")
+    assert held.num_train == 40 and len(held.x_test) == 10 and held.config.kind == "unit"
+    np.testing.assert_array_equal(held.x_test.numpy(), streamed.x_test.numpy())
+    np.testing.assert_array_equal(held.x_train.numpy(), streamed.train_stream.read(np.arange(40)))
 
 
 def test_mismatched_shards_and_unstreamable_sources_are_refused(tmp_path):
@@ -318,5 +337,6 @@ def test_a_shard_that_cannot_be_opened_is_skipped_with_the_option(tmp_path):
     damaged.write_bytes(damaged.read_bytes()[:90])  # the header reads, the data is cut short
     with pytest.raises(UnreadableFileError, match="part-00001.npy"):
         vaekit.load_dataset(str(folder), in_memory="no")
-    data = vaekit.load_dataset(str(folder), in_memory="no", skip_bad_files=True)
-    assert [p for p, _ in data.skipped_files] == [str(damaged)] and data.num_train + len(data.x_test) == 20
+    for in_memory in ("no", "yes"):
+        data = vaekit.load_dataset(str(folder), in_memory=in_memory, skip_bad_files=True)
+        assert [p for p, _ in data.skipped_files] == [str(damaged)] and data.num_train + len(data.x_test) == 20

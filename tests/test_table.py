@@ -207,6 +207,7 @@ def test_samples_come_back_in_the_tables_own_form_and_read_back_the_same(fitted,
         write_table(synth, path)
         back = read_table(path)
         assert list(back.columns) == list(synth.columns)
+        assert read_table(str(path)).equals(back)  # a path given as text reads the same
         again = vae.schema_.encode(back)
         np.testing.assert_allclose(again, vae.schema_.encode(synth), rtol=1e-6, atol=1e-6)
     assert b"\r\n" not in (tmp_path / "synth.csv").read_bytes()

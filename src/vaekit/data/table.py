@@ -283,9 +283,10 @@ def named_columns(frame, where: str = "the table"):
 
 # --- reading ------------------------------------------------------------------------------------
 
-def read_table(path: Path):
+def read_table(path: str | Path):
     """A CSV/TSV/TXT (delimiter sniffed, header optional) or Parquet file as a DataFrame; every failure a DataError."""
     pd = _pandas()
+    path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         try:

@@ -118,12 +118,24 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     weights = run_dir / MODEL_FILE
     if not weights.is_file():
         raise CheckpointError(f"{run_dir} has no {MODEL_FILE} yet: training has not finished its first epoch")
+    tensors = load_tensors(weights)  # as large as the file, whatever config.json says
+    # The config's shapes are checked against the file's on a model without storage (the meta device) before
+    # the real one is built, so an edited or corrupt config.json naming huge layers is refused before it
+    # allocates (and initializes) gigabytes.
+    try:
+        with torch.device("meta"):
+            skeleton = VAEModel(config.model)
+    except (TypeError, ValueError, OverflowError, RuntimeError, NotImplementedError):
+        skeleton = None  # a model that cannot be laid out without storage: the real build below decides
+    if skeleton is not None:
+        check_state_dict(skeleton.state_dict(), tensors, weights)
     try:
         model = VAEModel(config.model)
     except (TypeError, ValueError, OverflowError, RuntimeError) as err:  # sizes torch cannot take (beyond int64, memory)
         raise CheckpointError(f"{run_dir / CONFIG_FILE} describes a model that cannot be built "
                               f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
-    load_weights_into(model, weights)
+    check_state_dict(model.state_dict(), tensors, weights)
+    model.load_state_dict(tensors)
     return model.to(device).eval(), config
 
 
