@@ -96,8 +96,10 @@ def load_dataset(
                 return streaming.load_streamed(source, sources, config, like=like, standardize=standardize,
                                                memory_budget_mb=budget, num_workers=loader_workers,
                                                skip_bad_files=skip_bad_files)
-    raw = load_source(source, data_dir=data_dir, image_size=image_size, channels=channels, label_column=label_column,
-                      skip_bad_files=skip_bad_files)
+    raw = streaming.load_shard_folder(source, skip_bad_files=skip_bad_files)  # None unless a folder of .npy shards
+    if raw is None:
+        raw = load_source(source, data_dir=data_dir, image_size=image_size, channels=channels,
+                          label_column=label_column, skip_bad_files=skip_bad_files)
     check_finite(raw.x, source)
     if raw.x_test is not None:
         check_finite(raw.x_test, f"{source} (test part)")

@@ -402,30 +402,6 @@ def load_csv(path: Path, label_column: str | None = None) -> RawData:
     return RawData(x=x.astype(np.float32), y=y, columns=[header[i] for i in feature_idx], standardize=True)
 
 
-def load_shard_folder(path: Path, skip_bad_files: bool = False) -> RawData | None:
-    """A folder of ``.npy`` shards (or ``train/`` and ``test/`` folders of them) read whole, as one array in file-name
-    order, the same examples the streamed path reads batch by batch; ``None`` for a folder that holds no shards."""
-    from .streaming import NpyShards, open_streamable
-
-    sources = open_streamable(str(path), skip_bad_files=skip_bad_files)
-    if sources is None or not isinstance(sources[0], NpyShards):
-        return None
-    train, test = sources
-
-    def whole(shards: NpyShards) -> RawData:
-        return _array_to_raw(shards.read_raw(np.arange(len(shards))), None, str(shards.folder))
-
-    raw = whole(train)
-    if test is not None:
-        held_out = whole(test)
-        if held_out.x.shape[1:] != raw.x.shape[1:]:
-            raise DataError(f"{test.folder} holds examples of shape {held_out.x.shape[1:]} but {train.folder} "
-                            f"{raw.x.shape[1:]}")
-        raw.x_test, raw.unit_range = held_out.x, raw.unit_range and held_out.unit_range
-    raw.extra["skipped"] = [*train.skipped, *(test.skipped if test is not None else [])]
-    return raw
-
-
 def load_source(source: str, *, data_dir: str | None = None, image_size: tuple[int, int] | None = None,
                 channels: int | None = None, label_column: str | None = None,
                 skip_bad_files: bool = False) -> RawData:
@@ -438,10 +414,7 @@ def load_source(source: str, *, data_dir: str | None = None, image_size: tuple[i
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"{source!r} is neither a built-in data set ({', '.join(BUILTIN_NAMES)}) nor an existing path")
-    if path.is_dir():
-        shards = load_shard_folder(path, skip_bad_files=skip_bad_files)
-        if shards is not None:
-            return shards
+    if path.is_dir():  # (a folder of .npy shards is read by vaekit.data.streaming.load_shard_folder)
         return load_image_folder(path, image_size=image_size, channels=channels, skip_bad_files=skip_bad_files)
     suffix = path.suffix.lower()
     if suffix in (".npy", ".npz"):

@@ -43,8 +43,9 @@ from ..config import DataConfig
 from ..errors import DataError
 from ..names import DEFAULT_LOADER_WORKERS, IN_MEMORY_CHOICES  # noqa: F401  (IN_MEMORY_CHOICES: re-exported)
 from .dataset import Dataset, _split_indices
-from .sources import (IMAGE_SUFFIXES, UnreadableFileError, check_array_layout, choose_image_layout, folder_labels,
-                      image_to_array, list_images, load_numpy_file, none_readable, open_image, to_float_examples)
+from .sources import (BUILTIN_NAMES, IMAGE_SUFFIXES, RawData, UnreadableFileError, _array_to_raw, check_array_layout,
+                      choose_image_layout, folder_labels, image_to_array, list_images, load_numpy_file, none_readable,
+                      open_image, to_float_examples)
 from .transforms import column_scale, to_model_units
 
 DEFAULT_BUDGET_FRACTION = 0.5
@@ -224,11 +225,41 @@ def open_streamable(source: str, image_size: tuple[int, int] | None = None, chan
         return NpyArray(path), None
     if not path.is_dir():
         return None
+    return shard_sources(path, skip_bad_files) or (ImageFiles(path, image_size, channels, skip_bad_files), None)
+
+
+def shard_sources(path: Path, skip_bad_files: bool = False) -> tuple[NpyShards, NpyShards | None] | None:
+    """A folder of ``.npy`` shards (and its own test shards, with train/ and test/ subfolders), or ``None``."""
     if (path / "train").is_dir() and (path / "test").is_dir() and any((path / "train").glob("*.npy")):
         return NpyShards(path / "train", skip_bad_files), NpyShards(path / "test", skip_bad_files)
     if any(p.suffix.lower() == ".npy" for p in path.iterdir()):
         return NpyShards(path, skip_bad_files), None
-    return ImageFiles(path, image_size, channels, skip_bad_files), None
+    return None
+
+
+def load_shard_folder(path: str | Path, skip_bad_files: bool = False) -> RawData | None:
+    """A folder of ``.npy`` shards (or ``train/`` and ``test/`` folders of them) read whole, as one array in file-name
+    order, the same examples the streamed path reads batch by batch; ``None`` for a folder that holds no shards."""
+    path = Path(path).expanduser()
+    if str(path) in BUILTIN_NAMES or not path.is_dir():
+        return None
+    sources = shard_sources(path, skip_bad_files)
+    if sources is None:
+        return None
+    train, test = sources
+
+    def whole(shards: NpyShards) -> RawData:
+        return _array_to_raw(shards.read_raw(np.arange(len(shards))), None, str(shards.folder))
+
+    raw = whole(train)
+    if test is not None:
+        held_out = whole(test)
+        if held_out.x.shape[1:] != raw.x.shape[1:]:
+            raise DataError(f"{test.folder} holds examples of shape {held_out.x.shape[1:]} but {train.folder} "
+                            f"{raw.x.shape[1:]}")
+        raw.x_test, raw.unit_range = held_out.x, raw.unit_range and held_out.unit_range
+    raw.extra["skipped"] = [*train.skipped, *(test.skipped if test is not None else [])]
+    return raw
 
 
 def float32_bytes(source: Source) -> int:
