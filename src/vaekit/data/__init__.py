@@ -84,6 +84,7 @@ def load_dataset(
         frame = read_table(Path(source).expanduser())
         return table_dataset(frame, source, config, like=like, label_column=label_column,
                              categorical=categorical, continuous=continuous, drop=drop_columns)
+    sources = None
     if in_memory != "yes":
         budget = memory_budget_mb if memory_budget_mb is not None else streaming.default_memory_budget_mb()
         sources = streaming.open_streamable(source, image_size, channels, skip_bad_files=skip_bad_files)
@@ -96,7 +97,8 @@ def load_dataset(
                 return streaming.load_streamed(source, sources, config, like=like, standardize=standardize,
                                                memory_budget_mb=budget, num_workers=loader_workers,
                                                skip_bad_files=skip_bad_files)
-    raw = streaming.load_shard_folder(source, skip_bad_files=skip_bad_files)  # None unless a folder of .npy shards
+    # None unless a folder of .npy shards (those opened above are read, not opened again)
+    raw = streaming.load_shard_folder(source, skip_bad_files=skip_bad_files, sources=sources)
     if raw is None:
         raw = load_source(source, data_dir=data_dir, image_size=image_size, channels=channels,
                           label_column=label_column, skip_bad_files=skip_bad_files)

@@ -237,14 +237,17 @@ def shard_sources(path: Path, skip_bad_files: bool = False) -> tuple[NpyShards, 
     return None
 
 
-def load_shard_folder(path: str | Path, skip_bad_files: bool = False) -> RawData | None:
+def load_shard_folder(path: str | Path, skip_bad_files: bool = False,
+                      sources: tuple[Source, Source | None] | None = None) -> RawData | None:
     """A folder of ``.npy`` shards (or ``train/`` and ``test/`` folders of them) read whole, as one array in file-name
-    order, the same examples the streamed path reads batch by batch; ``None`` for a folder that holds no shards."""
-    path = Path(path).expanduser()
-    if str(path) in BUILTIN_NAMES or not path.is_dir():
-        return None
-    sources = shard_sources(path, skip_bad_files)
+    order, the same examples the streamed path reads batch by batch; ``None`` for a source that is no such folder.
+    ``sources``: what ``open_streamable`` already opened for ``path``, so that the shards are not opened twice."""
     if sources is None:
+        path = Path(path).expanduser()
+        if str(path) in BUILTIN_NAMES or not path.is_dir():
+            return None
+        sources = shard_sources(path, skip_bad_files)
+    if sources is None or not isinstance(sources[0], NpyShards):
         return None
     train, test = sources
 

@@ -150,9 +150,10 @@ class GaussianMixtureSampler:
             raise DataError(f"codes must have shape (n, {self.dim}), got {tuple(z.shape)}")
         return self.distribution().log_prob(z).numpy()
 
-    def sample_top(self, n: int, generator: torch.Generator, y: Tensor | None = None) -> Tensor:
+    def sample_top(self, n: int, generator: torch.Generator, y: Tensor | None = None, classes: Any = None) -> Tensor:
         """n draws from the mixture, on the generator's device: a component per draw, then mean + L eps; for a
-        per-label mixture the component is drawn among those of each draw's label ``y`` (n class indices)."""
+        per-label mixture the component is drawn among those of each draw's label ``y`` (n class indices; an
+        error names a label without components by ``classes``, the model's class names, when given)."""
         device = generator.device
         dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
         weights = self.weights.to(device, dtype)
@@ -166,9 +167,9 @@ class GaussianMixtureSampler:
             missing = ~own.any(1)
             if missing.any():
                 absent = sorted(set(y[missing].tolist()))
-                names = ", ".join(str(c) for c in absent)
-                raise DataError(f"this gmm sampler was fitted on no examples of label(s) {names}: fit it on data "
-                                f"that has them, or sample those labels with the prior")
+                names = ", ".join(str(c if classes is None else classes[c]) for c in absent)
+                raise DataError(f"this gmm sampler was fitted on no examples of {names}: fit it on data that has "
+                                f"them (vaekit fit-sampler RUN DATA), or sample those labels with the prior")
             component = torch.multinomial(weights[None, :] * own.to(dtype), 1, replacement=True,
                                           generator=generator).squeeze(1)
         eps = torch.randn((n, self.dim, 1), generator=generator, device=device, dtype=dtype)
@@ -196,13 +197,7 @@ class GaussianMixtureSampler:
         model = vae.model_
         dtype = next(model.parameters()).dtype
         with torch.no_grad():
-            if self.component_labels is not None and y is not None:
-                absent = sorted(set(torch.as_tensor(y).long().tolist()) - set(self.label_components()))
-                if absent:
-                    names = ", ".join(str(vae.classes_[c]) for c in absent)
-                    raise DataError(f"this gmm sampler was fitted on no examples of {names}: fit it on data that "
-                                    f"has them (vaekit fit-sampler RUN DATA), or sample those labels with the prior")
-            z = self.sample_top(n, generator, y if self.component_labels is not None else None).to(dtype)
+            z = self.sample_top(n, generator, y, getattr(vae, "classes_", None)).to(dtype)
             for layer in reversed(model.upper_layers):  # down the chain as VAEModel.sample_latent goes
                 mu, logvar = layer.generative(z)
                 z = model.reparameterize(mu, torch.exp(0.5 * logvar), generator=generator)
@@ -317,7 +312,8 @@ def fit_gmm(vae: VAE, X: Any, *, seed: int = 0, max_components: int = DEFAULT_MA
             raise ConfigError(f"{name} must be a whole number of at least {low}, got {value!r}")
     if not (isinstance(reg_covar, (int, float)) and math.isfinite(reg_covar) and reg_covar >= 0):
         raise ConfigError(f"reg_covar must be a number of at least 0, got {reg_covar!r}")
-    conditional = bool(vae.model_.conditional) if getattr(vae, "model_", None) is not None else False
+    vae._check_fitted()
+    conditional = vae.model_.conditional
     if per_label is None:
         per_label = conditional
     elif per_label and not conditional:
@@ -364,8 +360,8 @@ def fit_sampler(vae: VAE, X: Any = None, kind: str = "gmm", *, seed: int = 0, y:
                 **options: Any) -> Sampler:
     """Fit the sampler ``kind`` on ``X`` (the training set, as ``vae.fit`` took it) and make it the estimator's
     sampler of that name, so ``vae.sample(n, sampler=kind)`` uses it. ``options`` go to the kind's fitting
-    (for ``gmm``: ``max_components``, ``source``, ``max_fit_size``, ``reg_covar``, ``per_label``; see ``fit_gmm``). A conditional
-    model's examples are encoded under their labels ``y``."""
+    (for ``gmm``: ``max_components``, ``source``, ``max_fit_size``, ``reg_covar``, ``per_label``; see ``fit_gmm``).
+    A conditional model's examples are encoded under their labels ``y``."""
     if kind not in SAMPLERS:
         raise ConfigError(f"unknown sampler {kind!r}; the samplers are {', '.join(SAMPLERS)}")
     vae._check_fitted()

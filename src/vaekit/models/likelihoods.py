@@ -257,13 +257,15 @@ class _FusedTableNLL(torch.autograd.Function):
     The column terms are a few dozen small operations per kind of column; as separate autograd nodes their
     backward passes were about a third of a small table's training step. Here the forward pass computes the
     derivatives of every column's -log p with respect to its own location, log-scale and missingness logit
-    (closed forms, listed in ``TableLikelihood._fused``), and the backward pass is three products. Checked
-    against the unfused terms and by ``torch.autograd.gradcheck`` (tests/test_tabular_likelihood.py)."""
+    (closed forms, listed in ``TableLikelihood._column_terms``), and the backward pass is three products. Checked
+    against the unfused terms and by ``torch.autograd.gradcheck`` (tests/test_table.py)."""
 
     @staticmethod
     def forward(ctx, loc: Tensor, log_scale: Tensor, miss_logit: Tensor, likelihood: "TableLikelihood",
                 x0: Tensor, observed: Tensor) -> Tensor:
-        out, d_loc, d_scale, d_miss = likelihood._fused(loc, log_scale, miss_logit, x0, observed)
+        with torch.no_grad():
+            out, d_loc, d_scale, d_miss = likelihood._column_terms(loc, log_scale, miss_logit, x0, observed,
+                                                                   derivatives=True)
         ctx.save_for_backward(d_loc, d_scale, d_miss)
         ctx.value_column = likelihood.value_column
         return out
@@ -409,29 +411,7 @@ class TableLikelihood(Likelihood):
         observed = observed_values.index_select(-1, self.first)  # (*batch, columns)
         if self.fused and self.training and torch.is_grad_enabled() and params.requires_grad:
             return _FusedTableNLL.apply(loc, log_scale, miss_logit, self, x0, observed)
-        out = torch.zeros(*loc.shape[:-1], self.n_columns, dtype=loc.dtype, device=loc.device)
-        if len(self.continuous_pos):
-            p = self.continuous_pos
-            z = (x0.index_select(-1, p) - loc.index_select(-1, p)) * torch.exp(-log_scale.index_select(-1, p))
-            nll = 0.5 * z * z + log_scale.index_select(-1, p) + 0.5 * math.log(2 * math.pi) + self.cont_log_sd.to(z.dtype)
-            out = out.index_copy(-1, self.continuous_cols, nll)
-        if len(self.integer_pos):
-            out = out.index_copy(-1, self.integer_cols, self._integer_nll(loc, log_scale, x0).to(out.dtype))
-        if len(self.boolean_pos):
-            p = self.boolean_pos
-            nll = F.binary_cross_entropy_with_logits(loc.index_select(-1, p), x0.index_select(-1, p), reduction="none")
-            out = out.index_copy(-1, self.boolean_cols, nll)
-        if len(self.cat_cols):
-            logits, pad = self._categories(loc, -math.inf)  # (widest, *batch, cats)
-            onehot, _ = self._categories(x0, 0.0)
-            nll = -(onehot * torch.log_softmax(logits, 0).masked_fill(pad, 0.0)).sum(0)
-            out = out.index_copy(-1, self.cat_cols, nll)
-        out = torch.where(observed, out, torch.zeros_like(out))
-        if len(self.miss_cols):
-            target = (~observed.index_select(-1, self.miss_cols)).to(loc.dtype)
-            nll = F.binary_cross_entropy_with_logits(miss_logit.index_select(-1, self.miss_pos), target, reduction="none")
-            out = out.index_add(-1, self.miss_cols, nll)
-        return out
+        return self._column_terms(loc, log_scale, miss_logit, x0, observed)[0]
 
     def _categories(self, values: Tensor, fill: float) -> tuple[Tensor, Tensor]:
         """The categorical columns' values of ``values`` (*batch, V) as (widest, *batch, categorical columns),
@@ -442,10 +422,11 @@ class TableLikelihood(Likelihood):
         pad = self.cat_pad.T.reshape(widest, *([1] * (values.dim() - 1)), cats)
         return gathered.masked_fill(pad, fill), pad
 
-    def _fused(self, loc: Tensor, log_scale: Tensor, miss_logit: Tensor, x0: Tensor,
-               observed: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The column terms (as ``column_nll``) and the derivatives of each column's term with respect to its
-        values' parameters, each of loc's shape (a value's derivative is of its own column's term):
+    def _column_terms(self, loc: Tensor, log_scale: Tensor, miss_logit: Tensor, x0: Tensor, observed: Tensor,
+                      derivatives: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+        """The column terms -log p (*batch, columns), differentiable by autograd; with ``derivatives`` (for
+        ``_FusedTableNLL``, under no_grad) also the derivatives of each column's term with respect to its values'
+        parameters, each of loc's shape (a value's derivative is of its own column's term), else three Nones:
 
             continuous   t = (x - m) e^-s:       d/dm = -t e^-s,          d/ds = 1 - t^2
             integer      P = Phi(u) - Phi(l), u, l = (k +- 1/2 - m) e^-s in standardized units:
@@ -456,44 +437,54 @@ class TableLikelihood(Likelihood):
             missingness  d/dlogit = sigmoid(logit) - missing
 
         Value terms of missing cells, and their derivatives, are 0."""
-        with torch.no_grad():
-            out = loc.new_zeros(*loc.shape[:-1], self.n_columns)
+        out = loc.new_zeros(*loc.shape[:-1], self.n_columns)
+        d_loc = d_scale = d_miss = None
+        if derivatives:
             d_loc, d_scale, d_miss = torch.zeros_like(loc), torch.zeros_like(loc), torch.zeros_like(loc)
-            if len(self.continuous_pos):
-                p = self.continuous_pos
-                inv = torch.exp(-log_scale.index_select(-1, p))
-                s = log_scale.index_select(-1, p)
-                t = (x0.index_select(-1, p) - loc.index_select(-1, p)) * inv
-                out.index_copy_(-1, self.continuous_cols, 0.5 * t * t + s + _LOG_SQRT_2PI + self.cont_log_sd.to(t.dtype))
+        if len(self.continuous_pos):
+            p = self.continuous_pos
+            scale = log_scale.index_select(-1, p)
+            inv = torch.exp(-scale)
+            t = (x0.index_select(-1, p) - loc.index_select(-1, p)) * inv
+            nll = 0.5 * t * t + scale + _LOG_SQRT_2PI + self.cont_log_sd.to(t.dtype)
+            out = out.index_copy(-1, self.continuous_cols, nll)
+            if derivatives:
                 d_loc.index_copy_(-1, p, -t * inv)
                 d_scale.index_copy_(-1, p, 1 - t * t)
-            if len(self.integer_pos):
+        if len(self.integer_pos):
+            if derivatives:
                 nll, dm, ds = self._integer_nll_and_grads(loc, log_scale, x0)
-                out.index_copy_(-1, self.integer_cols, nll.to(out.dtype))
                 d_loc.index_copy_(-1, self.integer_pos, dm.to(out.dtype))
                 d_scale.index_copy_(-1, self.integer_pos, ds.to(out.dtype))
-            if len(self.boolean_pos):
-                p = self.boolean_pos
-                logit, target = loc.index_select(-1, p), x0.index_select(-1, p)
-                out.index_copy_(-1, self.boolean_cols,
-                                F.binary_cross_entropy_with_logits(logit, target, reduction="none"))
+            else:
+                nll = self._integer_nll(loc, log_scale, x0)
+            out = out.index_copy(-1, self.integer_cols, nll.to(out.dtype))
+        if len(self.boolean_pos):
+            p = self.boolean_pos
+            logit, target = loc.index_select(-1, p), x0.index_select(-1, p)
+            out = out.index_copy(-1, self.boolean_cols,
+                                 F.binary_cross_entropy_with_logits(logit, target, reduction="none"))
+            if derivatives:
                 d_loc.index_copy_(-1, p, torch.sigmoid(logit) - target)
-            if len(self.cat_cols):
-                logits, pad = self._categories(loc, -math.inf)  # (widest, *batch, cats)
-                onehot, _ = self._categories(x0, 0.0)
-                log_p = torch.log_softmax(logits, 0).masked_fill(pad, 0.0)
-                out.index_copy_(-1, self.cat_cols, -(onehot * log_p).sum(0))
+        if len(self.cat_cols):
+            logits, pad = self._categories(loc, -math.inf)  # (widest, *batch, cats)
+            onehot, _ = self._categories(x0, 0.0)
+            log_p = torch.log_softmax(logits, 0).masked_fill(pad, 0.0)
+            out = out.index_copy(-1, self.cat_cols, -(onehot * log_p).sum(0))
+            if derivatives:
                 grad = log_p.exp().masked_fill(pad, 0.0) * onehot.sum(0, keepdim=True) - onehot
                 # back to value positions; a padding slot (a position already used) adds 0
                 d_loc.index_add_(-1, self.cat_flat, grad.movedim(0, -2).flatten(-2))
-            out = torch.where(observed, out, torch.zeros_like(out))
+        out = torch.where(observed, out, torch.zeros_like(out))
+        if derivatives:
             seen = observed.index_select(-1, self.value_column).to(loc.dtype)
             d_loc.mul_(seen)
             d_scale.mul_(seen)
-            if len(self.miss_cols):
-                target = (~observed.index_select(-1, self.miss_cols)).to(loc.dtype)
-                logit = miss_logit.index_select(-1, self.miss_pos)
-                out.index_add_(-1, self.miss_cols, F.binary_cross_entropy_with_logits(logit, target, reduction="none"))
+        if len(self.miss_cols):
+            target = (~observed.index_select(-1, self.miss_cols)).to(loc.dtype)
+            logit = miss_logit.index_select(-1, self.miss_pos)
+            out = out.index_add(-1, self.miss_cols, F.binary_cross_entropy_with_logits(logit, target, reduction="none"))
+            if derivatives:
                 d_miss.index_copy_(-1, self.miss_pos, torch.sigmoid(logit) - target)
         return out, d_loc, d_scale, d_miss
 
