@@ -39,9 +39,10 @@ def test_the_mixture_is_scikit_learns_fit_and_density(fitted, digits):
     assert sampler.components == min(sampler.bic, key=sampler.bic.get)
     reference = GaussianMixture(sampler.components, covariance_type="full", reg_covar=sampler.reg_covar,
                                 random_state=0).fit(codes)
-    assert sampler.bic[sampler.components] == pytest.approx(reference.bic(codes), rel=1e-12)
-    np.testing.assert_allclose(sampler.weights.numpy(), reference.weights_, rtol=1e-12)
-    np.testing.assert_allclose(sampler.covariances.numpy(), reference.covariances_, rtol=1e-12)
+    assert sampler.bic[sampler.components] == pytest.approx(reference.bic(codes), rel=1e-10)
+    # vaekit.models.mixture runs scikit-learn's EM in another order of summation: equal up to rounding
+    np.testing.assert_allclose(sampler.weights.numpy(), reference.weights_, rtol=1e-9)
+    np.testing.assert_allclose(sampler.covariances.numpy(), reference.covariances_, rtol=1e-9, atol=1e-13)
     points = np.concatenate([latent_codes(vae, digits.x_test.numpy()), np.random.default_rng(0).normal(size=(50, 4))])
     np.testing.assert_allclose(sampler.log_prob(points), reference.score_samples(points), rtol=1e-10, atol=1e-10)
 

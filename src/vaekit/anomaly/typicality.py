@@ -23,7 +23,7 @@ without the per-dimension posterior, digits lie near Fashion-MNIST's own statist
 ``benchmarks/anomaly.py``). They are scaled robustly (median and median absolute deviation on the
 fitting data) and modelled by a Gaussian mixture with full covariances whose number of components
 (1, 2, 4, ... up to ``max_components``, and at most one per twice its parameter count in examples)
-is chosen by BIC, as scikit-learn fits it. The fitted state is plain JSON (``typicality.json`` in the run
+is chosen by BIC (``vaekit.models.mixture``: scikit-learn's EM, batched in PyTorch). The fitted state is plain JSON (``typicality.json`` in the run
 directory), tied to the weights by their fingerprint; nothing is pickled.
 """
 
@@ -156,8 +156,7 @@ def fit_typicality(vae: VAE, x: np.ndarray, *, num_samples: int = DEFAULT_NUM_SA
                    labels: Any = None) -> TypicalityModel:
     """Fit the typicality density on clean prepared examples ``x`` (at most ``max_examples``, a seeded subsample;
     ``labels``: a conditional model's labels of the examples)."""
-    from sklearn.mixture import GaussianMixture
-
+    from ..models.mixture import select_by_bic
     from .scores import model_fingerprint
 
     if max_components < 1:
@@ -185,17 +184,12 @@ def fit_typicality(vae: VAE, x: np.ndarray, *, num_samples: int = DEFAULT_NUM_SA
     spread = stats.std(axis=0)
     scale = np.where(scale > 1e-12, scale, np.where(spread > 1e-12, spread, 1.0))
     z = (stats - center) / scale
-    best, best_bic = None, np.inf
     # Each component needs room for its mean and covariance: at most one per twice its parameters in examples.
     limit = max(1, min(max_components, len(z) // (2 * component_parameters(k))))
-    for n in sorted({1, *(2**i for i in range(1, 12) if 2**i <= limit), limit}):
-        gmm = GaussianMixture(n, covariance_type="full", reg_covar=1e-4, n_init=2, random_state=seed).fit(z)
-        bic = gmm.bic(z)
-        if bic < best_bic:
-            best, best_bic = gmm, bic
+    best, _ = select_by_bic(z, {1, *(2**i for i in range(1, 12) if 2**i <= limit), limit}, reg_covar=1e-4, seed=seed)
     state = TypicalityModel(statistics=names, center=center.tolist(), scale=scale.tolist(),
-                            weights=best.weights_.tolist(), means=best.means_.tolist(),
-                            covariances=best.covariances_.tolist(), fit_size=len(stats), num_samples=num_samples,
+                            weights=best.weights.tolist(), means=best.means.tolist(),
+                            covariances=best.covariances.tolist(), fit_size=len(stats), num_samples=num_samples,
                             seed=seed, model_fingerprint=model_fingerprint(vae))
     fit = -state.log_density(stats)
     state.fit_scores = np.quantile(fit, [0.5, 0.9, 0.95, 0.99]).tolist()

@@ -271,22 +271,13 @@ def max_components_for(n: int, dim: int, max_components: int = DEFAULT_MAX_COMPO
 
 
 def _bic_mixture(codes: np.ndarray, max_components: int, reg_covar: float, seed: int):
-    """scikit-learn's ``GaussianMixture`` (full covariances) for 1 .. ``max_components_for(n, d)`` components:
-    the one of lowest BIC and the criterion of each."""
-    from sklearn.mixture import GaussianMixture
-    from threadpoolctl import threadpool_limits
+    """Full-covariance Gaussian mixtures (``vaekit.models.mixture``: scikit-learn's EM, batched in PyTorch) for
+    1 .. ``max_components_for(n, d)`` components: the one of lowest BIC and the criterion of each."""
+    from ..models.mixture import select_by_bic
 
     n, dim = codes.shape
-    best, bic = None, {}
-    # The arrays are small (d is the latent size): one BLAS thread is many times faster than several
-    # threads contending for the cores with PyTorch's.
-    with threadpool_limits(limits=1):
-        for k in range(1, max_components_for(n, dim, max_components) + 1):
-            gmm = GaussianMixture(k, covariance_type="full", reg_covar=reg_covar, random_state=seed).fit(codes)
-            bic[k] = float(gmm.bic(codes))
-            if best is None or bic[k] < bic[best.n_components]:
-                best = gmm
-    return best, bic
+    return select_by_bic(codes, range(1, max_components_for(n, dim, max_components) + 1), reg_covar=reg_covar,
+                         seed=seed)
 
 
 def _subset(codes: np.ndarray, most: int, seed: int) -> np.ndarray:
@@ -328,7 +319,7 @@ def fit_gmm(vae: VAE, X: Any, *, seed: int = 0, max_components: int = DEFAULT_MA
     if not per_label:
         codes = _subset(codes, max_fit_size, seed)
         best, bic = _bic_mixture(codes, max_components, reg_covar, seed)
-        weights, means, covariances = best.weights_, best.means_, best.covariances_
+        weights, means, covariances = best.weights, best.means, best.covariances
         extra: dict[str, Any] = dict(bic=bic, fit_size=len(codes))
     else:
         parts, bic_by_label, fitted = [], {}, 0
@@ -338,7 +329,7 @@ def fit_gmm(vae: VAE, X: Any, *, seed: int = 0, max_components: int = DEFAULT_MA
                 continue
             best, bic_by_label[int(c)] = _bic_mixture(own, max_components, reg_covar, seed)
             share = float(np.mean(labels == c))
-            parts.append((int(c), best.weights_ * share, best.means_, best.covariances_))
+            parts.append((int(c), best.weights * share, best.means, best.covariances))
             fitted += len(own)
         if not parts:
             raise DataError("the per-label gmm sampler needs at least 2 examples of some label to fit on")
