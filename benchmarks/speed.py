@@ -33,6 +33,7 @@ alternate, and the table gives medians over the repeats:
     python benchmarks/speed.py --parts train,use,peaks --json a.json   # or in pieces of under 30 minutes
     python benchmarks/speed.py --parts ablation --json b.json
     python benchmarks/speed.py --parts iwae --json c.json
+    python benchmarks/speed.py --parts process --json benchmarks/results/speed_process.json   # about 35 minutes
     python benchmarks/speed.py --merge a.json b.json c.json  # one table from the pieces
 """
 
@@ -57,7 +58,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 INPUT, HIDDEN, LATENT = 784, 400, 20
-PARTS = ("train", "ablation", "iwae", "use", "peaks", "conv")
+PARTS = ("train", "ablation", "iwae", "use", "peaks", "conv", "process")
 
 # Useful arithmetic of the network (matrix multiplies only, 2 FLOP per multiply-add).
 LAYERS = [(INPUT, HIDDEN), (HIDDEN, LATENT), (HIDDEN, LATENT), (LATENT, HIDDEN), (HIDDEN, INPUT)]
@@ -476,6 +477,70 @@ def measure_conv(args) -> dict[str, Any]:
                                                                               else v for k, v in CONV.items()}}
 
 
+PROCESS_SIDES = ("vaekit", "vaekit --no-detector", "plain loop")
+
+
+def process_command(side: str, arch: str, epochs: int, out: Path) -> list[str]:
+    if side == "plain loop":
+        return [sys.executable, str(Path(__file__).with_name("plain_loop.py")), "--arch", arch, "--epochs", str(epochs),
+                "--out", str(out)]
+    command = [sys.executable, "-m", "vaekit", "train", "fashion-mnist", "--epochs", str(epochs), "--out", str(out),
+               "--no-progress"]
+    if arch == "mlp":  # the pytorch/examples network; conv is what vaekit train picks for these images
+        command += ["--arch", "mlp", "--hidden", str(HIDDEN), "--latent-dim", str(LATENT)]
+    return command + (["--no-detector"] if side.endswith("--no-detector") else [])
+
+
+def timed_process(command: list[str]) -> dict[str, Any]:
+    """One whole process: wall seconds from start to exit, the child's own CPU seconds and peak RSS, its output."""
+    import os
+
+    started = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed ({child.returncode}):\n{output[-2000:]}")
+    detector = [float(line.rsplit(", ", 1)[1].split(" s)")[0]) for line in output.splitlines()
+                if "fitted the typicality model" in line]
+    return {"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024,
+            "detector_seconds": detector[0] if detector else None, "last_lines": output.splitlines()[-3:]}
+
+
+def measure_process(args) -> dict[str, Any]:
+    """Whole ``vaekit train`` processes against the plain loop's, alternating within each case, medians."""
+    work = Path(args.workdir or "runs/bench-speed-process") / ("quick" if args.quick else "full")
+    cases = {}
+    for arch, epochs in args.process_cases:
+        runs: dict[str, list[dict[str, Any]]] = {side: [] for side in PROCESS_SIDES}
+        for repeat in range(args.repeats):
+            order = PROCESS_SIDES if repeat % 2 == 0 else PROCESS_SIDES[::-1]
+            for side in order:
+                cached = work / f"{arch}-{epochs}" / f"{side.replace(' ', '_')}-{repeat}.json"
+                if not cached.is_file():
+                    with tempfile.TemporaryDirectory(prefix="vaekit-process-") as tmp:
+                        result = timed_process(process_command(side, arch, epochs, Path(tmp) / "run"))
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    cached.write_text(json.dumps(result))
+                    log(f"process {arch} {epochs} epochs, {side} #{repeat + 1}: {result['seconds']:.1f} s")
+                runs[side].append(json.loads(cached.read_text()))
+        sides = {side: {"seconds": statistics.median(r["seconds"] for r in results),
+                        "cpu_seconds": statistics.median(r["cpu_seconds"] for r in results),
+                        "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in results),
+                        "detector_seconds": median([r["detector_seconds"] for r in results])
+                        if side == "vaekit" else None, "runs": results}
+                 for side, results in runs.items()}
+        plain = sides["plain loop"]["seconds"]
+        cases[f"{arch}-{epochs}"] = {"arch": arch, "epochs": epochs, "sides": sides,
+                                     "speedup": plain / sides["vaekit"]["seconds"],
+                                     "speedup_no_detector": plain / sides["vaekit --no-detector"]["seconds"],
+                                     "commands": {side: " ".join(process_command(side, arch, epochs, Path("RUN"))[1:])
+                                                  for side in PROCESS_SIDES}}
+    return {"process": cases}
+
+
 def measure_ablation(args) -> dict[str, Any]:
     """Each rung of ``LADDER`` trained ``repeats`` times (rungs alternate in order and reverse order)."""
     runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(LADDER))}
@@ -634,6 +699,14 @@ def print_table(results: dict[str, Any]) -> None:
             (f"conv model: test -ELBO after {ours['epochs']} epochs (nats)", f"{ref['test_neg_elbo']:.2f}",
              f"{ours['test_neg_elbo']:.2f}", f"{ours['test_neg_elbo'] - ref['test_neg_elbo']:+.2f}"),
         ]
+    if "process" in results:
+        for case in results["process"].values():
+            sides = case["sides"]
+            label = f"whole process, {case['arch']} {case['epochs']} epochs (s)"
+            rows.append((label, fmt(sides["plain loop"]["seconds"], 1), fmt(sides["vaekit"]["seconds"], 1),
+                         f"{case['speedup']:.2f}x (typicality fit {fmt(sides['vaekit']['detector_seconds'], 1)} s)"))
+            rows.append((label.replace("(s)", "--no-detector (s)"), "", fmt(sides["vaekit --no-detector"]["seconds"], 1),
+                         f"{case['speedup_no_detector']:.2f}x"))
     if "iwae" in results:
         iwae = results["iwae"]
         for key, label in (("k1000", "K=1000"), ("k5000", "K=5000")):
@@ -749,9 +822,11 @@ def main(argv: list[str] | None = None) -> int:
     args.iwae_full = not args.quick and not args.no_iwae_full
     args.use_examples = 10_000 if args.quick else 60_000
     args.conv_epochs = 1 if args.quick else 3
+    args.process_cases = [("mlp", 1), ("conv", 1)] if args.quick else [("mlp", 3), ("mlp", 10), ("conv", 3), ("conv", 10)]
     settings = {key: getattr(args, key) for key in (
         "quick", "repeats", "target_epoch", "reference_epochs", "vaekit_epochs", "budget_epochs", "ablation_repeats",
-        "ablation_epochs", "iwae_examples", "iwae_reference_examples", "iwae_full", "use_examples", "conv_epochs")}
+        "ablation_epochs", "iwae_examples", "iwae_reference_examples", "iwae_full", "use_examples", "conv_epochs",
+        "process_cases")}
     results = {"machine": machine(), "settings": settings}
     started = time.perf_counter()
     with (contextlib.nullcontext(args.workdir) if args.workdir else tempfile.TemporaryDirectory(prefix="vaekit-speed-")
@@ -768,6 +843,8 @@ def main(argv: list[str] | None = None) -> int:
             results.update(measure_use(args, ensure_model(workdir, args)))
         if "conv" in parts:
             results.update(measure_conv(args))
+        if "process" in parts:
+            results.update(measure_process(args))
         if "peaks" in parts:
             results["peaks"] = run_worker("peaks", {"size": 2048, "seconds": 1.0 if args.quick else 3.0})
     results["benchmark_seconds"] = time.perf_counter() - started

@@ -111,3 +111,42 @@ def test_anomaly_benchmark_trains_its_background_model_on_a_copy_or_online(monke
         assert online_rate == 0.2 and online is x  # clean data; the trainer perturbs every batch
         # the published table's training settings stay pinned against later changes of the trainer's defaults
         assert bench.FULL["lr_schedule"] == "constant" and bench.FULL["adam_beta2"] == 0.999
+
+
+def test_whole_process_part_alternates_caches_and_takes_medians(speed, monkeypatch, tmp_path, capsys):
+    calls = []
+    seconds = {"vaekit": [20.0, 22.0, 21.0], "vaekit --no-detector": [10.0, 12.0, 11.0], "plain loop": [15.0, 16.0, 14.0]}
+
+    def fake(command):
+        side = ("plain loop" if command[1].endswith("plain_loop.py") else
+                "vaekit --no-detector" if "--no-detector" in command else "vaekit")
+        calls.append(side)
+        return {"seconds": seconds[side][sum(c == side for c in calls) - 1], "cpu_seconds": 1.0, "peak_rss_mb": 500.0,
+                "detector_seconds": 9.0 if side == "vaekit" else None, "last_lines": []}
+
+    monkeypatch.setattr(speed, "timed_process", fake)
+    args = type("Args", (), {"workdir": str(tmp_path), "quick": False, "repeats": 3, "process_cases": [("mlp", 3)]})()
+    case = speed.measure_process(args)["process"]["mlp-3"]
+    assert calls[:3] == list(speed.PROCESS_SIDES) and calls[3:6] == list(speed.PROCESS_SIDES[::-1])
+    assert case["sides"]["vaekit"]["seconds"] == 21.0 and case["sides"]["plain loop"]["seconds"] == 15.0
+    assert case["speedup"] == pytest.approx(15.0 / 21.0) and case["speedup_no_detector"] == pytest.approx(15.0 / 11.0)
+    assert case["sides"]["vaekit"]["detector_seconds"] == 9.0
+    assert "--hidden 400 --latent-dim 20" in case["commands"]["vaekit"]
+    assert case["commands"]["vaekit --no-detector"].endswith("--no-detector")
+    calls.clear()
+    assert speed.measure_process(args)["process"]["mlp-3"] == case and calls == []  # every run read from the cache
+    speed.print_table({"process": {"mlp-3": case}})
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| whole process")]
+    assert rows == [["whole process, mlp 3 epochs (s)", "15.0", "21.0", "0.71x (typicality fit 9.0 s)"],
+                    ["whole process, mlp 3 epochs --no-detector (s)", "", "11.0", "1.36x"]]
+
+
+def test_a_whole_process_is_timed_from_outside(speed):
+    import sys
+
+    line = "anomaly scores: fitted the typicality model on 5 training examples (1 mixture components, 2.5 s)"
+    result = speed.timed_process([sys.executable, "-c", f"print({line!r})"])
+    assert result["detector_seconds"] == 2.5 and result["seconds"] > 0 and result["peak_rss_mb"] > 1
+    with pytest.raises(RuntimeError, match="failed"):
+        speed.timed_process([sys.executable, "-c", "raise SystemExit(3)"])

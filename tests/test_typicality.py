@@ -163,6 +163,23 @@ def test_train_fits_it_and_score_uses_it_by_default(tmp_path, capsys):
         assert [r["score"] for r in csv.DictReader(f)] == [r["score"] for r in rows]  # the same fit again
 
 
+def test_train_without_the_detector_leaves_it_to_score(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "digits", "--out", str(out), "--epochs", "2", "--no-progress", "--latent-dim", "4"]) == 0
+    assert (out / typicality.TYPICALITY_FILE).is_file()
+    capsys.readouterr()
+    # Resumed for more epochs with --no-detector: the earlier weights' typicality model is removed, none is fitted.
+    assert main(["train", "--out", str(out), "--epochs", "3", "--resume", "--no-progress", "--no-detector"]) == 0
+    err = capsys.readouterr().err
+    assert "removed the typicality model" in err and "fitted the typicality model" not in err
+    assert not (out / typicality.TYPICALITY_FILE).exists()
+    assert main(["score", str(out), "digits:test", "-o", str(tmp_path / "s.csv"), "--scores", "neg_elbo"]) == 0
+    err = capsys.readouterr().err
+    assert "fitted the typicality model on 1,438 training examples of digits" in err and "= typicality" in err
+    state = typicality.load_typicality(out, vaekit.load(out))  # fitted for the resumed weights
+    assert state is not None and state.fit_size == 1438
+
+
 def test_small_data_keep_the_summary_statistics_and_tiny_data_fall_back(tmp_path):
     rng = np.random.default_rng(0)
     table = rng.normal(size=(240, 5)).astype(np.float32)
