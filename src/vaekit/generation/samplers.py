@@ -291,8 +291,9 @@ def fit_gmm(vae: VAE, X: Any, *, seed: int = 0, max_components: int = DEFAULT_MA
             source: str = "mean", max_fit_size: int = DEFAULT_MAX_FIT_SIZE,
             reg_covar: float = DEFAULT_REG_COVAR, y: Any = None,
             per_label: bool | None = None) -> GaussianMixtureSampler:
-    """Fit the ``gmm`` sampler on ``X`` (at most ``max_fit_size`` examples, a seeded subset): scikit-learn's
-    ``GaussianMixture`` (full covariances) for 1 .. ``max_components_for(n, d)`` components, the lowest BIC kept.
+    """Fit the ``gmm`` sampler on ``X`` (at most ``max_fit_size`` examples, a seeded subset): full-covariance Gaussian
+    mixtures (scikit-learn's EM, ``vaekit.models.mixture``) for 1 .. ``max_components_for(n, d)`` components, the
+    lowest BIC kept.
 
     ``per_label`` (a conditional model's, the default for one): one such mixture per label over the codes of
     that label's examples (at most ``max_fit_size`` each), weighted by the label's share of ``X``; labels with
