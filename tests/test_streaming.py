@@ -86,6 +86,22 @@ def test_a_shard_folder_with_its_own_split_keeps_it_in_memory(tmp_path):
     np.testing.assert_array_equal(held.x_train.numpy(), streamed.train_stream.read(np.arange(40)))
 
 
+def test_a_built_in_name_means_the_built_in_data_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("digits", "fmnist"):
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "part-0.npy", np.zeros((30, 4), np.uint8))
+    for in_memory in ("auto", "yes"):
+        data = vaekit.load_dataset("digits", in_memory=in_memory)
+        assert data.num_train + len(data.x_test) == 1797 and data.x_train.shape[1:] == (1, 8, 8)
+    from vaekit.data import streaming
+    from vaekit.data.sources import builtin_name
+
+    assert builtin_name("fmnist") == builtin_name("fashion_mnist") == "fashion-mnist" and builtin_name("x") is None
+    assert streaming.open_streamable("fmnist") is None and streaming.load_shard_folder("fmnist") is None
+    assert streaming.open_streamable(str(tmp_path / "fmnist")) is not None  # by its path, the folder
+
+
 def test_mismatched_shards_and_unstreamable_sources_are_refused(tmp_path):
     folder = tmp_path / "bad"
     folder.mkdir()

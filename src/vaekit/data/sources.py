@@ -53,6 +53,13 @@ class RawData:
 
 
 BUILTIN_NAMES = ("digits", "fashion-mnist")
+BUILTIN_ALIASES = {"fashion_mnist": "fashion-mnist", "fmnist": "fashion-mnist"}
+
+
+def builtin_name(source: str) -> str | None:
+    """The built-in data set ``source`` names (an alias gives its canonical name), or ``None``."""
+    name = BUILTIN_ALIASES.get(source, source)
+    return name if name in BUILTIN_NAMES else None
 
 
 class UnreadableFileError(DataError):
@@ -407,9 +414,10 @@ def load_source(source: str, *, data_dir: str | None = None, image_size: tuple[i
                 skip_bad_files: bool = False) -> RawData:
     """Read a built-in data set by name, or a file or folder by path (``skip_bad_files``: see
     ``load_image_folder``)."""
-    if source == "digits":
+    builtin = builtin_name(source)
+    if builtin == "digits":
         return load_digits_data()
-    if source in ("fashion-mnist", "fashion_mnist", "fmnist"):
+    if builtin == "fashion-mnist":
         return load_fashion_mnist_data(data_dir)
     path = Path(source).expanduser()
     if not path.exists():

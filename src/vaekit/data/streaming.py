@@ -43,7 +43,7 @@ from ..config import DataConfig
 from ..errors import DataError
 from ..names import DEFAULT_LOADER_WORKERS, IN_MEMORY_CHOICES  # noqa: F401  (IN_MEMORY_CHOICES: re-exported)
 from .dataset import Dataset, _split_indices
-from .sources import (BUILTIN_NAMES, IMAGE_SUFFIXES, RawData, UnreadableFileError, _array_to_raw, check_array_layout,
+from .sources import (IMAGE_SUFFIXES, RawData, UnreadableFileError, _array_to_raw, builtin_name, check_array_layout,
                       choose_image_layout, folder_labels, image_to_array, list_images, load_numpy_file, none_readable,
                       open_image, to_float_examples)
 from .transforms import column_scale, to_model_units
@@ -219,7 +219,10 @@ Source = NpyArray | NpyShards | ImageFiles
 
 def open_streamable(source: str, image_size: tuple[int, int] | None = None, channels: int | None = None,
                     skip_bad_files: bool = False) -> tuple[Source, Source | None] | None:
-    """The (train-or-all, own test) sources of a streamable path, or ``None`` for data that is only read whole."""
+    """The (train-or-all, own test) sources of a streamable path, or ``None`` for data that is only read whole (a
+    built-in data set's name among them, even where a file or folder of that name exists, as ``load_source`` reads it)."""
+    if builtin_name(source):
+        return None
     path = Path(source).expanduser()
     if path.is_file() and path.suffix.lower() == ".npy":
         return NpyArray(path), None
@@ -244,7 +247,7 @@ def load_shard_folder(path: str | Path, skip_bad_files: bool = False,
     ``sources``: what ``open_streamable`` already opened for ``path``, so that the shards are not opened twice."""
     if sources is None:
         path = Path(path).expanduser()
-        if str(path) in BUILTIN_NAMES or not path.is_dir():
+        if builtin_name(str(path)) or not path.is_dir():
             return None
         sources = shard_sources(path, skip_bad_files)
     if sources is None or not isinstance(sources[0], NpyShards):
