@@ -269,6 +269,23 @@ def test_the_worker_error_is_raised_as_itself_by_the_library(tmp_path):
     assert caught.value.path == str(bad) and "\n" not in str(caught.value)
 
 
+def test_the_estimator_leaves_no_half_made_run_either(tmp_path):
+    from vaekit.data.sources import UnreadableFileError
+
+    paths = write_pngs(tmp_path / "img")
+    truncate(training_file(paths))
+    data = vaekit.load_dataset(str(tmp_path / "img"), in_memory="no", loader_workers=1)
+    vae = vaekit.VAE(latent_dim=2, hidden=(8,), epochs=1, batch_size=8, device="cpu")
+    with pytest.raises(UnreadableFileError):
+        vae.fit(data, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # config.json alone would make it look like a run
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(UnreadableFileError):
+        vae.fit(data, run_dir=tmp_path / "mine")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
 def test_the_command_line_prints_no_traceback_across_the_worker_boundary(tmp_path):
     paths = write_pngs(tmp_path / "img")
     bad = training_file(paths)

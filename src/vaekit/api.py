@@ -237,7 +237,13 @@ class VAE(TransformerMixin, BaseEstimator):
             max_rollbacks=self.max_rollbacks, precision=self.precision,
             perturb_rate=self.perturb_rate, inference=self.inference, latent_layers=self.latent_layers,
             conditional=self.conditional)
-        model, history = train(config, dataset, run_dir=run_dir, resume=resume, progress=self.progress)
+        entries_before = None if run_dir is None else ckpt.entries_of(Path(run_dir).expanduser())
+        try:
+            model, history = train(config, dataset, run_dir=run_dir, resume=resume, progress=self.progress)
+        except BaseException:  # failed (or interrupted) before its first checkpoint: leave no run-like directory
+            if run_dir is not None:
+                ckpt.remove_unstarted_run(Path(run_dir).expanduser(), entries_before)
+            raise
         self._set_fitted(model, config, history)
         return self
 

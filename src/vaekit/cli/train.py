@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import os
 import dataclasses
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -291,11 +290,11 @@ def _train(args: argparse.Namespace) -> int:
         + (f"; {context.world_size} processes ({context.backend}), global batch split over them"
            if context.enabled else ""))
     started = time.perf_counter()
-    entries_before = {p.name for p in out.iterdir()} if out.is_dir() else None
+    entries_before = ckpt.entries_of(out)
     try:
         model, history = train(config, dataset, run_dir=out, resume=args.resume, progress=args.progress, log=log)
     except BaseException:
-        if context.is_main and not _remove_unstarted_run(out, entries_before):
+        if context.is_main and not ckpt.remove_unstarted_run(out, entries_before):
             _write_bad_files(out, dataset, log)
         raise
     if not context.is_main:
@@ -333,26 +332,6 @@ def _listing(files: list[tuple[str, str]], out: Path) -> str:
     shown = "; ".join(f"{path} ({reason})" for path, reason in files[:LOGGED_BAD_FILES])
     more = f"; and {len(files) - LOGGED_BAD_FILES:,} more" if len(files) > LOGGED_BAD_FILES else ""
     return f"{len(files):,} file(s) that cannot be read: {shown}{more} (all listed in {out / BAD_FILES})"
-
-
-def _remove_unstarted_run(out: Path, entries_before: set[str] | None) -> bool:
-    """After training failed before its first checkpoint, remove what this invocation wrote into ``out`` (and ``out``
-    itself when it made it), so that no directory is left that looks like a run; entries that were there before are
-    never touched. Returns whether it removed anything (False once a checkpoint or the model exists)."""
-    from ..training import checkpoint as ckpt
-
-    if not out.is_dir() or (out / ckpt.POINTER_FILE).exists() or (out / ckpt.MODEL_FILE).exists():
-        return False
-    with contextlib.suppress(OSError):  # never hide the error that stopped training
-        for entry in out.iterdir():
-            if entries_before is None or entry.name not in entries_before:
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-        if entries_before is None:
-            out.rmdir()
-    return True
 
 
 def _write_bad_files(out: Path, dataset, log) -> None:

@@ -304,3 +304,27 @@ def write_metrics(run_dir: str | Path, records: list[dict[str, Any]]) -> None:
 def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
     """Add one epoch's record; the file is rewritten atomically, so it is never left half-written."""
     write_metrics(run_dir, read_metrics(run_dir) + [record])
+
+
+def entries_of(run_dir: Path) -> set[str] | None:
+    """The names in ``run_dir`` before a training call writes into it (``None`` when it does not exist yet)."""
+    return {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else None
+
+
+def remove_unstarted_run(out: Path, entries_before: set[str] | None) -> bool:
+    """After training failed before its first checkpoint, remove what this training call wrote into ``out`` (and
+    ``out`` itself when it made it), so that no directory is left that looks like a run; entries that were there
+    before (``entries_of`` it then) are never touched. Returns whether it removed anything (False once a checkpoint
+    or the model exists)."""
+    if not out.is_dir() or (out / POINTER_FILE).exists() or (out / MODEL_FILE).exists():
+        return False
+    with contextlib.suppress(OSError):  # never hide the error that stopped training
+        for entry in out.iterdir():
+            if entries_before is None or entry.name not in entries_before:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        if entries_before is None:
+            out.rmdir()
+    return True
