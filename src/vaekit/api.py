@@ -333,11 +333,6 @@ class VAE(TransformerMixin, BaseEstimator):
             raise DataError("X holds no examples; pass at least one")
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
-    def _batches(self, x: torch.Tensor):
-        size = self.config_.train.eval_batch_size
-        for start in range(0, len(x), size):
-            yield x[start:start + size].to(self._device())
-
     def _labels(self, y: Any, n: int) -> torch.Tensor | None:
         """A conditional model's labels for n examples (one label, or one per example; names or indices) as class
         indices; None for an unconditional model, which takes none."""
@@ -561,7 +556,7 @@ class VAE(TransformerMixin, BaseEstimator):
         likelihood = self.model_.likelihood
         fills = [[] for _ in range(draws or 1)]
         with torch.no_grad():
-            for batch in self._batches(x):
+            for batch, _ in self._labelled_batches(x, None):
                 z, log_pz, log_qz = self.model_.latent_log_densities(batch, num_importance_samples, generator=generator)
                 params = self.model_.decoder_params(z)  # (K, batch, 3, width)
                 log_w = -likelihood.column_nll(params, batch).sum(-1) + log_pz - log_qz  # observed cells only

@@ -270,17 +270,7 @@ def fit_sampler(args: argparse.Namespace) -> int:
                                    source=args.source, y=run_labels(vae, labels, dataset, args.run),
                                    per_label=False if args.shared else None)
     path = samplers.save_sampler(sampler, args.run)
-    head = (f"{sampler.kind} sampler: {sampler.components} component{'s' * (sampler.components != 1)} (full "
-            f"covariance) over the {sampler.dim}-dimensional {'top layer' if sampler.layer else 'latent space'}, "
-            f"fitted on the posterior {sampler.source}s of {sampler.fit_size:,} examples of {spec}")
-    if sampler.per_label:
-        each = ", ".join(f"{vae.classes_[c]}: {k}" for c, k in sampler.label_components().items())
-        print(f"{head}; one mixture per label (samples of a label are drawn from its own), components chosen by "
-              f"BIC: {each}")
-    else:
-        best, tried = sampler.bic[sampler.components], sorted(sampler.bic)
-        print(f"{head}; BIC {best:.1f}, the lowest of {tried[0]}..{tried[-1]} components (1 component: "
-              f"{sampler.bic[1]:.1f})")
+    print(sampler.describe(vae.classes_ if vae.model_.conditional else None, data=spec))
     print(f"wrote {path} and {path.with_suffix('.safetensors').name}", file=sys.stderr)
     return 0
 

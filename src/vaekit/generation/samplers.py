@@ -203,17 +203,18 @@ class GaussianMixtureSampler:
                 z = model.reparameterize(mu, torch.exp(0.5 * logvar), generator=generator)
         return z
 
-    def describe(self, classes: Any = None) -> str:
-        """One line: what was fitted and what BIC chose (``classes``: a conditional model's class names)."""
+    def describe(self, classes: Any = None, data: str | None = None) -> str:
+        """One line: what was fitted and what BIC chose (``classes``: a conditional model's class names; ``data``:
+        what the examples were, for the line)."""
         where = f"layer z_{self.layer + 1}" if self.layer else "z"
         head = (f"gmm sampler: {self.components} component{'s' * (self.components != 1)} (full covariance) over "
                 f"{where} ({self.dim} dimensions), fitted on the posterior {self.source}s of {self.fit_size:,} "
-                f"examples")
+                f"examples" + (f" of {data}" if data else ""))
         if self.component_labels is not None:
             def name(c: int) -> str:
                 return str(classes[c]) if classes is not None and c < len(classes) else str(c)
             each = ", ".join(f"{name(c)}: {k}" for c, k in self.label_components().items())
-            return f"{head}; one mixture per label, BIC chose {{{each}}} components"
+            return f"{head}; one mixture per label (a label's samples are drawn from its own), BIC chose {{{each}}} components"
         tried = ", ".join(f"{k}: {v:.1f}" for k, v in sorted(self.bic.items()))
         return f"{head}; BIC per components {{{tried}}}"
 
