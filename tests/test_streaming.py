@@ -269,7 +269,7 @@ def test_the_worker_error_is_raised_as_itself_by_the_library(tmp_path):
     assert caught.value.path == str(bad) and "\n" not in str(caught.value)
 
 
-def test_the_estimator_leaves_no_half_made_run_either(tmp_path):
+def test_the_estimator_leaves_no_half_made_run_either(tmp_path, monkeypatch):
     from vaekit.data.sources import UnreadableFileError
 
     paths = write_pngs(tmp_path / "img")
@@ -284,6 +284,10 @@ def test_the_estimator_leaves_no_half_made_run_either(tmp_path):
     with pytest.raises(UnreadableFileError):
         vae.fit(data, run_dir=tmp_path / "mine")
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    monkeypatch.chdir(tmp_path)  # a path the trainer takes literally ("~" is not expanded): cleaned up the same
+    with pytest.raises(UnreadableFileError):
+        vae.fit(data, run_dir="~/run")
+    assert not (tmp_path / "~").exists() or not any((tmp_path / "~").iterdir())
 
 
 def test_the_command_line_prints_no_traceback_across_the_worker_boundary(tmp_path):

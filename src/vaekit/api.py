@@ -237,12 +237,13 @@ class VAE(TransformerMixin, BaseEstimator):
             max_rollbacks=self.max_rollbacks, precision=self.precision,
             perturb_rate=self.perturb_rate, inference=self.inference, latent_layers=self.latent_layers,
             conditional=self.conditional)
-        entries_before = None if run_dir is None else ckpt.entries_of(Path(run_dir).expanduser())
+        out = None if run_dir is None else Path(run_dir)  # the directory the trainer writes (it expands no ~)
+        entries_before = None if out is None else ckpt.entries_of(out)
         try:
-            model, history = train(config, dataset, run_dir=run_dir, resume=resume, progress=self.progress)
+            model, history = train(config, dataset, run_dir=out, resume=resume, progress=self.progress)
         except BaseException:  # failed (or interrupted) before its first checkpoint: leave no run-like directory
-            if run_dir is not None:
-                ckpt.remove_unstarted_run(Path(run_dir).expanduser(), entries_before)
+            if out is not None:
+                ckpt.remove_unstarted_run(out, entries_before)
             raise
         self._set_fitted(model, config, history)
         return self

@@ -302,10 +302,12 @@ def _train(args: argparse.Namespace) -> int:
     _write_bad_files(out, dataset, log)
     vae = load(out)  # as saved: what every later command sees
     _write_pictures(vae, out, dataset)
+    from ..anomaly.typicality import TYPICALITY_FILE
+
     if args.detector:
         _fit_typicality(vae, out, dataset, log)
-    elif (out / "typicality.json").is_file():  # a resumed run's: fitted for the weights before this training
-        (out / "typicality.json").unlink()
+    elif (out / TYPICALITY_FILE).is_file():  # a resumed run's: fitted for the weights before this training
+        (out / TYPICALITY_FILE).unlink()
         log("anomaly scores: removed the typicality model of the weights before resuming (--no-detector)")
     last = history[-1] if history else {}
     log(f"done in {time.perf_counter() - started:.1f} s: validation -ELBO {last.get('val_neg_elbo', float('nan')):.3f} "
