@@ -4,7 +4,8 @@ whole-process timings in ``benchmarks/speed.py --parts process``.
 It follows pytorch/examples' ``vae/main.py``: read the data, train with Adam 1e-3 at batch 128 over a
 ``DataLoader``, report the test loss after every epoch, save the weights. Two networks:
 
-    mlp    pytorch/examples' VAE, 784-400-20 (what ``vaekit train fashion-mnist --arch mlp --hidden 400
+    mlp    pytorch/examples' VAE, 784-400-20, and its loss: ``ReferenceVAE`` and ``reference_loss`` of
+           ``benchmarks/speed.py``, the one definition its in-process parts train too (what ``vaekit train fashion-mnist --arch mlp --hidden 400
            --latent-dim 20`` builds)
     conv   the layers of vaekit's default convolutional model for 28x28 images, written out by hand: two stride-2
            3x3 convolutions (32, 64 channels) and their transposes, linear heads to a 20-dimensional code
@@ -30,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from speed import ReferenceVAE, reference_loss  # benchmarks/speed.py: pytorch/examples' network and loss
+
 DATA = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -37,19 +40,6 @@ def read_images(name: str) -> torch.Tensor:
     with gzip.open(DATA / f"{name}-images-idx3-ubyte.gz", "rb") as fh:
         raw = np.frombuffer(fh.read(), dtype=np.uint8, offset=16)
     return torch.from_numpy(raw.reshape(-1, 1, 28, 28).astype(np.float32) / 255.0)
-
-
-class MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1, self.fc21, self.fc22 = nn.Linear(784, 400), nn.Linear(400, 20), nn.Linear(400, 20)
-        self.fc3, self.fc4 = nn.Linear(20, 400), nn.Linear(400, 784)
-
-    def forward(self, x):
-        h = F.relu(self.fc1(x.view(-1, 784)))
-        mu, logvar = self.fc21(h), self.fc22(h)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return torch.sigmoid(self.fc4(F.relu(self.fc3(z)))).view_as(x), mu, logvar
 
 
 class Conv(nn.Module):
@@ -66,12 +56,7 @@ class Conv(nn.Module):
         h = self.encoder(x)
         mu, logvar = self.mu(h), self.logvar(h)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return torch.sigmoid(self.decoder(F.relu(self.fc(z)).view(-1, 64, 7, 7))), mu, logvar
-
-
-def loss_function(recon, x, mu, logvar):
-    bce = F.binary_cross_entropy(recon, x, reduction="sum")
-    return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        return torch.sigmoid(self.decoder(F.relu(self.fc(z)).view(-1, 64, 7, 7))).flatten(1), mu, logvar
 
 
 def main() -> None:
@@ -85,7 +70,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     train = DataLoader(TensorDataset(read_images("train")), batch_size=128, shuffle=True)
     test = DataLoader(TensorDataset(read_images("t10k")), batch_size=128)
-    model = (MLP if args.arch == "mlp" else Conv)()
+    model = (ReferenceVAE if args.arch == "mlp" else Conv)()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for epoch in range(1, args.epochs + 1):
         model.train()
@@ -93,7 +78,7 @@ def main() -> None:
         for (x,) in train:
             optimizer.zero_grad()
             recon, mu, logvar = model(x)
-            loss = loss_function(recon, x, mu, logvar)
+            loss = reference_loss(recon, x, mu, logvar)
             loss.backward()
             total += loss.item()
             optimizer.step()
@@ -102,7 +87,7 @@ def main() -> None:
             test_loss = 0.0
             for (x,) in test:
                 recon, mu, logvar = model(x)
-                test_loss += loss_function(recon, x, mu, logvar).item()
+                test_loss += reference_loss(recon, x, mu, logvar).item()
         print(f"epoch {epoch}: train loss {total / len(train.dataset):.3f}  test loss "
               f"{test_loss / len(test.dataset):.3f}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
