@@ -287,6 +287,54 @@ def test_detector_trains_an_unfitted_vae_and_refuses_misuse():
         detector.save()
 
 
+def test_vae_fit_records_which_rows_it_trained_on():
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 3)).astype(np.float32)
+    vae = vaekit.VAE(latent_dim=2, hidden=(8,), epochs=1, device="cpu", seed=3).fit(x)
+    rows = vae.training_rows_
+    assert sorted([*rows.train, *rows.held_out]) == list(range(50)) and len(rows.held_out) == 5
+    # the held-out rows are the ones the trainer validated on: the same -ELBO as the last epoch's validation loss
+    assert vae.score(x[rows.held_out]) == pytest.approx(-vae.history_[-1]["val_neg_elbo"], rel=0.05)
+    assert rows.matches(x) and rows.matches(x.copy())
+    assert not rows.matches(x[::-1]) and not rows.matches(x[:49]) and not rows.matches(x + 1e-3)
+    frame = pd.DataFrame({"a": rng.normal(size=40), "b": rng.choice(["u", "v"], size=40)})
+    rows = vaekit.VAE(latent_dim=2, hidden=(8,), epochs=1, device="cpu").fit(frame).training_rows_
+    assert rows.matches(frame) and not rows.matches(frame.assign(b="u"))
+    dataset = vaekit.data.as_dataset(x)
+    assert vaekit.VAE(latent_dim=2, hidden=(8,), epochs=1, device="cpu").fit(dataset).training_rows_ is None
+    assert not vae.training_rows_.matches(dataset) and not vae.training_rows_.matches("rows.npy")
+
+
+def test_detector_on_its_training_data_calibrates_on_the_held_out_rows():
+    """The rows a VAE was trained on score lower than new clean rows: a threshold set on them flags far more than
+    the target rate of new data. Given the VAE's own training data, the detector sets it on the rows fit held out."""
+    from sklearn.datasets import load_digits
+
+    rows = load_digits().data.astype(np.float32)  # 8x8 digits as a 64-column table: a small table a VAE overfits
+    rows = rows[np.random.default_rng(0).permutation(len(rows))]
+    x, new = rows[:500], rows[500:]
+    vae = vaekit.VAE(latent_dim=8, hidden=(128,), epochs=60, test_fraction=0.2, device="cpu", seed=0).fit(x)
+    detector = anomaly.AnomalyDetector(vae, target_fpr=0.1, num_importance_samples=5).fit(x)
+    held_out = vae.training_rows_.held_out
+    assert len(held_out) == 100 and detector.typicality_.fit_size == 400  # the density: the rows it trained on
+    np.testing.assert_allclose(detector.calibration_scores_, detector.anomaly_score(x[held_out]))
+    assert detector.threshold_ == anomaly.threshold_for_false_positive_rate(detector.anomaly_score(x[held_out]), 0.1)
+    scores_new = detector.anomaly_score(new)
+    flagged_new = float((scores_new > detector.threshold_).mean())
+    seen = detector.anomaly_score(x[vae.training_rows_.train])
+    flagged_if_set_on_seen = float((scores_new > anomaly.threshold_for_false_positive_rate(seen, 0.1)).mean())
+    assert flagged_new < 0.18  # 0.1 in expectation over the 100 held-out rows (standard deviation about 0.03)
+    assert flagged_if_set_on_seen > flagged_new + 0.05  # what setting it on the rows it trained on gives
+    # too few held-out rows for the rate: the largest of their scores, and a warning that says what it gives
+    with pytest.warns(UserWarning, match="too few to guarantee"):
+        small = anomaly.AnomalyDetector(vae, score="neg_elbo", target_fpr=0.005).fit(x)
+    assert small.threshold_ == pytest.approx(float(np.max(small.anomaly_score(x[held_out]))))
+    # new clean data (not what the VAE trained on): one half fits the density, the other sets the threshold
+    assert len(anomaly.AnomalyDetector(vae, target_fpr=0.1).fit(new[:400]).calibration_scores_) == 200
+
+
 # --- command line ----------------------------------------------------------------------------------
 
 def _read_csv(path):

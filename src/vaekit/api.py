@@ -14,7 +14,7 @@ from sklearn.exceptions import NotFittedError
 
 from .training import checkpoint as ckpt
 from .config import DataConfig, default_latent_dim, default_schedule, ModelConfig, RunConfig, TrainConfig
-from .data import Dataset, as_dataset
+from .data import Dataset, as_dataset, data_digest
 from .data.labels import resolve_labels, training_classes
 from .data.sources import check_finite
 from .data.table import TableSchema, is_frame
@@ -121,6 +121,37 @@ LABEL_COLUMN = "__vaekit_label__"
 """The column a DataFrame's ``y`` is held in while a conditional model is fitted on it."""
 
 
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRows:
+    """Which rows of the in-memory data handed to ``VAE.fit`` trained the weights (``train``) and which the fit held
+    out for its validation loss (``held_out``), as positions in that data; ``digest`` is ``data.data_digest`` of it.
+    ``AnomalyDetector.fit`` uses it to calibrate on rows the weights have not seen when given the same data."""
+
+    digest: str
+    rows: int
+    train: np.ndarray
+    held_out: np.ndarray
+
+    @classmethod
+    def of(cls, dataset: Dataset, digest: str | None) -> "TrainingRows | None":
+        train, held_out = dataset.source_positions("train"), dataset.source_positions("test")
+        if digest is None or train is None or held_out is None:
+            return None
+        rows = len(train) + len(held_out)
+        if sorted(np.concatenate([train, held_out]).tolist()) != list(range(rows)):  # rows left out: positions unclear
+            return None
+        return cls(digest=digest, rows=rows, train=np.asarray(train), held_out=np.asarray(held_out))
+
+    def matches(self, X: Any) -> bool:
+        """Whether ``X`` holds exactly the rows the VAE was fitted on (same contents, same order)."""
+        try:
+            rows = len(X)
+        except TypeError:  # a Dataset, a path: not in-memory rows
+            return False
+        return rows == self.rows and data_digest(X) == self.digest
+
+
 class VAE(TransformerMixin, BaseEstimator):
     """A variational autoencoder with the scikit-learn estimator interface.
 
@@ -210,6 +241,7 @@ class VAE(TransformerMixin, BaseEstimator):
 
         ``y`` is used by a conditional model only (``conditional=True``): one label per example, or, for a
         ``Dataset``, taken from it."""
+        digest = None if isinstance(X, Dataset) else data_digest(X)
         label_column = None
         if self.conditional and is_frame(X) and y is not None:
             label_column = LABEL_COLUMN
@@ -246,6 +278,7 @@ class VAE(TransformerMixin, BaseEstimator):
                 ckpt.remove_unstarted_run(out, entries_before)
             raise
         self._set_fitted(model, config, history)
+        self.training_rows_ = TrainingRows.of(dataset, digest)
         return self
 
     def _set_fitted(self, model: VAEModel, config: RunConfig, history: list[dict[str, Any]]) -> None:

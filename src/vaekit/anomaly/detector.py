@@ -107,32 +107,59 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         self.background = background
 
     def fit(self, X: Any, y: Any = None) -> "AnomalyDetector":
-        """Score ``X`` and set the threshold (training the VAE on ``X`` first if it is not fitted)."""
+        """Score ``X`` and set the threshold (training the VAE on ``X`` first if it is not fitted).
+
+        When ``X`` holds exactly the rows the VAE was fitted on (``VAE.training_rows_``: the same data in the same
+        order, as in ``AnomalyDetector(VAE()).fit(X)``), the rows the weights were trained on fit the typicality
+        density (as ``vaekit train`` fits it on the training split) and the threshold is set on the rows that fit
+        held out: rows the model has not seen, like the new data it will score. Rows it was trained on score lower
+        than new clean rows, so a threshold set on them flags far more than the target rate of new clean data.
+        Other data (new clean examples) is split in two seeded halves: one fits the density, the other sets the
+        threshold."""
         if self.target_fpr is not None and self.contamination is not None:
             raise ConfigError("give either target_fpr or contamination, not both")
         self._resolve_models(train_on=X)
+        known = getattr(self.vae_, "training_rows_", None)
+        known = known if known is not None and known.matches(X) else None
+        calibration = X
         if self.score_ == "typicality" and self.typicality_ is None:
-            # No typicality model yet: fit it on a seeded half of X, and set the threshold on the other half.
+            # No typicality model yet: fit it on the training rows (or a seeded half of X); calibrate on the rest.
             x = prepare_inputs(self.vae_, X, seed=self.seed)
-            order = np.random.default_rng(self.seed).permutation(len(x))
-            fit_part, rest = order[: len(x) // 2], x[np.sort(order[len(x) // 2:])]
+            if known is not None:
+                fit_part, rest = known.train, x[known.held_out]
+            else:
+                order = np.random.default_rng(self.seed).permutation(len(x))
+                fit_part, rest = np.sort(order[: len(x) // 2]), x[np.sort(order[len(x) // 2:])]
             try:
-                self.typicality_ = fit_typicality(self.vae_, model_units(self.vae_, x[np.sort(fit_part)]),
-                                                  seed=self.seed)
-                X = rest
+                self.typicality_ = fit_typicality(self.vae_, model_units(self.vae_, x[fit_part]), seed=self.seed)
+                calibration = rest
             except DataError as err:
                 if self.score is not None:  # asked for by name: say why it cannot be had
                     raise
                 self.score_ = default_score(self.vae_)
                 warnings.warn(f"the default score typicality cannot be fitted on these data ({err}); "
                               f"using {self.score_} instead", stacklevel=2)
-        scores = self.anomaly_score(X)
+        if known is not None and calibration is X:
+            calibration = prepare_inputs(self.vae_, X, seed=self.seed)[known.held_out]
         if self.contamination is not None:
+            # PyOD's rule: the fraction of X itself (all of it, the rows the model was trained on included)
             rule, rate = "contamination", self.contamination
+            scores = self.anomaly_score(X if known is not None else calibration)
             threshold = threshold_for_contamination(scores, rate)
         else:
             rule, rate = "target_fpr", 0.05 if self.target_fpr is None else self.target_fpr
-            threshold = threshold_for_false_positive_rate(scores, rate)
+            scores = self.anomaly_score(calibration)
+            try:
+                threshold = threshold_for_false_positive_rate(scores, rate)
+            except DataError:
+                if known is None:
+                    raise
+                threshold = float(np.max(scores))
+                warnings.warn(f"the VAE held out {len(scores)} of these rows, too few to guarantee a false-positive "
+                              f"rate of {rate} (that needs {math.ceil(1.0 / rate) - 1}); the threshold is the largest "
+                              f"of their scores, which a new clean row exceeds with probability about "
+                              f"1/{len(scores) + 1} = {1 / (len(scores) + 1):.0%}. Fit the detector on new clean "
+                              f"data for a guaranteed rate", stacklevel=2)
         self.threshold_ = threshold
         self.offset_ = -threshold  # scikit-learn: decision_function = score_samples - offset_
         self.rule_, self.rate_ = rule, rate

@@ -217,3 +217,33 @@ def as_dataset(x, y=None, *, test_fraction: float = 0.1, split_seed: int = 0, bi
     return Dataset(name=name, x_train=torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
                    x_test=torch.from_numpy(np.ascontiguousarray(x_test, dtype=np.float32)), y_train=y_train,
                    y_test=y_test, config=config, order=order)
+
+
+def data_digest(x) -> str | None:
+    """A SHA-256 digest of in-memory data (an array, a tensor or a DataFrame): equal for equal contents, so that
+    ``AnomalyDetector.fit`` can tell whether it was handed the very rows a ``VAE`` was fitted on. ``None`` for
+    anything else (a ``Dataset``, a path)."""
+    import hashlib
+
+    from .table import is_frame
+
+    digest = hashlib.sha256()
+    if is_frame(x):
+        import pandas as pd
+
+        digest.update(repr([(str(c), str(t)) for c, t in x.dtypes.items()]).encode())
+        digest.update(np.ascontiguousarray(pd.util.hash_pandas_object(x, index=False).to_numpy()).tobytes())
+        return digest.hexdigest()
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().numpy()
+    if isinstance(x, (str, Path)) or not isinstance(x, (np.ndarray, list, tuple)):
+        return None
+    try:
+        array = np.asarray(x)
+    except (ValueError, TypeError):
+        return None
+    if array.dtype == object:
+        return None
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
