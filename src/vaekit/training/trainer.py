@@ -348,7 +348,8 @@ class Trainer:
         if validated:
             val["neg_elbo"] += shift
             val["reconstruction"] += shift
-        self.model.train()
+        if not self.model.training:  # (validation restores the mode itself; a recursive train() per epoch of one
+            self.model.train()       # step was about 4% of a small table's run)
         record = {
             "epoch": self.epoch + 1,
             "step": self.global_step,
