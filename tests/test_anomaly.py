@@ -26,8 +26,10 @@ from vaekit.cli import main
 def binarized_run(tmp_path_factory, digits):
     """A digits model trained on dynamically binarized data (Bernoulli over binary images: exact code lengths)."""
     run = tmp_path_factory.mktemp("anomaly") / "bin"
-    vaekit.VAE(latent_dim=4, hidden=(64,), epochs=4, binarize="dynamic", seed=0, device="cpu").fit(
-        vaekit.load_dataset("digits", binarize="dynamic"), run_dir=run)
+    data = vaekit.load_dataset("digits", binarize="dynamic")
+    vae = vaekit.VAE(latent_dim=4, hidden=(64,), epochs=4, binarize="dynamic", seed=0, device="cpu").fit(data, run_dir=run)
+    # its typicality density, as vaekit train leaves it (so that no test's output depends on which test fits it first)
+    anomaly.save_typicality(anomaly.fit_typicality(vae, data.split("train", units="model").numpy()), run)
     return run
 
 
@@ -385,6 +387,31 @@ def test_cli_fit_detector_then_score(binarized_run, tmp_path, capsys):
     clear = np.abs(score - threshold) > 1e-5 * abs(threshold)  # the CSV rounds to 7 digits; the k-th example sits on it
     np.testing.assert_array_equal((table["is_anomaly"] == "1")[clear], (score > threshold)[clear])
     assert 0.05 < np.mean(table["is_anomaly"] == "1") < 0.15  # calibrated on this very test split at 10%
+
+
+def test_cli_fit_detector_on_a_file_run_calibrates_on_the_held_out_rows(tmp_path, capsys):
+    """Without DATA the detector is set on the rows training held out, not on the whole file (most of which trained
+    the model); naming the training file itself says what that does."""
+    from sklearn.datasets import load_wine
+
+    rows = load_wine().data.astype(np.float32)
+    np.save(tmp_path / "wine.npy", rows)
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "wine.npy"), "--out", str(run), "--epochs", "5", "--no-detector"]) == 0
+    capsys.readouterr()
+    assert main(["fit-detector", str(run), "--target-fpr", "0.06", "--score", "neg_elbo"]) == 0
+    out = capsys.readouterr().out
+    assert "18 examples of " in out and "wine.npy:test" in out  # 18 of 178 rows held out (test fraction 0.1)
+    state = anomaly.read_detector_state(run)
+    vae = vaekit.load(run)
+    held_out = vaekit.load_dataset(str(tmp_path / "wine.npy"), like=vae.config_.data).source_positions("test")
+    scores = anomaly.anomaly_scores(vae, rows[held_out], ["neg_elbo"])["neg_elbo"]
+    assert state.threshold == pytest.approx(anomaly.threshold_for_false_positive_rate(scores, 0.06), rel=1e-5)
+    assert main(["fit-detector", str(run), "--score", "neg_elbo"]) == 2  # 18 rows cannot guarantee 5%: say what can
+    assert "--target-fpr 0.053 or more" in capsys.readouterr().err
+    assert main(["fit-detector", str(run), str(tmp_path / "wine.npy"), "--score", "neg_elbo"]) == 0
+    captured = capsys.readouterr()
+    assert "178 examples" in captured.out and "holds the rows" in captured.err and "wine.npy:test" in captured.err
 
 
 @pytest.mark.parametrize("args,message", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -320,6 +321,22 @@ def _write_scores(path: Path, columns: dict[str, np.ndarray], labels: np.ndarray
     atomic_write_text(path, buffer.getvalue())
 
 
+def _note_training_rows(data: str | None, spec: str, vae, dataset, run: str) -> None:
+    """Say so when the calibration examples include the rows the model was trained on: they score lower than new
+    data, so a threshold set on them flags more than the target rate of new clean examples."""
+    from ..data import parse_spec
+    from .common import resolved_split
+
+    if data is None or parse_spec(spec)[0] != parse_spec(vae.config_.data.source)[0]:
+        return
+    split = resolved_split(spec, dataset)
+    if split in ("all", "train"):
+        print(f"note: {spec} holds the rows {run} was trained on, which score lower than new data: a threshold set "
+              f"on them flags more than the target rate of new clean examples. Calibrate on the rows training held "
+              f"out ({parse_spec(spec)[0]}:test, what vaekit fit-detector {run} uses without DATA) or on new "
+              f"clean data", file=sys.stderr)
+
+
 def fit_detector(args: argparse.Namespace) -> int:
     from .. import anomaly
 
@@ -327,7 +344,9 @@ def fit_detector(args: argparse.Namespace) -> int:
     if vae.model_.conditional:
         raise ConfigError(f"{args.run} is a conditional run; the calibrated detector is not available for conditional "
                           "runs yet: score them with vaekit score, or train without --conditional for a detector")
-    x, _, _, spec = load_run_data_or_own(args.data, vae, args.run, args.data_dir, "of clean examples to calibrate on")
+    x, _, dataset, spec = load_run_data_or_own(args.data, vae, args.run, args.data_dir,
+                                               "of clean examples to calibrate on")
+    _note_training_rows(args.data, spec, vae, dataset, args.run)
     score_name = args.score or ("likelihood_ratio" if args.background else None)
     if args.background and score_name != "likelihood_ratio":
         raise ConfigError(f"--background is for --score likelihood_ratio, not {score_name}")
@@ -335,7 +354,18 @@ def fit_detector(args: argparse.Namespace) -> int:
     typicality_model = _run_typicality(args.run, vae, args.data_dir)
     detector = anomaly.AnomalyDetector(vae, score=score_name, target_fpr=args.target_fpr, typicality=typicality_model,
                                        contamination=args.contamination, num_importance_samples=args.num_importance_samples,
-                                       compressor=args.compressor, seed=args.seed, background=background).fit(x)
+                                       compressor=args.compressor, seed=args.seed, background=background)
+    try:
+        detector.fit(x)
+    except DataError as err:
+        if args.data is not None or args.contamination is not None or "too few" not in str(err):
+            raise
+        rate = 0.05 if args.target_fpr is None else args.target_fpr
+        least = math.ceil(1000 / (len(x) + 1)) / 1000  # the smallest rate len(x) held-out examples can guarantee
+        raise DataError(f"{args.run}'s held-out split of {spec} has {len(x)} examples, too few to guarantee a "
+                        f"false-positive rate of {rate} (that needs {math.ceil(1.0 / rate) - 1}); name DATA with "
+                        f"more clean examples the model was not trained on, ask for --target-fpr {least:g} or more, "
+                        f"or use --contamination") from None
     path = detector.save(args.run)
     rule = f"target false-positive rate {detector.rate_}" if detector.rule_ == "target_fpr" else f"contamination {detector.rate_}"
     flagged = float((detector.calibration_scores_ > detector.threshold_).mean())

@@ -121,11 +121,18 @@ def resolved_split(spec: str, dataset: Dataset) -> str:
 
 def load_run_data_or_own(spec: str | None, vae: VAE, run: str, data_dir: str | None = None,
                          purpose: str = "") -> tuple[np.ndarray, np.ndarray | None, Dataset, str]:
-    """``load_run_data`` of ``spec``, or of the run's own data source (its test split) when ``spec`` is ``None``."""
+    """``load_run_data`` of ``spec``, or of the run's own data source (its test split: the rows the training held out)
+    when ``spec`` is ``None``."""
     if spec is None:
         spec = vae.config_.data.source
         if spec == "array":
             raise DataError(f"{run} was trained from an in-memory array; name the DATA {purpose}".rstrip())
+        from ..data import parse_spec
+        from ..data.sources import builtin_name
+
+        # A file's or folder's rows default to all of them, most of which trained the model (a built-in's to its test split)
+        if parse_spec(spec)[1] is None and builtin_name(parse_spec(spec)[0]) is None:
+            spec = f"{spec}:test"
     x, labels, dataset = load_run_data(spec, vae, data_dir)
     return x, labels, dataset, spec
 
