@@ -24,6 +24,10 @@ The MLP rows share one architecture, vaekit's default MLP for images (784-400-20
     vaekit_conv_gmm      ``vaekit train fashion-mnist`` picks by default (hidden 32, 64; latent 20), prior and gmm
     vaekit_conv_conditional, vaekit_conv_conditional_gmm
                          the conditional VAE on that convolutional architecture, prior and per-label gmm
+    vaekit_gmm_draw, vaekit_conv_gmm_draw, vaekit_conv_conditional_gmm_draw
+                         the same mixtures fitted as pythae's sampler fits its own, on one posterior draw
+                         z ~ q(z|x) per training image (``vaekit fit-sampler --source draw``): samples of the
+                         aggregate posterior itself instead of its centres
     pythae_normal        pythae's ``VAE`` trained with its own ``TrainingPipeline`` on the same MLP, sampled with
                          its ``NormalSampler``
     pythae_gmm           the same pythae model with its ``GaussianMixtureSampler`` (its defaults: 10 components,
@@ -97,6 +101,11 @@ ROWS = [  # row, description, model, sampler
     ("vaekit_conv_conditional", "vaekit conditional VAE (conv), prior, label asked", "vaekit_conv_cvae", "prior"),
     ("vaekit_conv_conditional_gmm", "vaekit conditional VAE (conv), per-label GMM sampler", "vaekit_conv_cvae",
      "gmm"),
+    # The same three mixtures fitted as pythae's GaussianMixtureSampler fits its own: on one posterior draw per image.
+    ("vaekit_gmm_draw", "vaekit VAE (MLP), GMM on posterior draws", "vaekit_mlp", "gmm_draw"),
+    ("vaekit_conv_gmm_draw", "vaekit VAE (conv), GMM on posterior draws", "vaekit_conv", "gmm_draw"),
+    ("vaekit_conv_conditional_gmm_draw", "vaekit conditional VAE (conv), per-label GMM on posterior draws",
+     "vaekit_conv_cvae", "gmm_draw"),
     ("pythae_normal", "pythae VAE (MLP), NormalSampler", "pythae_vae", "normal"),
     ("pythae_gmm", "pythae VAE (MLP), GaussianMixtureSampler", "pythae_vae", "gmm"),
 ]
@@ -260,10 +269,10 @@ def vaekit_quality(sampler: Any, vae, data, classifier, n: int, seed: int, run_d
     are drawn for labels in the test split's proportions (Fashion-MNIST's test split: 1,000 per class) and scored
     for conditional accuracy there too; ``gmm`` is fitted first, as ``vaekit fit-sampler`` fits it (a
     conditional model's: one mixture per label, each on that label's training images; ``gmm_shared``: one for
-    all labels). Returns the quality, what the fit took, and the sampler (its name or the fitted object)."""
+    all labels; ``gmm_draw``: on one posterior draw per image, ``vaekit fit-sampler --source draw``). Returns the quality, what the fit took, and the sampler (its name or the fitted object)."""
     info: dict[str, Any] = {}
     conditional = vae.model_.conditional
-    if sampler in ("gmm", "gmm_shared"):
+    if sampler in ("gmm", "gmm_shared", "gmm_draw"):
         from vaekit.generation import fit_sampler, save_sampler
 
         train = data.split("train")
@@ -274,7 +283,8 @@ def vaekit_quality(sampler: Any, vae, data, classifier, n: int, seed: int, run_d
 
             labels = label_indices(data.labels("train"), list(vae.classes_), data.class_names)
         fitted = fit_sampler(vae, train, kind="gmm", seed=seed, y=labels,
-                             per_label=False if sampler == "gmm_shared" else None)
+                             per_label=False if sampler == "gmm_shared" else None,
+                             source="draw" if sampler == "gmm_draw" else "mean")
         info.update(sampler_fit_seconds=time.perf_counter() - started, components=fitted.components,
                     bic={str(k): v for k, v in fitted.bic.items()},
                     sampler_description=fitted.describe(vae.classes_ if conditional else None))

@@ -37,10 +37,13 @@ def test_generation_quick_writes_every_row_and_grid_and_resumes(fashion_mnist, t
         assert rows["pythae_normal"]["train_seconds"] == rows["pythae_gmm"]["train_seconds"]
         conditional = {name for name, row in rows.items() if "classes" in row}
         assert conditional == {"vaekit_conditional", "vaekit_conditional_gmm", "vaekit_conditional_shared_gmm",
-                               "vaekit_conv_conditional", "vaekit_conv_conditional_gmm"}
+                               "vaekit_conv_conditional", "vaekit_conv_conditional_gmm",
+                               "vaekit_conv_conditional_gmm_draw"}
         for name in conditional:
             assert 0 <= rows[name]["conditional_accuracy"] <= 1, name
-        for name in ("vaekit_conditional_gmm", "vaekit_conv_conditional_gmm"):  # one mixture per label
+        assert rows["vaekit_gmm_draw"]["train_seconds"] == rows["vaekit_gmm"]["train_seconds"]  # the same model
+        assert rows["vaekit_gmm_draw"]["fd"] != rows["vaekit_gmm"]["fd"]  # fitted on other codes
+        for name in ("vaekit_conditional_gmm", "vaekit_conv_conditional_gmm", "vaekit_conv_conditional_gmm_draw"):
             per_label = rows[name]["components_per_label"]
             assert set(per_label) == set(rows[name]["classes"]) and sum(per_label.values()) == rows[name]["components"]
         assert "components_per_label" not in rows["vaekit_conditional_shared_gmm"]
