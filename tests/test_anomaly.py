@@ -309,6 +309,30 @@ def test_vae_fit_records_which_rows_it_trained_on():
     assert not vae.training_rows_.matches(dataset) and not vae.training_rows_.matches("rows.npy")
 
 
+def test_a_run_directory_keeps_which_rows_trained_it(tmp_path):
+    from vaekit.errors import CheckpointError
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 5)).astype(np.float32)
+    run = tmp_path / "run"
+    vae = vaekit.VAE(latent_dim=2, hidden=(16,), epochs=2, device="cpu", seed=1).fit(x, run_dir=run)
+    loaded = vaekit.load(run)
+    np.testing.assert_array_equal(loaded.training_rows_.held_out, vae.training_rows_.held_out)
+    np.testing.assert_array_equal(loaded.training_rows_.train, vae.training_rows_.train)
+    assert loaded.training_rows_.matches(x)
+    # a detector on the loaded run, given the same rows, is set on the 30 held-out ones
+    detector = anomaly.AnomalyDetector(str(run), score="neg_elbo", target_fpr=0.1).fit(x)
+    assert len(detector.calibration_scores_) == 30
+    saved = tmp_path / "saved"
+    loaded.save(saved)
+    assert vaekit.load(saved).training_rows_.matches(x)
+    (run / "training_rows.json").write_text('{"format": 1, "digest": "x", "rows": 3, "held_out": [5]}')
+    with pytest.raises(CheckpointError, match="training rows"):
+        vaekit.load(run)
+    vaekit.VAE(latent_dim=2, hidden=(16,), epochs=1, device="cpu").fit(vaekit.data.as_dataset(x), run_dir=run)
+    assert not (run / "training_rows.json").exists()  # trained on a Dataset: no record, and the old one is gone
+
+
 def test_detector_on_its_training_data_calibrates_on_the_held_out_rows():
     """The rows a VAE was trained on score lower than new clean rows: a threshold set on them flags far more than
     the target rate of new data. Given the VAE's own training data, the detector sets it on the rows fit held out."""

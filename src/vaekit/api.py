@@ -20,6 +20,7 @@ from .data.sources import check_finite
 from .data.table import TableSchema, is_frame
 from .data.transforms import to_model_units, to_original_units
 from .errors import ConfigError, DataError
+from .fileio import atomic_write_json, read_json
 from .evaluation.likelihood import DEFAULT_MEMORY_BUDGET_MB, Evaluation, log_likelihood
 from .evaluation.likelihood import elbo as elbo_of
 from .evaluation.likelihood import evaluate as evaluate_model
@@ -122,6 +123,9 @@ LABEL_COLUMN = "__vaekit_label__"
 
 
 
+TRAINING_ROWS_FILE = "training_rows.json"
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingRows:
     """Which rows of the in-memory data handed to ``VAE.fit`` trained the weights (``train``) and which the fit held
@@ -142,6 +146,24 @@ class TrainingRows:
         if sorted(np.concatenate([train, held_out]).tolist()) != list(range(rows)):  # rows left out: positions unclear
             return None
         return cls(digest=digest, rows=rows, train=np.asarray(train), held_out=np.asarray(held_out))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": 1, "digest": self.digest, "rows": self.rows, "held_out": [int(i) for i in self.held_out]}
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "TrainingRows":
+        """The record ``to_dict`` wrote; anything else is a ``CheckpointError`` naming ``where``."""
+        from .errors import CheckpointError
+
+        ok = (isinstance(d, dict) and d.get("format") == 1 and isinstance(d.get("digest"), str)
+              and _is_count(d.get("rows")) and isinstance(d.get("held_out"), list)
+              and all(_is_count(i) and 0 <= i < d["rows"] for i in d["held_out"])
+              and len(set(d["held_out"])) == len(d["held_out"]))
+        if not ok:
+            raise CheckpointError(f"{where} is not a record of training rows that vaekit wrote; delete it, or fit again")
+        held_out = np.asarray(sorted(d["held_out"]), dtype=np.int64)
+        train = np.setdiff1d(np.arange(d["rows"]), held_out)
+        return cls(digest=d["digest"], rows=int(d["rows"]), train=train, held_out=held_out)
 
     def matches(self, X: Any) -> bool:
         """Whether ``X`` holds exactly the rows the VAE was fitted on (same contents, same order)."""
@@ -279,7 +301,19 @@ class VAE(TransformerMixin, BaseEstimator):
             raise
         self._set_fitted(model, config, history)
         self.training_rows_ = TrainingRows.of(dataset, digest)
+        if out is not None:
+            self._write_training_rows(out)
         return self
+
+    def _write_training_rows(self, path: Path) -> None:
+        """``TRAINING_ROWS_FILE`` in a run directory: which rows of the in-memory data trained the weights, so that
+        a detector on the loaded run still knows them (an old record is removed when there is none)."""
+        target = Path(path) / TRAINING_ROWS_FILE
+        rows = getattr(self, "training_rows_", None)
+        if rows is not None:
+            atomic_write_json(target, rows.to_dict())
+        elif target.exists():
+            target.unlink()
 
     def _set_fitted(self, model: VAEModel, config: RunConfig, history: list[dict[str, Any]]) -> None:
         self.model_ = model.eval()
@@ -626,6 +660,7 @@ class VAE(TransformerMixin, BaseEstimator):
         ckpt.save_model(path, self.model_, self.config_)
         if self.history_:
             ckpt.write_metrics(path, self.history_)
+        self._write_training_rows(Path(path))
 
     @classmethod
     def from_run(cls, path: str | Path, device: str = "cpu") -> "VAE":
@@ -646,6 +681,8 @@ class VAE(TransformerMixin, BaseEstimator):
                         clip_grad_norm=t.clip_grad_norm, max_rollbacks=t.max_rollbacks, precision=t.precision,
                         perturb_rate=t.perturb_rate, inference=m.inference, conditional=m.num_classes is not None)
         estimator._set_fitted(model, config, ckpt.read_metrics(path))
+        record = Path(path) / TRAINING_ROWS_FILE
+        estimator.training_rows_ = TrainingRows.from_dict(read_json(record), str(record)) if record.is_file() else None
         return estimator
 
 
