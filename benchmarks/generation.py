@@ -269,7 +269,8 @@ def vaekit_quality(sampler: Any, vae, data, classifier, n: int, seed: int, run_d
     are drawn for labels in the test split's proportions (Fashion-MNIST's test split: 1,000 per class) and scored
     for conditional accuracy there too; ``gmm`` is fitted first, as ``vaekit fit-sampler`` fits it (a
     conditional model's: one mixture per label, each on that label's training images; ``gmm_shared``: one for
-    all labels; ``gmm_draw``: on one posterior draw per image, ``vaekit fit-sampler --source draw``). Returns the quality, what the fit took, and the sampler (its name or the fitted object)."""
+    all labels; ``gmm_draw``: on one posterior draw per image, ``vaekit fit-sampler --source draw``). Returns the
+    quality, what the fit took, and the sampler (its name or the fitted object)."""
     info: dict[str, Any] = {}
     conditional = vae.model_.conditional
     if sampler in ("gmm", "gmm_shared", "gmm_draw"):

@@ -19,7 +19,7 @@ from .data.labels import resolve_labels, training_classes
 from .data.sources import check_finite
 from .data.table import TableSchema, is_frame
 from .data.transforms import to_model_units, to_original_units
-from .errors import ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 from .fileio import atomic_write_json, read_json
 from .evaluation.likelihood import DEFAULT_MEMORY_BUDGET_MB, Evaluation, log_likelihood
 from .evaluation.likelihood import elbo as elbo_of
@@ -122,7 +122,6 @@ LABEL_COLUMN = "__vaekit_label__"
 """The column a DataFrame's ``y`` is held in while a conditional model is fitted on it."""
 
 
-
 TRAINING_ROWS_FILE = "training_rows.json"
 
 
@@ -143,7 +142,7 @@ class TrainingRows:
         if digest is None or train is None or held_out is None:
             return None
         rows = len(train) + len(held_out)
-        if sorted(np.concatenate([train, held_out]).tolist()) != list(range(rows)):  # rows left out: positions unclear
+        if not np.array_equal(np.sort(np.concatenate([train, held_out])), np.arange(rows)):  # rows left out: unclear
             return None
         return cls(digest=digest, rows=rows, train=np.asarray(train), held_out=np.asarray(held_out))
 
@@ -153,8 +152,6 @@ class TrainingRows:
     @classmethod
     def from_dict(cls, d: Any, where: str) -> "TrainingRows":
         """The record ``to_dict`` wrote; anything else is a ``CheckpointError`` naming ``where``."""
-        from .errors import CheckpointError
-
         ok = (isinstance(d, dict) and d.get("format") == 1 and isinstance(d.get("digest"), str)
               and _is_count(d.get("rows")) and isinstance(d.get("held_out"), list)
               and all(_is_count(i) and 0 <= i < d["rows"] for i in d["held_out"])
@@ -308,7 +305,7 @@ class VAE(TransformerMixin, BaseEstimator):
     def _write_training_rows(self, path: Path) -> None:
         """``TRAINING_ROWS_FILE`` in a run directory: which rows of the in-memory data trained the weights, so that
         a detector on the loaded run still knows them (an old record is removed when there is none)."""
-        target = Path(path) / TRAINING_ROWS_FILE
+        target = path / TRAINING_ROWS_FILE
         rows = getattr(self, "training_rows_", None)
         if rows is not None:
             atomic_write_json(target, rows.to_dict())

@@ -11,6 +11,14 @@ class DataError(VaekitError, ValueError):
     """The data could not be read or does not fit what was asked of it."""
 
 
+class CalibrationSizeError(DataError):
+    """Too few clean examples for the false-positive rate asked: ``examples`` were given, ``needed`` are needed."""
+
+    def __init__(self, message: str, examples: int, needed: int) -> None:
+        super().__init__(message)
+        self.examples, self.needed = examples, needed
+
+
 class ConfigError(VaekitError, ValueError):
     """An option or a configuration value is invalid."""
 

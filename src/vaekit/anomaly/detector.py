@@ -22,7 +22,7 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from .._version import __version__
 from ..api import VAE, load
 from ..config import dataclass_from_dict
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CalibrationSizeError, CheckpointError, ConfigError, DataError
 from ..fileio import atomic_write_json, read_json
 from .scores import (BACKGROUND_DIR, COMPRESSORS, DEFAULT_SCORE, DETECTOR_FILE, DETECTOR_FORMAT_VERSION, SCORE_NAMES,
                      anomaly_scores, default_score, model_fingerprint, model_units, prepare_inputs)
@@ -50,8 +50,9 @@ def threshold_for_false_positive_rate(clean_scores: np.ndarray, target_fpr: floa
     n = len(s)
     k = math.ceil((n + 1) * (1.0 - target_fpr))
     if k > n:
-        raise DataError(f"{n} clean examples are too few to guarantee a false-positive rate of {target_fpr}: "
-                        f"it needs at least {math.ceil(1.0 / target_fpr) - 1}")
+        needed = math.ceil(1.0 / target_fpr) - 1
+        raise CalibrationSizeError(f"{n} clean examples are too few to guarantee a false-positive rate of {target_fpr}: "
+                                   f"it needs at least {needed}", examples=n, needed=needed)
     return float(s[k - 1])
 
 
@@ -121,12 +122,13 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
         self._resolve_models(train_on=X)
         known = getattr(self.vae_, "training_rows_", None)
         known = known if known is not None and known.matches(X) else None
-        calibration = X
-        if self.score_ == "typicality" and self.typicality_ is None:
+        fit_density = self.score_ == "typicality" and self.typicality_ is None
+        x = prepare_inputs(self.vae_, X, seed=self.seed) if known is not None or fit_density else None
+        calibration = X if known is None else x[known.held_out]
+        if fit_density:
             # No typicality model yet: fit it on the training rows (or a seeded half of X); calibrate on the rest.
-            x = prepare_inputs(self.vae_, X, seed=self.seed)
             if known is not None:
-                fit_part, rest = known.train, x[known.held_out]
+                fit_part, rest = known.train, calibration
             else:
                 order = np.random.default_rng(self.seed).permutation(len(x))
                 fit_part, rest = np.sort(order[: len(x) // 2]), x[np.sort(order[len(x) // 2:])]
@@ -139,8 +141,6 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
                 self.score_ = default_score(self.vae_)
                 warnings.warn(f"the default score typicality cannot be fitted on these data ({err}); "
                               f"using {self.score_} instead", stacklevel=2)
-        if known is not None and calibration is X:
-            calibration = prepare_inputs(self.vae_, X, seed=self.seed)[known.held_out]
         if self.contamination is not None:
             # PyOD's rule: the fraction of X itself (all of it, the rows the model was trained on included)
             rule, rate = "contamination", self.contamination
@@ -151,12 +151,12 @@ class AnomalyDetector(OutlierMixin, BaseEstimator):
             scores = self.anomaly_score(calibration)
             try:
                 threshold = threshold_for_false_positive_rate(scores, rate)
-            except DataError:
+            except CalibrationSizeError as err:
                 if known is None:
                     raise
                 threshold = float(np.max(scores))
                 warnings.warn(f"the VAE held out {len(scores)} of these rows, too few to guarantee a false-positive "
-                              f"rate of {rate} (that needs {math.ceil(1.0 / rate) - 1}); the threshold is the largest "
+                              f"rate of {rate} (that needs {err.needed}); the threshold is the largest "
                               f"of their scores, which a new clean row exceeds with probability about "
                               f"1/{len(scores) + 1} = {1 / (len(scores) + 1):.0%}. Fit the detector on new clean "
                               f"data for a guaranteed rate", stacklevel=2)

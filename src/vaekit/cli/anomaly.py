@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CalibrationSizeError, CheckpointError, ConfigError, DataError
 from ..fileio import atomic_write_text
 from ..names import BACKGROUND_DIR, COMPRESSORS, DEFAULT_SCORE, DETECTOR_FILE, SCORE_DESCRIPTIONS, SCORE_NAMES
 from .common import (DEVICE_HELP, add_data_options, check_output, load_run, load_run_data, load_run_data_or_own,
@@ -327,13 +327,13 @@ def _note_training_rows(data: str | None, spec: str, vae, dataset, run: str) -> 
     from ..data import parse_spec
     from .common import resolved_split
 
-    if data is None or parse_spec(spec)[0] != parse_spec(vae.config_.data.source)[0]:
+    source = parse_spec(spec)[0]
+    if data is None or source != parse_spec(vae.config_.data.source)[0]:
         return
-    split = resolved_split(spec, dataset)
-    if split in ("all", "train"):
+    if resolved_split(spec, dataset) in ("all", "train"):
         print(f"note: {spec} holds the rows {run} was trained on, which score lower than new data: a threshold set "
               f"on them flags more than the target rate of new clean examples. Calibrate on the rows training held "
-              f"out ({parse_spec(spec)[0]}:test, what vaekit fit-detector {run} uses without DATA) or on new "
+              f"out ({source}:test, what vaekit fit-detector {run} uses without DATA) or on new "
               f"clean data", file=sys.stderr)
 
 
@@ -357,13 +357,13 @@ def fit_detector(args: argparse.Namespace) -> int:
                                        compressor=args.compressor, seed=args.seed, background=background)
     try:
         detector.fit(x)
-    except DataError as err:
-        if args.data is not None or args.contamination is not None or "too few" not in str(err):
+    except CalibrationSizeError as err:
+        if args.data is not None:
             raise
         rate = 0.05 if args.target_fpr is None else args.target_fpr
-        least = math.ceil(1000 / (len(x) + 1)) / 1000  # the smallest rate len(x) held-out examples can guarantee
+        least = math.ceil(1000 / (err.examples + 1)) / 1000  # the smallest rate that many examples can guarantee
         raise DataError(f"{args.run}'s held-out split of {spec} has {len(x)} examples, too few to guarantee a "
-                        f"false-positive rate of {rate} (that needs {math.ceil(1.0 / rate) - 1}); name DATA with "
+                        f"false-positive rate of {rate} (that needs {err.needed}); name DATA with "
                         f"more clean examples the model was not trained on, ask for --target-fpr {least:g} or more, "
                         f"or use --contamination") from None
     path = detector.save(args.run)

@@ -131,7 +131,8 @@ def load_run_data_or_own(spec: str | None, vae: VAE, run: str, data_dir: str | N
         from ..data.sources import builtin_name
 
         # A file's or folder's rows default to all of them, most of which trained the model (a built-in's to its test split)
-        if parse_spec(spec)[1] is None and builtin_name(parse_spec(spec)[0]) is None:
+        source, split = parse_spec(spec)
+        if split is None and builtin_name(source) is None:
             spec = f"{spec}:test"
     x, labels, dataset = load_run_data(spec, vae, data_dir)
     return x, labels, dataset, spec
