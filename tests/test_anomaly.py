@@ -501,11 +501,12 @@ def test_cli_score_names_each_file_and_explains_the_flagged_ones(tmp_path, digit
         sub = folder / ("odd" if i % 2 else "even")
         sub.mkdir(parents=True, exist_ok=True)
         Image.fromarray((image[0] * 255).astype(np.uint8)).save(sub / f"img{i:03d}.png")
-    noise = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
-    Image.fromarray(noise).save(folder / "even" / "zz_noise.png")
     run = tmp_path / "run"
     assert main(["train", str(folder), "--out", str(run), "--epochs", "20", "--no-progress", "--latent-dim", "4",
                  "--batch-size", "32"]) == 0
+    # A new image joins the folder after training: noise, which the detector has never seen.
+    noise = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "even" / "zz_noise.png")
     out, explain = tmp_path / "s.csv", tmp_path / "why"
     assert main(["score", str(run), str(folder), "-o", str(out), "--scores", "neg_elbo", "--explain", str(explain),
                  "--explain-top", "3"]) == 0

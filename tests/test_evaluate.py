@@ -83,7 +83,10 @@ def test_one_sample_reproduces_the_elbo_in_expectation(two_d_model, binary_digit
 def test_the_estimate_rises_with_k_and_stays_above_the_elbo(trained_run, digits):
     model = vaekit.load(trained_run).model_
     x = digits.split("test")
-    result = {k: log_likelihood(model, x, num_importance_samples=k, seed=0).double() for k in (1, 10, 100)}
+    # Each estimate averaged over 8 seeds: the gain from 1 to 10 draws is a few hundredths of a nat per example,
+    # about the noise of one single-draw estimate.
+    result = {k: torch.stack([log_likelihood(model, x, num_importance_samples=k, seed=seed).double()
+                              for seed in range(8)]).mean(0) for k in (1, 10, 100)}
     neg_elbo = elbo(model, x, seed=0).neg_elbo.double()
     for small, large in ((1, 10), (10, 100)):
         gain = result[large] - result[small]

@@ -9,7 +9,7 @@ import torch
 from torch.distributions import Bernoulli, Independent, Normal
 
 from vaekit.config import ModelConfig
-from vaekit.models.likelihoods import LIKELIHOODS, MIN_LOG_STD, soft_clamp
+from vaekit.models.likelihoods import LIKELIHOODS, MIN_LOG_STD, soft_clamp, soft_clamp_inverse
 
 # Likelihoods of arrays and images; the table likelihood, built from a table's columns, is checked against
 # torch.distributions column kind by column kind in test_table.py.
@@ -168,6 +168,9 @@ def test_soft_clamp_is_identity_inside_and_bounded_outside():
     extreme = soft_clamp(torch.tensor([-1e4, 1e4], requires_grad=True), -30.0, 20.0)
     assert extreme[0] >= -30.0 and extreme[1] <= 20.0
     assert math.exp(MIN_LOG_STD) == pytest.approx(1e-3)
+    # Its inverse, near the bounds too, where the clamp is far from the identity.
+    y = torch.tensor([-29.99, -29.0, -3.0, 0.0, 19.0, 19.99], dtype=torch.float64)
+    torch.testing.assert_close(soft_clamp(soft_clamp_inverse(y, -30.0, 20.0), -30.0, 20.0), y)
 
 
 def test_sampling_uses_only_the_decoder():
@@ -312,3 +315,55 @@ def test_mixture_marginals_per_dim_are_exact_and_computed_in_bounded_blocks(monk
     monkeypatch.setattr(Normal, "log_prob", lambda self, value: seen.append(value.shape[0]) or original(self, value))
     torch.testing.assert_close(priors.log_prob_per_dim(mixture, z), reference)
     assert max(seen) == 3 and sum(seen) == 21
+
+
+def _zero_last_weight(model: VAEModel) -> None:
+    last = [m for m in model.decoder.modules() if isinstance(m, (torch.nn.Linear, torch.nn.ConvTranspose2d))][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "gaussian-learned"])
+def test_output_bias_starts_the_decoder_at_the_datas_mean(likelihood):
+    """With the last layer's weights zeroed, the decoder's distribution is the per-value mean of the data."""
+    model = make_model(input_shape=(1, 4, 5), likelihood=likelihood)
+    x = torch.rand(300, 1, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x[:, 0, 0, 0] = 0.0  # a value that never varies: a probability of 1e-3, not 0
+    assert model.initialize_output_bias(x)
+    _zero_last_weight(model)
+    p = model.decode(torch.randn(7, 3, dtype=torch.float64))
+    expected = x.mean(0).expand(7, 1, 4, 5).clone()
+    if likelihood == "bernoulli":
+        expected[:, 0, 0, 0] = 1e-3
+    torch.testing.assert_close(p.mean, expected)
+
+
+def test_output_bias_of_mean_and_variance_decoders_gives_the_datas_moments():
+    x = 0.2 + 0.3 * torch.rand(500, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    model = make_model(input_shape=(1, 4, 4), likelihood="gaussian-decoder")
+    model.initialize_output_bias(x)
+    _zero_last_weight(model)
+    p = model.decode(torch.zeros(1, 3, dtype=torch.float64))
+    torch.testing.assert_close(p.mean[0], x.mean(0))
+    torch.testing.assert_close(p.variance[0], x.var(0, correction=0))
+    # The discretized logistic: location at the mean, scale s with the data's spread s * pi / sqrt(3).
+    x = (x * 255).round() / 255
+    model = make_model(input_shape=(1, 4, 4), likelihood="discretized-logistic")
+    model.initialize_output_bias(x)
+    _zero_last_weight(model)
+    params = model.decoder_params(torch.zeros(1, 3, dtype=torch.float64))
+    p = model.likelihood(params).base_dist
+    torch.testing.assert_close(p.loc[0], x.mean(0))
+    torch.testing.assert_close(p.log_scale[0].exp() * math.pi / math.sqrt(3), x.std(0, correction=0), rtol=1e-3, atol=0)
+
+
+def test_output_bias_of_a_convolutional_decoder_is_per_channel():
+    model = make_model(input_shape=(2, 8, 8), arch="conv", hidden=(8, 16), likelihood="bernoulli")
+    x = torch.rand(200, 2, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    x[:, 1] *= 0.2
+    assert model.initialize_output_bias(x)
+    _zero_last_weight(model)
+    logits = model.decoder_params(torch.zeros(1, 3, dtype=torch.float64))[0, 0]
+    for channel in range(2):
+        torch.testing.assert_close(torch.sigmoid(logits[channel]),
+                                   x[:, channel].mean().expand(8, 8))

@@ -193,6 +193,8 @@ class VAE(TransformerMixin, BaseEstimator):
     tables (``config.default_latent_dim``).
     ``perturb_rate`` replaces that share of the training values with random ones at every step: the
     background model of the likelihood-ratio anomaly score (Ren et al. 2019).
+    ``output_init`` is where the decoder's output bias starts: "marginal", the best fit to the training data
+    that ignores z; "pytorch", PyTorch's default; "auto" (the default), marginal under the VampPrior only.
     ``conditional=True`` trains a conditional VAE (Sohn et al. 2015) on the labels: ``fit(X, y)`` (or a ``Dataset``
     with labels, or a DataFrame with ``y`` its label column's values), then ``sample(n, y=label)``, and every
     method that reads examples takes their labels as ``y`` (class names or indices; ``classes_`` lists them).
@@ -212,7 +214,7 @@ class VAE(TransformerMixin, BaseEstimator):
                  perturb_rate: float = 0.0, inference: str = "bottom-up", latent_layers: int | None = None,
                  standardize: bool | str = "auto", categorical: list[str] | None = None,
                  continuous: list[str] | None = None, drop_columns: list[str] | None = None,
-                 conditional: bool = False) -> None:
+                 conditional: bool = False, output_init: str = "auto") -> None:
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.arch = arch
@@ -253,6 +255,7 @@ class VAE(TransformerMixin, BaseEstimator):
         self.continuous = continuous
         self.drop_columns = drop_columns
         self.conditional = conditional
+        self.output_init = output_init
 
     # --- training ---------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, run_dir: str | Path | None = None, resume: bool = False) -> "VAE":
@@ -287,7 +290,7 @@ class VAE(TransformerMixin, BaseEstimator):
             objective_samples=self.objective_samples, free_bits=self.free_bits, clip_grad_norm=self.clip_grad_norm,
             max_rollbacks=self.max_rollbacks, precision=self.precision,
             perturb_rate=self.perturb_rate, inference=self.inference, latent_layers=self.latent_layers,
-            conditional=self.conditional)
+            conditional=self.conditional, output_init=self.output_init)
         out = None if run_dir is None else Path(run_dir)  # the directory the trainer writes (it expands no ~)
         entries_before = None if out is None else ckpt.entries_of(out)
         try:
@@ -676,7 +679,8 @@ class VAE(TransformerMixin, BaseEstimator):
                         vamp_components=m.vamp_components, objective=t.objective,
                         objective_samples=t.objective_samples, free_bits=t.free_bits,
                         clip_grad_norm=t.clip_grad_norm, max_rollbacks=t.max_rollbacks, precision=t.precision,
-                        perturb_rate=t.perturb_rate, inference=m.inference, conditional=m.num_classes is not None)
+                        perturb_rate=t.perturb_rate, inference=m.inference, conditional=m.num_classes is not None,
+                        output_init=t.output_init)
         estimator._set_fitted(model, config, ckpt.read_metrics(path))
         record = Path(path) / TRAINING_ROWS_FILE
         estimator.training_rows_ = TrainingRows.from_dict(read_json(record), str(record)) if record.is_file() else None

@@ -92,6 +92,7 @@ DEVICE_TYPES = ("cpu", "cuda", "mps")
 # fp32: everything in float32; bf16/fp16: the networks run under torch.autocast in that type (fp16 with
 # gradient scaling), densities and sums stay in float32.
 PRECISIONS = ("fp32", "bf16", "fp16")
+OUTPUT_INITS = ("auto", "marginal", "pytorch")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -256,6 +257,10 @@ class TrainConfig:
     # Training inputs perturbed on the fly (Ren et al. 2019): each value replaced by a random one with this
     # probability, a fresh draw every step. For the background model of the likelihood-ratio anomaly score.
     perturb_rate: float = 0.0
+    # Where the decoder's output bias starts (``VAEModel.initialize_output_bias``): "marginal", the z-independent
+    # best fit to the training data; "pytorch", PyTorch's default initialization; "auto", marginal under the
+    # VampPrior (which otherwise collapses with a tanh network, docs/benchmarks.md) and pytorch otherwise.
+    output_init: str = "auto"
 
     def __post_init__(self) -> None:
         _check_field_types(self, "train")
@@ -291,6 +296,8 @@ class TrainConfig:
         _check(self.clip_grad_norm is None or (math.isfinite(self.clip_grad_norm) and self.clip_grad_norm > 0),
                f"clip_grad_norm must be a positive number, got {self.clip_grad_norm}")
         _check(self.max_rollbacks >= 0, f"max_rollbacks must be zero or positive, got {self.max_rollbacks}")
+        _check(self.output_init in OUTPUT_INITS,
+               f"output_init must be one of {', '.join(OUTPUT_INITS)}, got {self.output_init!r}")
 
 
 @dataclass

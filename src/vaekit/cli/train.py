@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import (ACTIVATIONS, ARCHITECTURES, BINARIZATIONS, LIKELIHOOD_NAMES, LR_SCHEDULES, default_schedule,
-                      INFERENCE_NAMES, OBJECTIVE_NAMES, PRECISIONS, PRIOR_NAMES, RunConfig)
+                      INFERENCE_NAMES, OBJECTIVE_NAMES, OUTPUT_INITS, PRECISIONS, PRIOR_NAMES, RunConfig)
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_text
 from ..names import DEFAULT_LOADER_WORKERS, IN_MEMORY_CHOICES
@@ -37,7 +37,7 @@ DEFAULTS = {
     "device": "auto", "checkpoint_every": None, "test_fraction": 0.1, "upper_latent_dims": (),
     "upper_hidden": (100, 100), "prior": "standard-normal", "vamp_components": 500, "objective": "elbo",
     "objective_samples": None, "free_bits": 0.0, "clip_grad_norm": None, "max_rollbacks": 3, "precision": "fp32",
-    "perturb_rate": 0.0, "inference": "bottom-up", "latent_layers": None,
+    "perturb_rate": 0.0, "inference": "bottom-up", "latent_layers": None, "output_init": "auto",
 }
 
 
@@ -141,6 +141,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "binary and 8-bit data), a fresh draw every step: trains the background model that --background "
                         "of vaekit fit-detector and score takes for the likelihood ratio (Ren et al. 2019; they use "
                         "0.1-0.3). Validation stays on clean data (default 0: off)")
+    t.add_argument("--output-init", choices=OUTPUT_INITS,
+                   help="where the decoder's output bias starts: marginal (the best fit to the training data that "
+                        "ignores z, so the first steps need not spend the code on the average example), pytorch "
+                        "(PyTorch's default), or auto: marginal under the VampPrior, which otherwise collapses with a "
+                        "tanh network, pytorch otherwise (default auto)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     t.add_argument("--no-detector", dest="detector", action="store_false",
@@ -253,7 +258,7 @@ def _train(args: argparse.Namespace) -> int:
             objective_samples=opts["objective_samples"], free_bits=opts["free_bits"],
             clip_grad_norm=opts["clip_grad_norm"], max_rollbacks=opts["max_rollbacks"], precision=opts["precision"],
             perturb_rate=opts["perturb_rate"], inference=opts["inference"], latent_layers=opts["latent_layers"],
-            conditional=args.conditional)
+            conditional=args.conditional, output_init=opts["output_init"])
 
     context = distributed.initialize(config.train.device)  # joins torchrun's process group, if launched by it
     log = _logger(args.progress) if context.is_main else (lambda message: None)

@@ -24,6 +24,10 @@ from ..errors import DataError
 # log-likelihood grow without bound.
 MIN_LOG_STD = math.log(1e-3)
 MAX_LOG_STD = math.log(1e3)
+# The data's marginal as the decoder's starting output: a value that is always 0 (or 1) starts at probability
+# 1e-3 (or 1 - 1e-3), and a value that never varies at a spread of 0.01, not at a point mass.
+MARGINAL_MIN_PROBABILITY = 1e-3
+MARGINAL_MIN_STD = 0.01
 
 
 def soft_clamp(x: Tensor, low: float, high: float) -> Tensor:
@@ -34,6 +38,13 @@ def soft_clamp(x: Tensor, low: float, high: float) -> Tensor:
     """
     x = low + F.softplus(x - low)
     return high - F.softplus(high - x)
+
+
+def soft_clamp_inverse(y: Tensor, low: float, high: float) -> Tensor:
+    """The ``x`` with ``soft_clamp(x, low, high) == y``, for ``y`` strictly inside (low, high)."""
+    softplus_inverse = lambda t: t + torch.log(-torch.expm1(-t))  # noqa: E731  (log(e^t - 1), stable for large t)
+    x = high - softplus_inverse(high - y)
+    return low + softplus_inverse(x - low)
 
 
 class Likelihood(nn.Module):
@@ -65,6 +76,15 @@ class Likelihood(nn.Module):
     def is_discrete(self, x: Tensor) -> bool:
         """Whether log p(x|z) is the log of a probability (not a density) for data like ``x``: bits/dim apply."""
         return False
+
+    def marginal_params(self, mean: Tensor, var: Tensor) -> Tensor | None:
+        """Decoder outputs, shape ``(params_per_value, *mean.shape)``, of the best fit to the data that ignores z.
+
+        ``mean`` and ``var`` are the data's mean and variance per value (or per channel). The model starts from
+        these as its decoder's output bias, so that its first steps need not spend the code on the average
+        example (see ``VAEModel.initialize_output_bias``). None where no such constant is defined here.
+        """
+        return None
 
     def param(self, params: Tensor, index: int) -> Tensor:
         """The ``index``-th parameter of every data value, shape ``(*batch, *data_shape)``."""
@@ -98,6 +118,9 @@ class BernoulliLikelihood(Likelihood):
     def is_discrete(self, x: Tensor) -> bool:
         return bool(((x == 0) | (x == 1)).all())
 
+    def marginal_params(self, mean: Tensor, var: Tensor) -> Tensor:
+        return torch.logit(mean.clamp(MARGINAL_MIN_PROBABILITY, 1 - MARGINAL_MIN_PROBABILITY)).unsqueeze(0)
+
 
 class GaussianLikelihood(Likelihood):
     """Gaussian with a fixed standard deviation: -log p(x|z) is MSE / (2 std^2) plus a constant."""
@@ -112,6 +135,9 @@ class GaussianLikelihood(Likelihood):
     def forward(self, params: Tensor) -> Distribution:
         loc = self.param(params, 0)
         return self._independent(Normal(loc, self.std.to(loc.dtype).expand_as(loc), validate_args=False))
+
+    def marginal_params(self, mean: Tensor, var: Tensor) -> Tensor:
+        return mean.unsqueeze(0)
 
 
 class LearnedGaussianLikelihood(Likelihood):
@@ -129,6 +155,9 @@ class LearnedGaussianLikelihood(Likelihood):
         scale = self.log_std.clamp(MIN_LOG_STD, MAX_LOG_STD).exp().to(loc.dtype).expand_as(loc)
         return self._independent(Normal(loc, scale, validate_args=False))
 
+    def marginal_params(self, mean: Tensor, var: Tensor) -> Tensor:
+        return mean.unsqueeze(0)  # the variance is this likelihood's own parameter, not the decoder's
+
 
 class DecoderGaussianLikelihood(Likelihood):
     """Gaussian whose mean and diagonal variance are both outputs of the decoder."""
@@ -141,6 +170,9 @@ class DecoderGaussianLikelihood(Likelihood):
         loc = self.param(params, 0)
         log_std = (0.5 * self.param(params, 1)).clamp(MIN_LOG_STD, MAX_LOG_STD)
         return self._independent(Normal(loc, log_std.exp(), validate_args=False))
+
+    def marginal_params(self, mean: Tensor, var: Tensor) -> Tensor:
+        return torch.stack([mean, var.clamp_min(MARGINAL_MIN_STD**2).log()])
 
 
 def log1mexp(t: Tensor) -> Tensor:
@@ -246,6 +278,12 @@ class DiscretizedLogisticLikelihood(Likelihood):
 
     def is_discrete(self, x: Tensor) -> bool:
         return True
+
+    def marginal_params(self, mean: Tensor, var: Tensor) -> Tensor:
+        # A logistic with scale s has standard deviation s * pi / sqrt(3).
+        scale = var.clamp_min(MARGINAL_MIN_STD**2).sqrt() * (math.sqrt(3) / math.pi)
+        log_scale = scale.log().clamp(self.MIN_LOG_SCALE + 1e-3, self.MAX_LOG_SCALE - 1e-3)
+        return torch.stack([mean - 0.5, soft_clamp_inverse(log_scale, self.MIN_LOG_SCALE, self.MAX_LOG_SCALE)])
 
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)

@@ -34,6 +34,7 @@ log p(x|y). Every method that takes x or z then also takes ``y``, the class indi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -346,6 +347,41 @@ class VAEModel(nn.Module):
     def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
         """p(x|z_1[, y]) for latent vectors of shape (..., latent_dim); batch axes before the last are kept."""
         return self.likelihood(self.decoder_params(z, y))
+
+    @torch.no_grad()
+    def initialize_output_bias(self, x: Tensor) -> bool:
+        """Start the decoder at the data's marginal: its output bias becomes the z-independent best fit to ``x``.
+
+        The bias of the decoder's last layer is set to ``likelihood.marginal_params`` of the mean and variance
+        of ``x`` (training rows in model units): per value for an MLP decoder, per channel (over all pixels)
+        for a convolutional one. From the zero bias of PyTorch's default initialization, the first steps of a
+        Bernoulli model instead use the code to draw the average image: every posterior moves by the same
+        few units, and a tanh encoder saturates there. Under the VampPrior, whose pseudo-inputs move along
+        with the data, nothing pulls it back, and the model never leaves that state (measured in
+        docs/benchmarks.md). Returns whether a bias was set: False for likelihoods without a marginal (tables)
+        and for decoders whose last layer is not one output per value or per channel.
+        """
+        layers = [m for m in self.decoder.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+        if not layers or layers[-1].bias is None or not len(x):
+            return False
+        last, shape, per_value = layers[-1], self.likelihood.data_shape, self.likelihood.params_per_value
+        # Sums of x and x^2 per value in float64, a block of rows at a time (x may be a large float32 sample).
+        total = torch.zeros(2, *shape, dtype=torch.float64, device=x.device)
+        for block in x.reshape(len(x), *shape).split(1024):
+            block = block.to(torch.float64)
+            total += torch.stack([block.sum(0), (block * block).sum(0)])
+        if isinstance(last, nn.Linear) and last.out_features == per_value * math.prod(shape):
+            moments = total / len(x)
+        elif not isinstance(last, nn.Linear) and len(shape) == 3 and last.out_channels == per_value * shape[0]:
+            moments = total.flatten(2).sum(2) / (len(x) * shape[1] * shape[2])  # per channel, over all pixels
+        else:
+            return False
+        mean, var = moments[0], (moments[1] - moments[0] ** 2).clamp_min(0)
+        params = self.likelihood.marginal_params(mean, var)
+        if params is None:
+            return False
+        last.bias.copy_(params.reshape(-1).to(last.bias))
+        return True
 
     def prior_distribution(self) -> Distribution:
         """p(z_L) over the top layer. For the VampPrior its components are encodings of the pseudo-inputs

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from . import checkpoint as ckpt
 from . import distributed
-from .batches import epoch_permutation as _epoch_permutation  # noqa: F401  (re-exported)
+from .batches import epoch_permutation
 from .batches import training_batches
 from ..config import RunConfig, TrainConfig
 from ..data import Dataset
@@ -52,6 +52,10 @@ from ..models.objectives import elbo_objective, make_objective  # noqa: F401  (e
 
 
 LOSS_CURVE_INTERVAL_S = 60.0
+# Training rows whose mean (and variance) start the decoder's output bias: at most 8192, and at most 2^24 values
+# (64 MiB as float32; a streamed data set is read for them).
+MARGINAL_SAMPLE_ROWS = 8192
+MARGINAL_SAMPLE_VALUES = 2**24
 SNAPSHOT_MIN_STEPS = 10  # steps between the numerical guard's epoch-start snapshots, at least
 LR_WARMUP_FRACTION = 0.05
 # Adam's second-moment decay: 0.99 instead of torch's 0.999 adapts faster to the shrinking gradients of the
@@ -64,6 +68,19 @@ def build_model(config: RunConfig, seed: int | None = None) -> VAEModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed if seed is None else seed)
         return VAEModel(config.model)
+
+
+def starts_at_the_marginal(config: RunConfig) -> bool:
+    """Whether a fresh model's decoder output starts at the training data's marginal (``TrainConfig.output_init``).
+
+    "auto" does so under the VampPrior only. There it is what keeps a tanh network from collapsing. Elsewhere it
+    gives a better -ELBO early in a run (a conv model on 10,000 Fashion-MNIST images: 280.7 against 318.6 nats
+    after 2 epochs), but it also changes what a short run learns. A 12-epoch three-layer ladder on digits, started
+    there, ranked uniform noise below digits by LLR^{>k}. So it is not the default until the benchmarks are rerun
+    with it.
+    """
+    init = config.train.output_init
+    return init == "marginal" or (init == "auto" and config.model.prior == "vamp")
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -125,7 +142,11 @@ class Trainer:
     """Trains one model on one data set, optionally keeping a run directory up to date."""
 
     def __init__(self, model: VAEModel, dataset: Dataset, config: RunConfig, *, run_dir: str | Path | None = None,
-                 progress: bool = True, log: Callable[[str], None] | None = None) -> None:
+                 progress: bool = True, log: Callable[[str], None] | None = None,
+                 initialize_output: bool = False) -> None:
+        """``initialize_output``: the model is fresh, and its decoder output starts at the data's marginal
+        (``VAEModel.initialize_output_bias``, from a sample of the training rows, ``_marginal_sample``). A resumed run
+        is built fresh too: its checkpoint then replaces these weights with the saved ones."""
         self.config = config
         self.train_config = config.train
         self.context = distributed.current()  # rank 0 of 1 unless launched by torchrun
@@ -139,7 +160,6 @@ class Trainer:
         self.log = (log or (lambda message: None)) if self.context.is_main else (lambda message: None)
         self.optimizer = make_optimizer(self.model, self.train_config, self.device)
         self.objective = make_objective(self.train_config)
-        self.train_step = self.context.wrap(_ObjectiveStep(self.model, self.objective), self.device)
         self.noise = torch.Generator(device=self.device).manual_seed(
             distributed.rank_seed(self.train_config.seed, self.context.rank))
         # Dynamic binarization draws from the intensities at every step; otherwise train on what split() gives.
@@ -148,6 +168,9 @@ class Trainer:
         self.x_train = dataset.x_train if self.dynamic_binarization or streamed else dataset.split("train", units="model")
         if not streamed:  # a streamed split was checked as it was scanned
             self.model.likelihood.check_data(self.x_train)
+        if initialize_output:  # before DDP's wrap broadcasts rank 0's weights (every rank computes the same bias)
+            self.model.initialize_output_bias(self._marginal_sample(streamed).to(self.device))
+        self.train_step = self.context.wrap(_ObjectiveStep(self.model, self.objective), self.device)
         # A conditional model's labels, as indices into its classes (None for an unconditional model).
         self.y_train, self.y_val = (self._label_indices("train"), self._label_indices("test")) if model.conditional \
             else (None, None)
@@ -173,6 +196,18 @@ class Trainer:
                                     max_rollbacks=config.train.max_rollbacks,
                                     # fp16's gradient scaler skips steps with overflowing gradients by design
                                     check_gradients=config.train.precision != "fp16")
+
+    def _marginal_sample(self, streamed: bool) -> Tensor:
+        """Up to MARGINAL_SAMPLE_ROWS training rows (and MARGINAL_SAMPLE_VALUES values), the same on every rank:
+        the first of epoch 0's permutation."""
+        n = len(self.dataset.train_stream) if streamed else len(self.x_train)
+        row_values = math.prod(self.model.input_shape)
+        rows = max(1, min(MARGINAL_SAMPLE_ROWS, MARGINAL_SAMPLE_VALUES // row_values))
+        positions = epoch_permutation(self.train_config.seed, 0, n)[:rows]
+        if not streamed:
+            return self.x_train[positions]
+        rows, _ = self.dataset.train_stream.read_readable(np.sort(positions.numpy()))
+        return torch.from_numpy(rows)
 
     def _label_indices(self, which: str) -> Tensor:
         from ..data.labels import split_label_indices
@@ -540,7 +575,8 @@ def train(config: RunConfig, dataset: Dataset, *, run_dir: str | Path | None = N
           progress: bool = True, log: Callable[[str], None] | None = None) -> tuple[VAEModel, list[dict[str, Any]]]:
     """Build a seeded model for ``config``, train it on ``dataset`` and return it with its history."""
     model = build_model(config)
-    trainer = Trainer(model, dataset, config, run_dir=run_dir, progress=progress, log=log)
+    trainer = Trainer(model, dataset, config, run_dir=run_dir, progress=progress, log=log,
+                      initialize_output=starts_at_the_marginal(config))
     history = trainer.fit(resume=resume)
     if trainer.writes:
         ckpt.save_tensors(Path(run_dir) / ckpt.MODEL_FILE, trainer.model.state_dict())
