@@ -63,7 +63,8 @@ def test_sample_reconstruct_encode_decode_info(cli_run, tmp_path, capsys):
     np.testing.assert_allclose(decoded[:5], np.load(out / "r.npy"), rtol=1e-6)  # decode(encode(x)) = reconstruct(x)
     assert main(["decode", str(cli_run), str(out / "z.csv"), "-o", str(out / "d.png")]) == 0
     assert main(["info", str(cli_run)]) == 0
-    assert "validation -ELBO" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "validation -ELBO" in printed and "output bias from pytorch (output-init auto)" in printed
     assert main(["info", str(cli_run), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["epochs_done"] == 3 and info["config"]["model"]["latent_dim"] == 3

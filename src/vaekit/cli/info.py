@@ -16,6 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def info(args: argparse.Namespace) -> int:
     from ..training import checkpoint as ckpt
+    from ..training.trainer import starts_at_the_marginal
 
     model, config = ckpt.load_model(args.run)
     history = ckpt.read_metrics(args.run)
@@ -50,6 +51,8 @@ def info(args: argparse.Namespace) -> int:
           + f", kl weight {t.kl_weight}, warm-up {t.warmup_epochs} epochs"
           + (f", free bits {t.free_bits}" if t.free_bits else "")
           + (f", inputs perturbed at rate {t.perturb_rate} (a background model)" if t.perturb_rate else "")
+          + f", output bias from {'the data' if starts_at_the_marginal(config) else 'pytorch'}"
+          + f" (output-init {t.output_init})"
           + f", seed {t.seed}")
     if history:
         last = history[-1]
