@@ -318,3 +318,15 @@ def test_a_vamp_prior_with_a_tanh_network_does_not_collapse(digits):
     assert vae.history_[-1]["val_kl"] > 0.5, vae.history_
     collapsed = vaekit.VAE(**{**vae.get_params(), "output_init": "pytorch"}).fit(data)
     assert collapsed.history_[-1]["val_kl"] < 0.1, collapsed.history_
+
+
+def test_the_marginal_start_is_logged_and_a_resumed_run_keeps_its_checkpoints_weights(tmp_path, digits):
+    config = small_config(digits, epochs=1, output_init="marginal")
+    messages: list[str] = []
+    first, _ = train(config, digits, run_dir=tmp_path / "run", progress=False, log=messages.append)
+    rows = len(digits.split("train"))
+    assert f"decoder output bias: the marginal of {rows:,} training rows (output-init marginal)" in messages
+    longer = small_config(digits, epochs=2, output_init="marginal")
+    messages.clear()
+    train(longer, digits, run_dir=tmp_path / "run", resume=True, progress=False, log=messages.append)
+    assert not any("decoder output bias" in m for m in messages), messages  # the checkpoint's weights, not a new start

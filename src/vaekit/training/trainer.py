@@ -145,8 +145,7 @@ class Trainer:
                  progress: bool = True, log: Callable[[str], None] | None = None,
                  initialize_output: bool = False) -> None:
         """``initialize_output``: the model is fresh, and its decoder output starts at the data's marginal
-        (``VAEModel.initialize_output_bias``, from a sample of the training rows, ``_marginal_sample``). A resumed run
-        is built fresh too: its checkpoint then replaces these weights with the saved ones."""
+        (``VAEModel.initialize_output_bias``, from a sample of the training rows, ``_marginal_sample``)."""
         self.config = config
         self.train_config = config.train
         self.context = distributed.current()  # rank 0 of 1 unless launched by torchrun
@@ -169,7 +168,13 @@ class Trainer:
         if not streamed:  # a streamed split was checked as it was scanned
             self.model.likelihood.check_data(self.x_train)
         if initialize_output:  # before DDP's wrap broadcasts rank 0's weights (every rank computes the same bias)
-            self.model.initialize_output_bias(self._marginal_sample(streamed).to(self.device))
+            sample = self._marginal_sample(streamed)
+            if self.model.initialize_output_bias(sample.to(self.device)):
+                self.log(f"decoder output bias: the marginal of {len(sample):,} training rows "
+                         f"(output-init {config.train.output_init})")
+            else:
+                self.log(f"note: the decoder's output bias keeps PyTorch's start: the {config.model.likelihood} "
+                         "likelihood (or this decoder's last layer) has no marginal to start from")
         self.train_step = self.context.wrap(_ObjectiveStep(self.model, self.objective), self.device)
         # A conditional model's labels, as indices into its classes (None for an unconditional model).
         self.y_train, self.y_val = (self._label_indices("train"), self._label_indices("test")) if model.conditional \
@@ -571,12 +576,22 @@ class Trainer:
                  "training continues with freshly seeded noise, so it will not match an uninterrupted run exactly")
 
 
+def _has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` points at a checkpoint (a damaged pointer counts: the trainer's restore reports it)."""
+    try:
+        return ckpt.read_pointer(run_dir) is not None
+    except CheckpointError:
+        return True
+
+
 def train(config: RunConfig, dataset: Dataset, *, run_dir: str | Path | None = None, resume: bool = False,
           progress: bool = True, log: Callable[[str], None] | None = None) -> tuple[VAEModel, list[dict[str, Any]]]:
     """Build a seeded model for ``config``, train it on ``dataset`` and return it with its history."""
     model = build_model(config)
+    # A resumed run's checkpoint replaces the weights; resuming where there is none starts over, fresh.
+    resumed = resume and run_dir is not None and _has_checkpoint(Path(run_dir))
     trainer = Trainer(model, dataset, config, run_dir=run_dir, progress=progress, log=log,
-                      initialize_output=starts_at_the_marginal(config))
+                      initialize_output=starts_at_the_marginal(config) and not resumed)
     history = trainer.fit(resume=resume)
     if trainer.writes:
         ckpt.save_tensors(Path(run_dir) / ckpt.MODEL_FILE, trainer.model.state_dict())
