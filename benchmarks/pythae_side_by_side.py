@@ -79,9 +79,10 @@ def warmup_epochs(epochs: int) -> int:
     return max(1, round(epochs / 10))
 
 
-def train_vaekit(row: str, data, epochs: int, components: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+def train_vaekit(row: str, data, epochs: int, components: int,
+                 output_init: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     options = dict(arch="mlp", **ARCH, **TRAIN, lr_schedule="constant", adam_beta2=0.999, seed=0, device="cpu",
-                   epochs=epochs)
+                   epochs=epochs, **({"output_init": output_init} if output_init else {}))
     if row in ("vaekit-iwae", "vaekit-iwae-vamp"):
         options.update(objective="iwae", objective_samples=IWAE_SAMPLES)
     if row in ("vaekit-vamp", "vaekit-iwae-vamp"):
@@ -197,7 +198,8 @@ def run_row(row: str, description: str, settings: dict[str, Any], work: Path, x_
         log(f"{row}: training {settings['epochs']} epochs")
         torch.manual_seed(0)
         if row.startswith("vaekit"):
-            model, info = train_vaekit(row, data, settings["epochs"], settings["vamp_components"])
+            model, info = train_vaekit(row, data, settings["epochs"], settings["vamp_components"],
+                                       settings.get("output_init"))
         else:
             model, info = train_pythae(row, data, settings["epochs"], settings["vamp_components"], work)
         save_trained(work, model, {**info, "fingerprint": fingerprint})
@@ -249,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=[r for r, _ in ROWS], help="run only this row (repeat)")
     parser.add_argument("--json", type=Path, help=f"results file (default {RESULTS}; --quick: none unless given)")
     parser.add_argument("--runs", type=Path, default=RUNS, help=f"cache of finished rows (default {RUNS})")
+    parser.add_argument("--output-init", choices=("auto", "marginal", "pytorch"),
+                        help="vaekit's rows: where the decoder's output bias starts (default: not given, vaekit's "
+                             "default, auto); part of each row's cache key")
     args = parser.parse_args(argv)
     try:
         import pythae  # noqa: F401
@@ -262,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     settings["warmup_epochs_vamp"] = warmup_epochs(settings["epochs"])
+    if args.output_init:
+        settings["output_init"] = args.output_init
     mode = "quick" if args.quick else "full"
     data = load_data(settings["train_images"], settings["test_images"] if args.quick else None)
     x_test = data.split("test")[:settings["test_images"]]
