@@ -32,6 +32,7 @@ import torch
 
 import vaekit
 from vaekit import anomaly
+from vaekit.config import OUTPUT_INITS
 from vaekit.data.sources import FASHION_MNIST_CLASSES
 from vaekit.fileio import atomic_write_json
 
@@ -418,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retime", action="store_true",
                         help="with --part defaults/hierarchy: score Fashion-MNIST's test set again to time every score "
                              "(on an idle machine; the scores themselves are deterministic and do not change)")
-    parser.add_argument("--output-init", choices=("auto", "marginal", "pytorch"),
+    parser.add_argument("--output-init", choices=OUTPUT_INITS,
                         help="the defaults and hierarchy parts: train with vaekit train's --output-init (default: not "
                              "given, so vaekit's default)")
     parser.add_argument("--work-dir", default="runs/bench-anomaly", help="where models and partial results are cached")

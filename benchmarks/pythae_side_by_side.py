@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import log, machine  # noqa: E402
 
 import vaekit  # noqa: E402
+from vaekit.config import OUTPUT_INITS  # noqa: E402
 from vaekit.evaluation.likelihood import evaluate  # noqa: E402
 from vaekit.fileio import atomic_write_json  # noqa: E402
 
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=[r for r, _ in ROWS], help="run only this row (repeat)")
     parser.add_argument("--json", type=Path, help=f"results file (default {RESULTS}; --quick: none unless given)")
     parser.add_argument("--runs", type=Path, default=RUNS, help=f"cache of finished rows (default {RUNS})")
-    parser.add_argument("--output-init", choices=("auto", "marginal", "pytorch"),
+    parser.add_argument("--output-init", choices=OUTPUT_INITS,
                         help="vaekit's rows: where the decoder's output bias starts (default: not given, vaekit's "
                              "default, auto); part of each row's cache key")
     args = parser.parse_args(argv)

@@ -338,6 +338,14 @@ def test_output_bias_starts_the_decoder_at_the_datas_mean(likelihood):
     torch.testing.assert_close(p.mean, expected)
 
 
+@pytest.mark.parametrize("name", ARRAY_LIKELIHOODS)
+def test_every_array_likelihood_has_a_marginal_to_start_from(name):
+    model = make_model(input_shape=(1, 4, 5), likelihood=name)
+    assert model.likelihood.has_marginal
+    x = (torch.rand(50, 1, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 255).round() / 255
+    assert model.initialize_output_bias(x)
+
+
 def test_output_bias_of_mean_and_variance_decoders_gives_the_datas_moments():
     x = 0.2 + 0.3 * torch.rand(500, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     model = make_model(input_shape=(1, 4, 4), likelihood="gaussian-decoder")

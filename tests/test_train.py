@@ -7,6 +7,7 @@ import math
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 
@@ -330,3 +331,15 @@ def test_the_marginal_start_is_logged_and_a_resumed_run_keeps_its_checkpoints_we
     messages.clear()
     train(longer, digits, run_dir=tmp_path / "run", resume=True, progress=False, log=messages.append)
     assert not any("decoder output bias" in m for m in messages), messages  # the checkpoint's weights, not a new start
+
+
+def test_a_table_has_no_marginal_start_and_says_so():
+    import pandas as pd
+
+    frame = pd.DataFrame({"x": np.linspace(0.0, 1.0, 60), "c": ["a", "b", "c"] * 20})
+    data = vaekit.data.as_dataset(frame)
+    config = make_run_config(data, latent_dim=2, hidden=(8,), epochs=1, output_init="marginal", device="cpu")
+    assert not build_model(config).likelihood.has_marginal
+    messages: list[str] = []
+    train(config, data, progress=False, log=messages.append)
+    assert any("keeps PyTorch's start: the table likelihood" in m for m in messages), messages

@@ -51,7 +51,8 @@ def info(args: argparse.Namespace) -> int:
           + f", kl weight {t.kl_weight}, warm-up {t.warmup_epochs} epochs"
           + (f", free bits {t.free_bits}" if t.free_bits else "")
           + (f", inputs perturbed at rate {t.perturb_rate} (a background model)" if t.perturb_rate else "")
-          + f", output bias from {'the data' if starts_at_the_marginal(config) else 'pytorch'}"
+          + (", output bias from the data" if starts_at_the_marginal(config) and model.likelihood.has_marginal
+             else ", output bias from pytorch")
           + f" (output-init {t.output_init})"
           + f", seed {t.seed}")
     if history:

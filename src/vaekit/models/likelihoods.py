@@ -86,6 +86,11 @@ class Likelihood(nn.Module):
         """
         return None
 
+    @property
+    def has_marginal(self) -> bool:
+        """Whether ``marginal_params`` gives a start here (the likelihoods that define one)."""
+        return type(self).marginal_params is not Likelihood.marginal_params
+
     def param(self, params: Tensor, index: int) -> Tensor:
         """The ``index``-th parameter of every data value, shape ``(*batch, *data_shape)``."""
         return params.select(-len(self.data_shape) - 1, index)

@@ -168,8 +168,8 @@ class Trainer:
         if not streamed:  # a streamed split was checked as it was scanned
             self.model.likelihood.check_data(self.x_train)
         if initialize_output:  # before DDP's wrap broadcasts rank 0's weights (every rank computes the same bias)
-            sample = self._marginal_sample(streamed)
-            if self.model.initialize_output_bias(sample.to(self.device)):
+            sample = self._marginal_sample(streamed) if self.model.likelihood.has_marginal else None
+            if sample is not None and self.model.initialize_output_bias(sample.to(self.device)):
                 self.log(f"decoder output bias: the marginal of {len(sample):,} training rows "
                          f"(output-init {config.train.output_init})")
             else:
@@ -206,9 +206,8 @@ class Trainer:
         """Up to MARGINAL_SAMPLE_ROWS training rows (and MARGINAL_SAMPLE_VALUES values), the same on every rank:
         the first of epoch 0's permutation."""
         n = len(self.dataset.train_stream) if streamed else len(self.x_train)
-        row_values = math.prod(self.model.input_shape)
-        rows = max(1, min(MARGINAL_SAMPLE_ROWS, MARGINAL_SAMPLE_VALUES // row_values))
-        positions = epoch_permutation(self.train_config.seed, 0, n)[:rows]
+        count = max(1, min(MARGINAL_SAMPLE_ROWS, MARGINAL_SAMPLE_VALUES // math.prod(self.model.input_shape)))
+        positions = epoch_permutation(self.train_config.seed, 0, n)[:count]
         if not streamed:
             return self.x_train[positions]
         rows, _ = self.dataset.train_stream.read_readable(np.sort(positions.numpy()))
