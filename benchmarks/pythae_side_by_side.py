@@ -4,7 +4,9 @@ pythae's ``VAE``, ``IWAE`` (k=5) and ``VAMP`` (500 pseudo-inputs), trained with 
 (``BaseTrainer`` with its defaults but for epochs, batch size 128 and learning rate 1e-3), beside vaekit's
 ELBO, IWAE k=5, VampPrior and IWAE-with-VampPrior rows as ``benchmarks/likelihood.py`` defines them (its
 one-layer MLP, 784-200-200-50 tanh, Adam 1e-3 constant, beta2 0.999, batch 128), on dynamically binarized
-Fashion-MNIST.
+Fashion-MNIST. Three more rows train with each library's own schedule instead: vaekit's IWAE and IWAE with the
+VampPrior at vaekit's training defaults (batch 256, Adam 6e-3 with beta2 0.99, per-step cosine with a 5% warm-up),
+and, as the control, pythae's IWAE given the same batch, rate and betas with a per-epoch cosine schedule.
 Every model is copied into a ``VAEModel`` (``pythae_adapter``) and scored by ``vaekit.evaluation.likelihood.
 evaluate`` with K importance samples on the same images of the fixed binarized test draw. Prints a table,
 writes benchmarks/results/pythae_side_by_side.json; each finished row is cached under runs/bench-pythae/
@@ -59,7 +61,17 @@ ROWS = [
     ("pythae-vamp", "pythae VAMP"),
     # pythae has no model that joins the two; vaekit's are options of one model.
     ("vaekit-iwae-vamp", "vaekit VAE, IWAE k=5, VampPrior"),
+    # Each library with its own trainer's schedule: vaekit's defaults (what `vaekit train` and VAE() use), and as
+    # the control, pythae's trainer given the nearest schedule its options allow.
+    ("vaekit-iwae-defaults", "vaekit VAE, IWAE k=5, vaekit's default schedule"),
+    ("vaekit-iwae-vamp-defaults", "vaekit VAE, IWAE k=5, VampPrior, vaekit's default schedule"),
+    ("pythae-iwae-schedule", "pythae IWAE, k=5, vaekit's schedule (per-epoch cosine)"),
 ]
+# vaekit's training defaults (vaekit.config: batch 256, Adam 6e-3 with beta2 0.99, cosine with a 5% warm-up, per
+# step). pythae's BaseTrainer steps its scheduler once an epoch and has no warm-up, so its control gets the same
+# batch, rate and betas with torch's CosineAnnealingLR over the epochs.
+DEFAULT_RECIPE_ROWS = ("vaekit-iwae-defaults", "vaekit-iwae-vamp-defaults", "pythae-iwae-schedule")
+VAEKIT_SCHEDULE = dict(batch_size=256, lr=6e-3, betas=(0.9, 0.99))
 # Quick mode also cuts the test split itself (what both trainers validate on) and the VampPrior to 50 components.
 QUICK = dict(epochs=1, importance_samples=50, test_images=200, train_images=2000, vamp_components=50)
 FULL = dict(epochs=10, importance_samples=5000, test_images=1000, train_images=None, vamp_components=VAMP_COMPONENTS)
@@ -82,17 +94,21 @@ def warmup_epochs(epochs: int) -> int:
 
 def train_vaekit(row: str, data, epochs: int, components: int,
                  output_init: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    options = dict(arch="mlp", **ARCH, **TRAIN, lr_schedule="constant", adam_beta2=0.999, seed=0, device="cpu",
+    recipe = {} if row in DEFAULT_RECIPE_ROWS else dict(**TRAIN, lr_schedule="constant", adam_beta2=0.999)
+    options = dict(arch="mlp", **ARCH, **recipe, seed=0, device="cpu",
                    epochs=epochs, **({"output_init": output_init} if output_init else {}))
-    if row in ("vaekit-iwae", "vaekit-iwae-vamp"):
+    if row.startswith(("vaekit-iwae",)):
         options.update(objective="iwae", objective_samples=IWAE_SAMPLES)
-    if row in ("vaekit-vamp", "vaekit-iwae-vamp"):
+    if row.startswith(("vaekit-vamp", "vaekit-iwae-vamp")):
         options.update(prior="vamp", vamp_components=components, warmup_epochs=warmup_epochs(epochs))
     started = time.perf_counter()
     vae = vaekit.VAE(**options).fit(data)
     seconds = time.perf_counter() - started
+    train = vae.config_.train
+    resolved = dict(batch_size=train.batch_size, lr=train.lr, lr_schedule=train.lr_schedule,
+                    adam_beta2=train.adam_beta2)
     return vae.model_, {"train_seconds": seconds, "options": {k: list(v) if isinstance(v, tuple) else v
-                                                              for k, v in options.items()},
+                                                              for k, v in {**resolved, **options}.items()},
                         "final_val_neg_elbo": vae.history_[-1]["val_neg_elbo"]}
 
 
@@ -119,15 +135,19 @@ def train_pythae(row: str, data, epochs: int, components: int, work: Path) -> tu
     common = dict(input_dim=(1, 28, 28), latent_dim=ARCH["latent_dim"], reconstruction_loss="bce")
     if row == "pythae-vae":
         model = VAE(VAEConfig(**common), encoder=encoder, decoder=decoder)
-    elif row == "pythae-iwae":
+    elif row.startswith("pythae-iwae"):
         model = IWAE(IWAEConfig(**common, number_samples=IWAE_SAMPLES), encoder=encoder, decoder=decoder)
     else:
         model = VAMP(VAMPConfig(**common, number_components=components,
                                 linear_scheduling_steps=warmup_epochs(epochs)), encoder=encoder, decoder=decoder)
     output_dir = work / "pythae"
-    config = BaseTrainerConfig(output_dir=str(output_dir), num_epochs=epochs,
-                               per_device_train_batch_size=TRAIN["batch_size"], learning_rate=TRAIN["lr"],
-                               no_cuda=True)
+    if row in DEFAULT_RECIPE_ROWS:
+        recipe = dict(per_device_train_batch_size=VAEKIT_SCHEDULE["batch_size"], learning_rate=VAEKIT_SCHEDULE["lr"],
+                      optimizer_cls="Adam", optimizer_params={"betas": VAEKIT_SCHEDULE["betas"]},
+                      scheduler_cls="CosineAnnealingLR", scheduler_params={"T_max": epochs})
+    else:
+        recipe = dict(per_device_train_batch_size=TRAIN["batch_size"], learning_rate=TRAIN["lr"])
+    config = BaseTrainerConfig(output_dir=str(output_dir), num_epochs=epochs, no_cuda=True, **recipe)
 
     class EvalLosses(TrainingCallback):
         def __init__(self) -> None:
@@ -154,8 +174,8 @@ def train_pythae(row: str, data, epochs: int, components: int, work: Path) -> tu
     return ours, {"train_seconds": seconds, "epoch_losses": losses.losses, "returned_epoch": best_epoch,
                   "options": {**common, "input_dim": [1, 28, 28], "model": type(model).__name__,
                               "trainer": "BaseTrainer (TrainingPipeline), defaults otherwise", "epochs": epochs,
-                              "batch_size": TRAIN["batch_size"], "lr": TRAIN["lr"],
-                              **({"number_samples": IWAE_SAMPLES} if row == "pythae-iwae" else {}),
+                              **{k: list(v) if isinstance(v, tuple) else v for k, v in recipe.items()},
+                              **({"number_samples": IWAE_SAMPLES} if row.startswith("pythae-iwae") else {}),
                               **({"number_components": components, "linear_scheduling_steps":
                                   warmup_epochs(epochs)} if row == "pythae-vamp" else {})},
                   "adapter_max_abs_diff_float64": check, "adapter_max_abs_diff_float32": check32}
@@ -281,9 +301,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         torch.set_num_threads(torch_threads)
         results[row] = run_row(row, description, settings, args.runs / mode / row, x_test, data)
+    json_path = args.json or (None if args.quick else RESULTS)
+    kept = keep_earlier_rows(json_path, results, settings) if args.only else []
+    if kept:
+        log(f"rows not run now, kept from {json_path} (the same settings): {', '.join(kept)}")
     table = markdown_table(results, settings)
     print(table)
-    json_path = args.json or (None if args.quick else RESULTS)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(json_path, {
@@ -296,6 +319,24 @@ def main(argv: list[str] | None = None) -> int:
             "results": results, "table": table, "seconds": time.time() - started})
         log(f"wrote {json_path}")
     return 0
+
+
+SETTINGS_KEYS = ("epochs", "importance_samples", "test_images", "train_images", "vamp_components", "output_init")
+
+
+def keep_earlier_rows(json_path: Path | None, results: dict[str, dict[str, Any]],
+                      settings: dict[str, Any]) -> list[str]:
+    """With ``--only``, the rows not run now are taken from the results file when it was written with the same
+    settings, so that a row added or rerun alone still gives the whole table; returns the names taken."""
+    if json_path is None or not json_path.is_file():
+        return []
+    earlier = json.loads(json_path.read_text())
+    if any(earlier.get("settings", {}).get(k) != settings.get(k) for k in SETTINGS_KEYS):
+        return []
+    kept = [name for name in earlier.get("results", {}) if name not in results]
+    for name in kept:
+        results[name] = earlier["results"][name]
+    return kept
 
 
 def _version(name: str) -> str | None:

@@ -89,7 +89,22 @@ def test_side_by_side_quick_runs_end_to_end_and_resumes(fashion_mnist, tmp_path,
             if name.startswith("pythae"):
                 assert max(row["adapter_max_abs_diff_float64"].values()) < 1e-6
             assert row["description"] in table
+        # each library's own schedule: vaekit's defaults, and pythae's trainer given the nearest it allows
+        results = summary["results"]
+        assert results["vaekit-iwae"]["options"]["lr_schedule"] == "constant"
+        assert results["vaekit-iwae-defaults"]["options"]["lr_schedule"] == "cosine"
+        assert results["vaekit-iwae-vamp-defaults"]["options"]["prior"] == "vamp"
+        assert results["pythae-iwae-schedule"]["options"]["scheduler_cls"] == "CosineAnnealingLR"
+        assert "scheduler_cls" not in results["pythae-iwae"]["options"]
         # a second run takes every row from the cache
         assert bench.main(args) == 0
         assert "cached" in capsys.readouterr().err
         assert json.loads(out.read_text())["results"] == summary["results"]
+        # one row run alone keeps the others from the results file of the same settings...
+        assert bench.main(args + ["--only", "vaekit-elbo"]) == 0
+        assert "kept from" in capsys.readouterr().err
+        assert json.loads(out.read_text())["results"] == summary["results"]
+        # ...but not from a file of other settings
+        assert bench.main(args + ["--only", "vaekit-elbo", "-K", "20"]) == 0
+        capsys.readouterr()
+        assert list(json.loads(out.read_text())["results"]) == ["vaekit-elbo"]
