@@ -66,7 +66,8 @@ def make_run_config(dataset: Dataset, *, latent_dim: int | None = None, hidden: 
                     gaussian_std: float = 1.0, upper_latent_dims: tuple[int, ...] = (),
                     upper_hidden: tuple[int, ...] = (100, 100), prior: str = "standard-normal",
                     vamp_components: int = 500, inference: str = "bottom-up", latent_layers: int | None = None,
-                    objective_samples: int | None = None, conditional: bool = False, **train_options: Any) -> RunConfig:
+                    objective_samples: int | None = None, conditional: bool = False, residual_blocks: int = 0,
+                    **train_options: Any) -> RunConfig:
     """The full configuration for training on ``dataset``, with 'auto' choices resolved from its shape and kind.
 
     ``objective_samples`` defaults to 1 for the elbo objective and 5 for iwae; the discretized
@@ -110,7 +111,7 @@ def make_run_config(dataset: Dataset, *, latent_dim: int | None = None, hidden: 
         classes = training_classes(np.concatenate([np.asarray(dataset.y_train, dtype=object),
                                                    np.asarray(dataset.y_test, dtype=object)]), dataset.class_names)
     model = ModelConfig(input_shape=dataset.shape, latent_dim=latent_dim, arch=arch, hidden=hidden,
-                        activation=activation, likelihood=likelihood, gaussian_std=gaussian_std, num_levels=num_levels,
+                        residual_blocks=residual_blocks, activation=activation, likelihood=likelihood, gaussian_std=gaussian_std, num_levels=num_levels,
                         upper_latent_dims=tuple(upper_latent_dims), upper_hidden=tuple(upper_hidden), prior=prior,
                         vamp_components=vamp_components, inference=inference, table_columns=table_columns,
                         num_classes=None if classes is None else len(classes), class_names=classes)
@@ -214,7 +215,7 @@ class VAE(TransformerMixin, BaseEstimator):
                  perturb_rate: float = 0.0, inference: str = "bottom-up", latent_layers: int | None = None,
                  standardize: bool | str = "auto", categorical: list[str] | None = None,
                  continuous: list[str] | None = None, drop_columns: list[str] | None = None,
-                 conditional: bool = False, output_init: str = "auto") -> None:
+                 conditional: bool = False, output_init: str = "auto", residual_blocks: int = 0) -> None:
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.arch = arch
@@ -256,6 +257,7 @@ class VAE(TransformerMixin, BaseEstimator):
         self.drop_columns = drop_columns
         self.conditional = conditional
         self.output_init = output_init
+        self.residual_blocks = residual_blocks
 
     # --- training ---------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, run_dir: str | Path | None = None, resume: bool = False) -> "VAE":
@@ -290,7 +292,7 @@ class VAE(TransformerMixin, BaseEstimator):
             objective_samples=self.objective_samples, free_bits=self.free_bits, clip_grad_norm=self.clip_grad_norm,
             max_rollbacks=self.max_rollbacks, precision=self.precision,
             perturb_rate=self.perturb_rate, inference=self.inference, latent_layers=self.latent_layers,
-            conditional=self.conditional, output_init=self.output_init)
+            conditional=self.conditional, output_init=self.output_init, residual_blocks=self.residual_blocks)
         out = None if run_dir is None else Path(run_dir)  # the directory the trainer writes (it expands no ~)
         entries_before = None if out is None else ckpt.entries_of(out)
         try:
@@ -680,7 +682,7 @@ class VAE(TransformerMixin, BaseEstimator):
                         objective_samples=t.objective_samples, free_bits=t.free_bits,
                         clip_grad_norm=t.clip_grad_norm, max_rollbacks=t.max_rollbacks, precision=t.precision,
                         perturb_rate=t.perturb_rate, inference=m.inference, conditional=m.num_classes is not None,
-                        output_init=t.output_init)
+                        output_init=t.output_init, residual_blocks=m.residual_blocks)
         estimator._set_fitted(model, config, ckpt.read_metrics(path))
         record = Path(path) / TRAINING_ROWS_FILE
         estimator.training_rows_ = TrainingRows.from_dict(read_json(record), str(record)) if record.is_file() else None

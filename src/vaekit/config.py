@@ -108,6 +108,9 @@ class ModelConfig:
     latent_dim: int = 20
     arch: str = "mlp"
     hidden: tuple[int, ...] = (400,)
+    # Convolutional networks: residual cells (x + conv(act(conv(act(x)))), 3x3, the second conv starting at zero)
+    # after each stride-2 stage of the encoder and before each transposed one of the decoder; 0: none.
+    residual_blocks: int = 0
     activation: str = "relu"
     likelihood: str = "bernoulli"
     gaussian_std: float = 1.0
@@ -143,6 +146,9 @@ class ModelConfig:
                f"arch 'conv' needs image data (channels, height, width), got shape {self.input_shape}")
         _check(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
                f"hidden must hold one or more positive sizes, got {self.hidden}")
+        _check(self.residual_blocks >= 0, f"residual_blocks must be zero or positive, got {self.residual_blocks}")
+        _check(self.residual_blocks == 0 or self.arch == "conv",
+               "residual blocks are convolutional cells: they need --arch conv (image data)")
         _check(self.activation in ACTIVATIONS,
                f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         _check(self.likelihood in LIKELIHOOD_NAMES,

@@ -41,7 +41,8 @@ def info(args: argparse.Namespace) -> int:
     upper = (f", upper layers {','.join(map(str, m.upper_latent_dims))} (hidden {','.join(map(str, m.upper_hidden))}, {m.inference} inference)"
              if m.upper_latent_dims else "")
     prior = f"vamp ({m.vamp_components} pseudo-inputs)" if m.prior == "vamp" else m.prior
-    print(f"model        {m.arch} hidden {','.join(map(str, m.hidden))}, latent {m.latent_dim}{upper}, "
+    residual = f" ({m.residual_blocks} residual blocks per resolution)" if m.residual_blocks else ""
+    print(f"model        {m.arch} hidden {','.join(map(str, m.hidden))}{residual}, latent {m.latent_dim}{upper}, "
           f"likelihood {m.likelihood}, prior {prior}, {params:,} parameters")
     if m.num_classes:
         print(f"conditional  on {m.num_classes} classes: {', '.join(m.class_names[:20])}"

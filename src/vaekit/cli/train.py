@@ -38,6 +38,7 @@ DEFAULTS = {
     "upper_hidden": (100, 100), "prior": "standard-normal", "vamp_components": 500, "objective": "elbo",
     "objective_samples": None, "free_bits": 0.0, "clip_grad_norm": None, "max_rollbacks": 3, "precision": "fp32",
     "perturb_rate": 0.0, "inference": "bottom-up", "latent_layers": None, "output_init": "auto",
+    "residual_blocks": 0,
 }
 
 
@@ -61,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--arch", choices=("auto", *ARCHITECTURES), help="network: mlp, conv (default auto: conv for images of 16x16 and up)")
     g.add_argument("--hidden", type=parse_hidden, metavar="SIZES",
                    help="comma-separated hidden sizes (MLP units or conv channels; default 400 / 32,64)")
+    g.add_argument("--residual-blocks", type=int, metavar="N",
+                   help="conv networks: N residual cells (two 3x3 convolutions and a skip connection) at each "
+                        "resolution of the encoder and the decoder (default 0)")
     g.add_argument("--activation", choices=ACTIVATIONS, help="hidden activation (default relu)")
     g.add_argument("--likelihood", choices=("auto", *LIKELIHOOD_NAMES),
                    help="p(x|z): bernoulli, gaussian (fixed variance = MSE up to a constant), gaussian-learned "
@@ -258,7 +262,7 @@ def _train(args: argparse.Namespace) -> int:
             objective_samples=opts["objective_samples"], free_bits=opts["free_bits"],
             clip_grad_norm=opts["clip_grad_norm"], max_rollbacks=opts["max_rollbacks"], precision=opts["precision"],
             perturb_rate=opts["perturb_rate"], inference=opts["inference"], latent_layers=opts["latent_layers"],
-            conditional=args.conditional, output_init=opts["output_init"])
+            conditional=args.conditional, output_init=opts["output_init"], residual_blocks=opts["residual_blocks"])
 
     context = distributed.initialize(config.train.device)  # joins torchrun's process group, if launched by it
     log = _logger(args.progress) if context.is_main else (lambda message: None)
@@ -286,7 +290,8 @@ def _train(args: argparse.Namespace) -> int:
     inference = f" ({m.inference})" if m.upper_latent_dims else ""
     conditioned = (f", conditional on {m.num_classes} classes ({', '.join(m.class_names[:6])}"
                    f"{', ...' if m.num_classes > 6 else ''})" if m.num_classes else "")
-    log(f"model: {m.arch} {','.join(map(str, m.hidden))} -> latent {latents}{inference}, likelihood {m.likelihood}, "
+    log(f"model: {m.arch} {','.join(map(str, m.hidden))}"
+        f"{f' ({m.residual_blocks} residual blocks per resolution)' if m.residual_blocks else ''} -> latent {latents}{inference}, likelihood {m.likelihood}, "
         f"prior {m.prior}{conditioned}; "
         f"training {t.epochs} epochs, batch {t.batch_size}, lr {t.lr:g} ({t.lr_schedule}), objective {t.objective}"
         + (f" (k={t.objective_samples})" if t.objective_samples > 1 else "")

@@ -66,6 +66,27 @@ class TableInput(nn.Module):
         return torch.cat([values, missing.index_select(-1, self.missing_pos).to(values.dtype)], -1)
 
 
+class ResidualBlock(nn.Module):
+    """A residual convolutional cell, x + conv(act(conv(act(x)))) with 3x3 kernels keeping the size and channels
+    (the pre-activation form of He et al. 2016). The second convolution starts at zero, so a new block is the
+    identity and a deeper network starts as the shallow one (as NVAE and VDVAE scale their cells' last layers)."""
+
+    def __init__(self, channels: int, activation: str) -> None:
+        super().__init__()
+        act = ACTIVATION_LAYERS[activation]
+        self.body = nn.Sequential(act(), nn.Conv2d(channels, channels, 3, padding=1), act(),
+                                  nn.Conv2d(channels, channels, 3, padding=1))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+def _residual(channels: int, config: ModelConfig) -> list[nn.Module]:
+    return [ResidualBlock(channels, config.activation) for _ in range(config.residual_blocks)]
+
+
 def join_label(x: Tensor, one_hot: Tensor, planes: bool) -> Tensor:
     """A conditional encoder's input: the one-hot labels (batch, classes) beside the examples, as constant extra
     channels of an image (``planes``, for convolutional encoders) or as extra values after the flattened example
@@ -92,7 +113,7 @@ def build_encoder(config: ModelConfig) -> tuple[nn.Module, int]:
     layers: list[nn.Module] = []
     n_in = channels + labels
     for n_out in config.hidden:
-        layers += [nn.Conv2d(n_in, n_out, kernel_size=3, stride=2, padding=1), act()]
+        layers += [nn.Conv2d(n_in, n_out, kernel_size=3, stride=2, padding=1), *_residual(n_out, config), act()]
         n_in = n_out
     h, w = _conv_sizes(height, width, len(config.hidden))[-1]
     layers.append(nn.Flatten())
@@ -122,6 +143,7 @@ def build_decoder(config: ModelConfig, params_per_value: int) -> nn.Module:
     h, w = sizes[-1]
     widths = list(reversed(config.hidden))
     layers: list[nn.Module] = [nn.Linear(n_z, widths[0] * h * w), act(), _Reshape(widths[0], h, w)]
+    layers += _residual(widths[0], config)
     targets = list(reversed(sizes[:-1]))
     outs = widths[1:] + [params_per_value * channels]
     n_in = widths[0]
@@ -131,7 +153,7 @@ def build_decoder(config: ModelConfig, params_per_value: int) -> nn.Module:
         padding = (th - (2 * current_h - 1), tw - (2 * current_w - 1))
         layers.append(nn.ConvTranspose2d(n_in, n_out, kernel_size=3, stride=2, padding=1, output_padding=padding))
         if i < len(outs) - 1:
-            layers.append(act())
+            layers += [*_residual(n_out, config), act()]
         n_in = n_out
     layers.append(_Reshape(params_per_value, channels, height, width))
     return nn.Sequential(*layers)
