@@ -6,7 +6,9 @@ ELBO, IWAE k=5, VampPrior and IWAE-with-VampPrior rows as ``benchmarks/likelihoo
 one-layer MLP, 784-200-200-50 tanh, Adam 1e-3 constant, beta2 0.999, batch 128), on dynamically binarized
 Fashion-MNIST. Three more rows train with each library's own schedule instead: vaekit's IWAE and IWAE with the
 VampPrior at vaekit's training defaults (batch 256, Adam 6e-3 with beta2 0.99, per-step cosine with a 5% warm-up),
-and, as the control, pythae's IWAE given the same batch, rate and betas with a per-epoch cosine schedule.
+and, as the control, pythae's IWAE given the same batch, rate and betas with a per-epoch cosine schedule. The last
+row is vaekit's hierarchical model, which pythae has no counterpart of: three top-down stochastic layers over a
+residual convolutional network (benchmarks/likelihood.py's fm-ladder-resconv), with vaekit's defaults.
 Every model is copied into a ``VAEModel`` (``pythae_adapter``) and scored by ``vaekit.evaluation.likelihood.
 evaluate`` with K importance samples on the same images of the fixed binarized test draw. Prints a table,
 writes benchmarks/results/pythae_side_by_side.json; each finished row is cached under runs/bench-pythae/
@@ -66,11 +68,19 @@ ROWS = [
     ("vaekit-iwae-defaults", "vaekit VAE, IWAE k=5, vaekit's default schedule"),
     ("vaekit-iwae-vamp-defaults", "vaekit VAE, IWAE k=5, VampPrior, vaekit's default schedule"),
     ("pythae-iwae-schedule", "pythae IWAE, k=5, vaekit's schedule (per-epoch cosine)"),
+    # vaekit's hierarchical model, which pythae does not have: its own network, the same data and epochs.
+    ("vaekit-ladder-resconv", "vaekit ladder: 3 top-down layers (32, 16, 8) over a residual conv network, ELBO, "
+                              "vaekit's default schedule"),
 ]
+# The ladder row's network (benchmarks/likelihood.py's fm-ladder-resconv): conv channels 32 and 64, 2 residual cells
+# per resolution, stochastic layers of 32, 16 and 8 units inferred top-down, ReLU.
+LADDER_RESCONV = dict(arch="conv", hidden=(32, 64), residual_blocks=2, latent_dim=32, upper_latent_dims=(16, 8),
+                      inference="top-down")
 # vaekit's training defaults (vaekit.config: batch 256, Adam 6e-3 with beta2 0.99, cosine with a 5% warm-up, per
 # step). pythae's BaseTrainer steps its scheduler once an epoch and has no warm-up, so its control gets the same
 # batch, rate and betas with torch's CosineAnnealingLR over the epochs.
-DEFAULT_RECIPE_ROWS = ("vaekit-iwae-defaults", "vaekit-iwae-vamp-defaults", "pythae-iwae-schedule")
+DEFAULT_RECIPE_ROWS = ("vaekit-iwae-defaults", "vaekit-iwae-vamp-defaults", "pythae-iwae-schedule",
+                       "vaekit-ladder-resconv")
 VAEKIT_SCHEDULE = dict(batch_size=256, lr=6e-3, betas=(0.9, 0.99))
 # Quick mode also cuts the test split itself (what both trainers validate on) and the VampPrior to 50 components.
 QUICK = dict(epochs=1, importance_samples=50, test_images=200, train_images=2000, vamp_components=50)
@@ -95,8 +105,11 @@ def warmup_epochs(epochs: int) -> int:
 def train_vaekit(row: str, data, epochs: int, components: int,
                  output_init: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     recipe = {} if row in DEFAULT_RECIPE_ROWS else dict(**TRAIN, lr_schedule="constant", adam_beta2=0.999)
-    options = dict(arch="mlp", **ARCH, **recipe, seed=0, device="cpu",
+    network = LADDER_RESCONV if row == "vaekit-ladder-resconv" else dict(arch="mlp", **ARCH)
+    options = dict(**network, **recipe, seed=0, device="cpu",
                    epochs=epochs, **({"output_init": output_init} if output_init else {}))
+    if row == "vaekit-ladder-resconv":
+        options.update(warmup_epochs=warmup_epochs(epochs))
     if row.startswith(("vaekit-iwae",)):
         options.update(objective="iwae", objective_samples=IWAE_SAMPLES)
     if row.startswith(("vaekit-vamp", "vaekit-iwae-vamp")):
@@ -249,9 +262,11 @@ def markdown_table(results: dict[str, dict[str, Any]], settings: dict[str, Any])
             lines.append(f"| {description} | (not run) | | | | | |")
             continue
         seconds = r["train_seconds"]
+        layers = r.get("active_units_per_layer") or []
+        per_layer = f" ({'+'.join(map(str, layers))})" if len(layers) > 1 else ""
         duration = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
         lines.append(f"| {description} | {r['nll']:.2f} ± {r['nll_stderr']:.2f} | {r['neg_elbo']:.2f} ± "
-                     f"{r['neg_elbo_stderr']:.2f} | {r['kl']:.2f} | {r['active_units']} of {len(r['kl_per_dim'])} | "
+                     f"{r['neg_elbo_stderr']:.2f} | {r['kl']:.2f} | {r['active_units']} of {len(r['kl_per_dim'])}{per_layer} | "
                      f"{duration} | {settings['epochs']} |")
     return "\n".join(lines) + (f"\n\nnats per example, mean ± standard error over {settings['test_images']} images of "
                                "the fixed binarized Fashion-MNIST test draw, all rows scored by vaekit's "
@@ -303,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         results[row] = run_row(row, description, settings, args.runs / mode / row, x_test, data)
     json_path = args.json or (None if args.quick else RESULTS)
     kept = keep_earlier_rows(json_path, results, settings) if args.only else []
+    results = {name: results[name] for name, _ in ROWS if name in results}  # the table's order
     if kept:
         log(f"rows not run now, kept from {json_path} (the same settings): {', '.join(kept)}")
     table = markdown_table(results, settings)
