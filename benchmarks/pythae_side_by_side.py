@@ -71,16 +71,18 @@ ROWS = [
     # vaekit's hierarchical model, which pythae does not have: its own network, the same data and epochs.
     ("vaekit-ladder-resconv", "vaekit ladder: 3 top-down layers (32, 16, 8) over a residual conv network, ELBO, "
                               "vaekit's default schedule"),
+    ("vaekit-ladder-resconv-fb", "vaekit ladder as above, free bits 0.1 nats per unit"),
 ]
 # The ladder row's network (benchmarks/likelihood.py's fm-ladder-resconv): conv channels 32 and 64, 2 residual cells
 # per resolution, stochastic layers of 32, 16 and 8 units inferred top-down, ReLU.
 LADDER_RESCONV = dict(arch="conv", hidden=(32, 64), residual_blocks=2, latent_dim=32, upper_latent_dims=(16, 8),
                       inference="top-down")
+LADDER_FREE_BITS = 0.1
 # vaekit's training defaults (vaekit.config: batch 256, Adam 6e-3 with beta2 0.99, cosine with a 5% warm-up, per
 # step). pythae's BaseTrainer steps its scheduler once an epoch and has no warm-up, so its control gets the same
 # batch, rate and betas with torch's CosineAnnealingLR over the epochs.
 DEFAULT_RECIPE_ROWS = ("vaekit-iwae-defaults", "vaekit-iwae-vamp-defaults", "pythae-iwae-schedule",
-                       "vaekit-ladder-resconv")
+                       "vaekit-ladder-resconv", "vaekit-ladder-resconv-fb")
 VAEKIT_SCHEDULE = dict(batch_size=256, lr=6e-3, betas=(0.9, 0.99))
 # Quick mode also cuts the test split itself (what both trainers validate on) and the VampPrior to 50 components.
 QUICK = dict(epochs=1, importance_samples=50, test_images=200, train_images=2000, vamp_components=50)
@@ -105,11 +107,14 @@ def warmup_epochs(epochs: int) -> int:
 def train_vaekit(row: str, data, epochs: int, components: int,
                  output_init: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     recipe = {} if row in DEFAULT_RECIPE_ROWS else dict(**TRAIN, lr_schedule="constant", adam_beta2=0.999)
-    network = LADDER_RESCONV if row == "vaekit-ladder-resconv" else dict(arch="mlp", **ARCH)
+    ladder = row.startswith("vaekit-ladder")
+    network = LADDER_RESCONV if ladder else dict(arch="mlp", **ARCH)
     options = dict(**network, **recipe, seed=0, device="cpu",
                    epochs=epochs, **({"output_init": output_init} if output_init else {}))
-    if row == "vaekit-ladder-resconv":
+    if ladder:
         options.update(warmup_epochs=warmup_epochs(epochs))
+    if row == "vaekit-ladder-resconv-fb":  # against the collapse of the upper layers (Kingma et al. 2016)
+        options.update(free_bits=LADDER_FREE_BITS)
     if row.startswith(("vaekit-iwae",)):
         options.update(objective="iwae", objective_samples=IWAE_SAMPLES)
     if row.startswith(("vaekit-vamp", "vaekit-iwae-vamp")):
