@@ -31,6 +31,10 @@ Checks (each one's tolerance is printed with it; a failing check does not stop t
                         alternated twice, medians; and the conv default
     speed:iwae          K = 5000 -log p(x) of the 10,000 test images: vaekit against the obvious
                         one-image-at-a-time computation (timed on 200 images and scaled)
+    speed:conv:*        examples/s and test -ELBO after 2 epochs of vaekit's default conv network against the
+                        plain loop over its modules, each in fp32 and bf16 autocast; the same for the residual-conv
+                        ladder of benchmarks/likelihood.py (vaekit only: its top-down inference is the library's)
+    speed:ladder-iwae   K = 5000 -log p(x) images/s of that ladder (200 images), the cost of its likelihood row
 """
 
 from __future__ import annotations
@@ -315,12 +319,106 @@ def iwae_speed(train: np.ndarray, test: np.ndarray, device: torch.device, quick:
            vaekit_seconds=seconds, reference_seconds=reference_seconds, k=k)
 
 
+# The default conv network (what `vaekit train fashion-mnist` builds) and issue 19's residual-conv ladder, as in
+# benchmarks/speed.py and benchmarks/likelihood.py.
+CONV_NET = dict(arch="conv", hidden=(32, 64), latent_dim=20)
+LADDER_NET = dict(arch="conv", hidden=(32, 64), residual_blocks=2, latent_dim=32, upper_latent_dims=(16, 8),
+                  inference="top-down")
+
+
+def _plain_conv_epochs(train: torch.Tensor, device: torch.device, epochs: int, precision: str) -> tuple[float, object]:
+    """The plain loop over the modules of vaekit's conv model: the images on the device, a permutation per epoch,
+    sigmoid + binary cross-entropy, Adam 1e-3, batch 128; bf16 as a user adds it (autocast around the forward)."""
+    import torch.nn.functional as F
+    from vaekit.config import ModelConfig
+    from vaekit.models.model import VAEModel
+
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_shape=(1, 28, 28), likelihood="bernoulli", **CONV_NET))
+    model = model.to(device, memory_format=torch.contiguous_format)  # PyTorch's default layout, as a user's layers
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    data = train.to(device)
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(epochs):
+        for batch in torch.randperm(len(data), device=device).split(128):
+            x = torch.bernoulli(data[batch])
+            optimizer.zero_grad()
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                h = model.encoder(x)
+                mu, logvar = model.mean_head(h), model.logvar_head(h)
+                z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+                logits = model.decoder(z).reshape_as(x)
+            loss = (F.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum")
+                    - 0.5 * torch.sum(1 + logvar.float() - mu.float().pow(2) - logvar.float().exp())) / len(x)
+            loss.backward()
+            optimizer.step()
+    _sync(device)
+    return len(data) * epochs / (time.perf_counter() - started), model.eval()
+
+
+def check_conv_speed(train: np.ndarray, test: np.ndarray, device: torch.device, quick: bool, deadline: float) -> None:
+    """Examples/s and test -ELBO after the same epochs: vaekit's conv default and residual-conv ladder in fp32 and
+    bf16, against the plain loop over the conv model's modules in fp32 and bf16. On a GPU the library keeps its own
+    settings (TF32 as PyTorch leaves it), so the switches the parity checks turned off are turned back on."""
+    import vaekit
+    from vaekit.evaluation.likelihood import elbo
+
+    epochs = 1 if quick else 2
+    x_test = torch.as_tensor((test > 0.5).astype(np.float32)).to(device)
+    flat = torch.as_tensor(train)
+    for name, net in (("conv", CONV_NET), ("ladder", LADDER_NET)):
+        for precision in ("fp32", "bf16"):
+            for side in (("plain loop", "vaekit") if name == "conv" else ("vaekit",)):
+                label = f"speed:{name}:{precision}:{side.replace(' ', '-')}"
+                if time.perf_counter() > deadline:
+                    record(label, None, "skipped: the script's --budget-seconds ran out")
+                    continue
+                try:
+                    if side == "vaekit":
+                        vae = vaekit.VAE(**net, binarize="dynamic", epochs=epochs, seed=0, device=str(device),
+                                         precision=precision).fit(train)
+                        rate = statistics.median(r["examples_per_second"] for r in vae.history_)
+                        model, settings = vae.model_, f"vaekit defaults (batch {vae.config_.train.batch_size})"
+                    else:
+                        rate, model = _plain_conv_epochs(flat, device, epochs, precision)
+                        settings = "batch 128, Adam 1e-3"
+                    value = elbo(model, x_test, seed=0).neg_elbo.mean().item()
+                    record(label, math.isfinite(value), f"{rate:,.0f} examples/s, test -ELBO {value:.2f} after "
+                           f"{epochs} epochs ({settings})", examples_per_second=rate, test_neg_elbo=value,
+                           epochs=epochs)
+                except Exception as err:
+                    record(label, False, f"{type(err).__name__}: {err}", traceback=traceback.format_exc()[-3000:])
+    label = "speed:ladder-iwae"
+    if time.perf_counter() > deadline:
+        record(label, None, "skipped: the script's --budget-seconds ran out")
+        return
+    from vaekit.config import ModelConfig
+    from vaekit.evaluation.likelihood import log_likelihood
+    from vaekit.models.model import VAEModel
+
+    torch.manual_seed(0)
+    model = VAEModel(ModelConfig(input_shape=(1, 28, 28), likelihood="bernoulli", **LADDER_NET)).to(device).eval()
+    k, n = (200, 20) if quick else (5000, 200)
+    log_likelihood(model, x_test[:8], num_importance_samples=k, seed=0)  # warm-up
+    _sync(device)
+    started = time.perf_counter()
+    log_likelihood(model, x_test[:n], num_importance_samples=k, seed=0)
+    _sync(device)
+    rate = n / (time.perf_counter() - started)
+    record(label, True, f"K = {k}: {rate:,.1f} images/s, so the 10,000 test images take about {10000 / rate:,.0f} s",
+           images_per_second=rate, k=k)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run")
     parser.add_argument("--data-dir", help="a folder with Fashion-MNIST's four IDX files (default: the Debian package)")
     parser.add_argument("--quick", action="store_true", help="small data, few epochs: checks the script in a minute")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--budget-seconds", type=float, default=420.0,
+                        help="start no conv/ladder speed row after this many seconds (default 420)")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -328,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available here; run with --device cpu for a dry run", file=sys.stderr)
         return 2
+    tf32_matmul, tf32_cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # parity in float32; the speed rows keep the library's settings
     torch.backends.cudnn.allow_tf32 = False
     train, test, data_name = load_images(args.data_dir, args.quick)
@@ -346,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
             record("speed", None, "Fashion-MNIST is not here (make gpu-data); the speed rows need it")
         else:
             guarded("speed:train", check_speed, train, test, device, args.quick)
+            torch.backends.cuda.matmul.allow_tf32 = tf32_matmul  # the library's settings for its own speed
+            torch.backends.cudnn.allow_tf32 = tf32_cudnn
+            guarded("speed:conv", check_conv_speed, train, test, device, args.quick, started + args.budget_seconds)
     failed = [r["check"] for r in RESULTS if r["ok"] is False]
     summary = {"environment": environment, "results": RESULTS, "failed": failed,
                "seconds": round(time.perf_counter() - started, 1)}
