@@ -342,3 +342,29 @@ def test_one_layer_runs_offer_no_llr(trained_run):
     assert "llr" not in available_scores(vae)
     with pytest.raises(ConfigError, match="two or more stochastic layers"):
         anomaly_scores(vae, np.zeros((2, 1, 8, 8), dtype=np.float32), ["llr"])
+
+
+def test_free_bits_default_to_a_tenth_of_a_nat_for_top_down_hierarchies_trained_with_the_elbo(tmp_path, capsys):
+    from vaekit.config import DEFAULT_LADDER_FREE_BITS
+
+    data = vaekit.load_dataset("digits")
+    ladder = dict(latent_dim=4, hidden=(32,), latent_layers=3, inference="top-down", epochs=1)
+    assert DEFAULT_LADDER_FREE_BITS == 0.1
+    assert make_run_config(data, **ladder).train.free_bits == 0.1
+    assert make_run_config(data, **ladder, free_bits=0.0).train.free_bits == 0.0  # asked for: kept
+    assert make_run_config(data, **ladder, free_bits=0.3).train.free_bits == 0.3
+    assert make_run_config(data, **ladder, objective="iwae").train.free_bits == 0.0  # no separate KL term
+    assert make_run_config(data, **{**ladder, "inference": "bottom-up"}).train.free_bits == 0.0
+    assert make_run_config(data, **{**ladder, "latent_layers": 1}).train.free_bits == 0.0  # one layer
+    assert make_run_config(data, latent_dim=4, epochs=1).train.free_bits == 0.0
+    assert vaekit.VAE(**ladder, device="cpu").fit(data).config_.train.free_bits == 0.1
+    assert vaekit.VAE().get_params()["free_bits"] is None  # the estimator's parameter says "the default"
+    run = tmp_path / "run"
+    assert main(["train", "digits", "--out", str(run), "--latent-dim", "4", "--latent-layers", "3", "--inference",
+                 "top-down", "--hidden", "32", "--epochs", "1", "--no-progress", "--no-detector"]) == 0
+    assert "free bits 0.1" in capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["train"]["free_bits"] == 0.1  # saved resolved
+    # A run saved before the default (free bits 0 written in its config) keeps them at 0 on resume.
+    raw = json.loads((run / "config.json").read_text())
+    raw["train"]["free_bits"] = 0.0
+    assert RunConfig.from_dict(raw).train.free_bits == 0.0

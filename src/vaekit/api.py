@@ -13,7 +13,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
 from .training import checkpoint as ckpt
-from .config import DataConfig, default_latent_dim, default_schedule, ModelConfig, RunConfig, TrainConfig
+from .config import (DEFAULT_LADDER_FREE_BITS, DataConfig, default_latent_dim, default_schedule, ModelConfig, RunConfig,
+                     TrainConfig)
 from .data import Dataset, as_dataset, data_digest
 from .data.labels import resolve_labels, training_classes
 from .data.sources import check_finite
@@ -115,8 +116,18 @@ def make_run_config(dataset: Dataset, *, latent_dim: int | None = None, hidden: 
                         upper_latent_dims=tuple(upper_latent_dims), upper_hidden=tuple(upper_hidden), prior=prior,
                         vamp_components=vamp_components, inference=inference, table_columns=table_columns,
                         num_classes=None if classes is None else len(classes), class_names=classes)
+    if train_options.get("free_bits") is None:  # the default: free bits where a hierarchy's upper layers need them
+        train_options["free_bits"] = default_free_bits(model, train_options.get("objective") or "elbo")
     return RunConfig(model=model, data=dataclasses.replace(dataset.config),
                      train=TrainConfig(objective_samples=objective_samples, **train_options))
+
+
+def default_free_bits(model: ModelConfig, objective: str) -> float:
+    """``DEFAULT_LADDER_FREE_BITS`` for a top-down hierarchy trained with the elbo objective, else 0 (off): one
+    layer has no upper layers to lose, the iwae objective has no separate KL term, and the bottom-up hierarchy was
+    not measured with them."""
+    ladder = model.inference == "top-down" and len(model.upper_latent_dims) > 0
+    return DEFAULT_LADDER_FREE_BITS if ladder and objective == "elbo" else 0.0
 
 
 LABEL_COLUMN = "__vaekit_label__"
@@ -187,7 +198,8 @@ class VAE(TransformerMixin, BaseEstimator):
     (the Ladder VAE, Sønderby et al. 2016) instead of bottom-up,
     ``prior="vamp"`` a VampPrior with ``vamp_components`` pseudo-inputs, ``objective="iwae"`` the
     importance-weighted bound with ``objective_samples`` samples (default 5), ``free_bits`` a minimum KL
-    per latent dimension (nats), ``likelihood="discretized-logistic"`` for 8-bit images.
+    per latent dimension (nats; None, the default: 0.1 for a top-down hierarchy trained with the elbo objective,
+    against the collapse of its upper layers, else 0), ``likelihood="discretized-logistic"`` for 8-bit images.
     ``clip_grad_norm`` clips the total gradient norm; a NaN or infinite loss or gradient rolls training
     back to the last good state with half the learning rate, at most ``max_rollbacks`` times in a row.
     ``latent_dim`` None (the default) is 20 for images and half the number of columns (2 to 20) for vectors and
@@ -210,7 +222,7 @@ class VAE(TransformerMixin, BaseEstimator):
                  device: str = "auto", num_importance_samples: int = 100, progress: bool = False,
                  upper_latent_dims: tuple[int, ...] = (), upper_hidden: tuple[int, ...] = (100, 100),
                  prior: str = "standard-normal", vamp_components: int = 500, objective: str = "elbo",
-                 objective_samples: int | None = None, free_bits: float = 0.0,
+                 objective_samples: int | None = None, free_bits: float | None = None,
                  clip_grad_norm: float | None = None, max_rollbacks: int = 3, precision: str = "fp32",
                  perturb_rate: float = 0.0, inference: str = "bottom-up", latent_layers: int | None = None,
                  standardize: bool | str = "auto", categorical: list[str] | None = None,

@@ -36,7 +36,7 @@ DEFAULTS = {
     "binarize_threshold": None, "kl_weight": 1.0, "warmup_epochs": 0, "patience": None, "seed": 0,
     "device": "auto", "checkpoint_every": None, "test_fraction": 0.1, "upper_latent_dims": (),
     "upper_hidden": (100, 100), "prior": "standard-normal", "vamp_components": 500, "objective": "elbo",
-    "objective_samples": None, "free_bits": 0.0, "clip_grad_norm": None, "max_rollbacks": 3, "precision": "fp32",
+    "objective_samples": None, "free_bits": None, "clip_grad_norm": None, "max_rollbacks": 3, "precision": "fp32",
     "perturb_rate": 0.0, "inference": "bottom-up", "latent_layers": None, "output_init": "auto",
     "residual_blocks": 0,
 }
@@ -116,7 +116,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--warmup-epochs", type=int, help="epochs over which the KL weight rises linearly from 0 (default 0)")
     t.add_argument("--free-bits", type=float, metavar="NATS",
                    help="minimum KL per latent dimension (batch average) that the elbo objective counts, against "
-                        "posterior collapse (Kingma et al. 2016; default 0: off)")
+                        "posterior collapse (Kingma et al. 2016; default 0.1 for a top-down hierarchy trained with "
+                        "the elbo objective, whose upper layers collapse without them, else 0: off)")
     t.add_argument("--objective", choices=OBJECTIVE_NAMES,
                    help="elbo, or iwae: the importance-weighted bound of Burda et al. 2016 (default elbo)")
     t.add_argument("--objective-samples", type=positive_int, metavar="K",
