@@ -334,8 +334,7 @@ def _plain_conv_epochs(train: torch.Tensor, device: torch.device, epochs: int, p
     from vaekit.models.model import VAEModel
 
     torch.manual_seed(0)
-    model = VAEModel(ModelConfig(input_shape=(1, 28, 28), likelihood="bernoulli", **CONV_NET))
-    model = model.to(device, memory_format=torch.contiguous_format)  # PyTorch's default layout, as a user's layers
+    model = VAEModel(ModelConfig(input_shape=(1, 28, 28), likelihood="bernoulli", **CONV_NET)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     data = train.to(device)
     dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
