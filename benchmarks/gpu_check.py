@@ -236,11 +236,10 @@ def check_serve(train: np.ndarray, device: torch.device) -> None:
 
 # --- speed ------------------------------------------------------------------------------------------
 
-def _reference_epochs(train: torch.Tensor, device: torch.device, epochs: int) -> float:
-    from speed import ReferenceVAE, reference_loss
-
-    torch.manual_seed(0)
-    model = ReferenceVAE().to(device)
+def _plain_epochs(model: torch.nn.Module, loss_of, train: torch.Tensor, device: torch.device, epochs: int,
+                  dtype: torch.dtype | None = None) -> float:
+    """Examples/s of the plain loop a user writes: the images on the device, a permutation per epoch, batches of
+    128 binarized afresh, Adam 1e-3, ``loss_of(model, x)`` under autocast to ``dtype`` where one is given."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     data = train.to(device)
     _sync(device)
@@ -249,11 +248,23 @@ def _reference_epochs(train: torch.Tensor, device: torch.device, epochs: int) ->
         for batch in torch.randperm(len(data), device=device).split(128):
             x = torch.bernoulli(data[batch])
             optimizer.zero_grad()
-            recon, mu, logvar = model(x)
-            reference_loss(recon, x, mu, logvar).backward()
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = loss_of(model, x)
+            loss.backward()
             optimizer.step()
     _sync(device)
     return len(data) * epochs / (time.perf_counter() - started)
+
+
+def _reference_epochs(train: torch.Tensor, device: torch.device, epochs: int) -> float:
+    from speed import ReferenceVAE, reference_loss
+
+    def loss_of(model, x):
+        recon, mu, logvar = model(x)
+        return reference_loss(recon, x, mu, logvar)
+
+    torch.manual_seed(0)
+    return _plain_epochs(ReferenceVAE().to(device), loss_of, train, device, epochs)
 
 
 def _vaekit_epochs(train: np.ndarray, device: torch.device, epochs: int, arch: str) -> float:
@@ -319,42 +330,23 @@ def iwae_speed(train: np.ndarray, test: np.ndarray, device: torch.device, quick:
            vaekit_seconds=seconds, reference_seconds=reference_seconds, k=k)
 
 
-# The default conv network (what `vaekit train fashion-mnist` builds) and issue 19's residual-conv ladder, as in
-# benchmarks/speed.py and benchmarks/likelihood.py.
-CONV_NET = dict(arch="conv", hidden=(32, 64), latent_dim=20)
-LADDER_NET = dict(arch="conv", hidden=(32, 64), residual_blocks=2, latent_dim=32, upper_latent_dims=(16, 8),
-                  inference="top-down")
-
-
 def _plain_conv_epochs(train: torch.Tensor, device: torch.device, epochs: int, precision: str) -> tuple[float, object]:
-    """The plain loop over the modules of vaekit's conv model: the images on the device, a permutation per epoch,
-    sigmoid + binary cross-entropy, Adam 1e-3, batch 128; bf16 as a user adds it (autocast around the forward)."""
+    """The plain loop over the modules of vaekit's default conv model (benchmarks/speed.py's ``conv_model``):
+    sigmoid + binary cross-entropy, the float32 loss of the autocast forward in bf16."""
     import torch.nn.functional as F
-    from vaekit.config import ModelConfig
-    from vaekit.models.model import VAEModel
+    from speed import conv_model
 
-    torch.manual_seed(0)
-    model = VAEModel(ModelConfig(input_shape=(1, 28, 28), likelihood="bernoulli", **CONV_NET)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    data = train.to(device)
+    def loss_of(model, x):
+        h = model.encoder(x)
+        mu, logvar = model.mean_head(h), model.logvar_head(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        logits = model.decoder(z).reshape_as(x)
+        return (F.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum")
+                - 0.5 * torch.sum(1 + logvar.float() - mu.float().pow(2) - logvar.float().exp())) / len(x)
+
+    model = conv_model(0).to(device)
     dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
-    _sync(device)
-    started = time.perf_counter()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(data), device=device).split(128):
-            x = torch.bernoulli(data[batch])
-            optimizer.zero_grad()
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                h = model.encoder(x)
-                mu, logvar = model.mean_head(h), model.logvar_head(h)
-                z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-                logits = model.decoder(z).reshape_as(x)
-            loss = (F.binary_cross_entropy_with_logits(logits.float(), x, reduction="sum")
-                    - 0.5 * torch.sum(1 + logvar.float() - mu.float().pow(2) - logvar.float().exp())) / len(x)
-            loss.backward()
-            optimizer.step()
-    _sync(device)
-    return len(data) * epochs / (time.perf_counter() - started), model.eval()
+    return _plain_epochs(model, loss_of, train, device, epochs, dtype), model.eval()
 
 
 def check_conv_speed(train: np.ndarray, test: np.ndarray, device: torch.device, quick: bool, deadline: float) -> None:
@@ -362,12 +354,14 @@ def check_conv_speed(train: np.ndarray, test: np.ndarray, device: torch.device, 
     bf16, against the plain loop over the conv model's modules in fp32 and bf16. On a GPU the library keeps its own
     settings (TF32 as PyTorch leaves it), so the switches the parity checks turned off are turned back on."""
     import vaekit
+    from likelihood import LADDER_RESCONV
+    from speed import CONV
     from vaekit.evaluation.likelihood import elbo
 
     epochs = 1 if quick else 2
     x_test = torch.as_tensor((test > 0.5).astype(np.float32)).to(device)
     flat = torch.as_tensor(train)
-    for name, net in (("conv", CONV_NET), ("ladder", LADDER_NET)):
+    for name, net in (("conv", CONV), ("ladder", LADDER_RESCONV)):
         for precision in ("fp32", "bf16"):
             for side in (("plain loop", "vaekit") if name == "conv" else ("vaekit",)):
                 label = f"speed:{name}:{precision}:{side.replace(' ', '-')}"
@@ -398,7 +392,7 @@ def check_conv_speed(train: np.ndarray, test: np.ndarray, device: torch.device, 
     from vaekit.models.model import VAEModel
 
     torch.manual_seed(0)
-    model = VAEModel(ModelConfig(input_shape=(1, 28, 28), likelihood="bernoulli", **LADDER_NET)).to(device).eval()
+    model = VAEModel(ModelConfig(input_shape=(1, 28, 28), likelihood="bernoulli", **LADDER_RESCONV)).to(device).eval()
     k, n = (200, 20) if quick else (5000, 200)
     log_likelihood(model, x_test[:8], num_importance_samples=k, seed=0)  # warm-up
     _sync(device)

@@ -214,11 +214,11 @@ def run_setup(setup: Setup, mode: dict[str, Any], quick: bool, run_dir: Path, de
         log(f"{setup.name}: and the first {n} with K={mode['importance_samples']}")
         small = evaluate(model, x_test[:n], num_importance_samples=mode["importance_samples"], seed=0)
         same = result.per_example["nll"][:n]
+        difference = small.per_example["nll"] - same
         check = {"test_examples": n, "importance_samples": mode["importance_samples"], "nll": small.nll,
                  "nll_stderr": small.nll_stderr, "eval_seconds": small.seconds,
-                 f"nll_at_k{k}": float(same.mean()),
-                 "difference": float((small.per_example["nll"] - same).mean()),
-                 "difference_stderr": float((small.per_example["nll"] - same).std(ddof=1) / n ** 0.5)}
+                 f"nll_at_k{k}": float(same.mean()), "difference": float(difference.mean()),
+                 "difference_stderr": float(difference.std(ddof=1) / n ** 0.5)}
     return {
         "name": setup.name, "description": setup.description, "data": setup.data, "binarize": setup.binarize,
         "model": {k: list(v) if isinstance(v, tuple) else v for k, v in setup.model.items()},

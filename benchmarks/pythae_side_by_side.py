@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import log, machine  # noqa: E402
+from likelihood import LADDER_RESCONV  # noqa: E402
 
 import vaekit  # noqa: E402
 from vaekit.config import OUTPUT_INITS  # noqa: E402
@@ -73,10 +74,8 @@ ROWS = [
                               "no free bits, vaekit's default schedule"),
     ("vaekit-ladder-resconv-fb", "vaekit ladder as above, free bits 0.1 nats per unit"),
 ]
-# The ladder row's network (benchmarks/likelihood.py's fm-ladder-resconv): conv channels 32 and 64, 2 residual cells
-# per resolution, stochastic layers of 32, 16 and 8 units inferred top-down, ReLU.
-LADDER_RESCONV = dict(arch="conv", hidden=(32, 64), residual_blocks=2, latent_dim=32, upper_latent_dims=(16, 8),
-                      inference="top-down")
+# The ladder row's network is benchmarks/likelihood.py's fm-ladder-resconv (LADDER_RESCONV, imported above): conv
+# channels 32 and 64, 2 residual cells per resolution, stochastic layers of 32, 16 and 8 units inferred top-down, ReLU.
 LADDER_FREE_BITS = 0.1
 # vaekit's training defaults (vaekit.config: batch 256, Adam 6e-3 with beta2 0.99, cosine with a 5% warm-up, per
 # step). pythae's BaseTrainer steps its scheduler once an epoch and has no warm-up, so its control gets the same
