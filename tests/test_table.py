@@ -185,6 +185,51 @@ def test_the_fused_terms_pass_gradcheck():
     assert torch.autograd.gradcheck(lambda p: lik.column_nll(p, x), (params.requires_grad_(True),))
 
 
+def test_the_decoder_gives_exactly_the_parameters_the_likelihood_reads():
+    from vaekit.config import ModelConfig, RunConfig
+    from vaekit.models.model import VAEModel
+    from vaekit.models.networks import TableOutput, table_output_positions
+
+    frame = _every_kind_with_gaps()
+    schema, lik = likelihood_for(frame)
+    columns, width = schema.model_columns(), schema.width
+    read = torch.zeros(3 * width, dtype=torch.bool)
+    read[table_output_positions(columns)] = True
+    x = torch.from_numpy(schema.encode(frame)).double()
+    params = torch.randn(len(x), 3, width, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    lik.eval()
+    # the positions left out get no gradient from any row, and every kept one gets some
+    (grad,) = torch.autograd.grad(lik.column_nll(params.requires_grad_(True), x).sum(), params)
+    reached = grad.abs().sum(0).flatten() > 0
+    assert torch.equal(reached, read)
+    # and changing them changes no likelihood, no mean and no draw
+    other = params.detach().flatten(1).clone()
+    other[:, ~read] = 1e3 * torch.randn(len(x), int((~read).sum()), dtype=torch.float64)
+    other = other.reshape(params.shape)
+    torch.testing.assert_close(lik.column_nll(other, x), lik.column_nll(params.detach(), x), rtol=0, atol=0)
+    torch.testing.assert_close(lik.mean_values(other), lik.mean_values(params.detach()), rtol=0, atol=0, equal_nan=True)
+    draws = [lik.draw(p, torch.Generator().manual_seed(5)) for p in (other, params.detach())]
+    torch.testing.assert_close(*draws, rtol=0, atol=0, equal_nan=True)
+
+    # New table models decode to those positions only, zeros elsewhere; a saved config without the field (runs made
+    # before it) keeps the decoder to all three parameters per value, so its weights load.
+    config = ModelConfig(input_shape=(width,), latent_dim=3, hidden=(16,), likelihood="table", table_columns=columns,
+                         table_outputs="used")
+    model = VAEModel(config)
+    assert isinstance(model.decoder[-1], TableOutput) and model.decoder[-1].linear.out_features == int(read.sum())
+    out = model.decoder(torch.randn(5, 3)).detach()
+    assert out.shape == (5, 3, width) and not out.flatten(1)[:, ~read].any() and out.flatten(1)[:, read].all()
+    vae = vaekit.VAE(epochs=1, latent_dim=3, hidden=(16,)).fit(frame)
+    assert vae.config_.model.table_outputs == "used"
+    saved = vae.config_.to_dict()
+    del saved["model"]["table_outputs"]
+    old = RunConfig.from_dict(saved).model
+    assert old.table_outputs == "all"
+    assert VAEModel(old).decoder[0][-1].out_features == 3 * width
+    with pytest.raises(vaekit.ConfigError, match="table_outputs"):
+        ModelConfig(input_shape=(width,), latent_dim=3, likelihood="table", table_columns=columns, table_outputs="some")
+
+
 @pytest.fixture(scope="module")
 def fitted():
     frame = crafted(400)

@@ -115,6 +115,7 @@ def make_run_config(dataset: Dataset, *, latent_dim: int | None = None, hidden: 
                         residual_blocks=residual_blocks, activation=activation, likelihood=likelihood, gaussian_std=gaussian_std, num_levels=num_levels,
                         upper_latent_dims=tuple(upper_latent_dims), upper_hidden=tuple(upper_hidden), prior=prior,
                         vamp_components=vamp_components, inference=inference, table_columns=table_columns,
+                        table_outputs="used" if table_columns is not None else "all",
                         num_classes=None if classes is None else len(classes), class_names=classes)
     if train_options.get("free_bits") is None:  # the default: free bits where a hierarchy's upper layers need them
         train_options["free_bits"] = default_free_bits(model, train_options.get("objective") or "elbo")

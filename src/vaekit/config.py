@@ -31,6 +31,7 @@ INFERENCE_NAMES = ("bottom-up", "top-down")
 OBJECTIVE_NAMES = ("elbo", "iwae")
 ACTIVATIONS = ("relu", "tanh", "elu", "gelu", "silu")
 BINARIZATIONS = ("none", "static", "dynamic")
+TABLE_OUTPUTS = ("used", "all")  # ModelConfig.table_outputs
 DATA_KINDS = ("unit", "real", "table")  # unit: every value in [0, 1] (intensities); real: any real number;
 # table: a mixed table encoded by vaekit.data.table (DataConfig.table describes its columns)
 LR_SCHEDULES = ("cosine", "constant")
@@ -131,6 +132,10 @@ class ModelConfig:
     inference: str = "bottom-up"
     # The table likelihood's columns (vaekit.data.table.TableSchema.model_columns): kind, width, missing, scale.
     table_columns: list[dict] | None = None
+    # A table decoder's last layer: "used" gives only the parameters the column likelihoods read (a location or
+    # logit per value, a log-scale per continuous or integer value, a missingness logit per column with missing
+    # cells); "all" (runs made before it, read back unchanged) gives three per value, most of them unread.
+    table_outputs: str = "all"
     # A conditional VAE (Sohn et al. 2015): q(z|x, y) and p(x|z, y) see the one-hot label y of num_classes classes,
     # named class_names (index order); None: an unconditional model.
     num_classes: int | None = None
@@ -181,6 +186,8 @@ class ModelConfig:
                    f"table_columns encode to {sum(c['width'] for c in self.table_columns)} values, but input_shape is "
                    f"{self.input_shape}")
             _check(self.arch == "mlp", "a table model uses the mlp architecture")
+            _check(self.table_outputs in TABLE_OUTPUTS,
+                   f"table_outputs must be one of {', '.join(TABLE_OUTPUTS)}, got {self.table_outputs!r}")
             _check(self.prior != "vamp", "the VampPrior is not available for tables (its pseudo-inputs would need "
                                          "one-hot categories and missing cells); use --prior standard-normal")
         if self.num_classes is not None or self.class_names is not None:

@@ -104,6 +104,21 @@ def _key(value: Any) -> str:
     return text
 
 
+def _keys(values) -> list[str]:
+    """``_key`` of every value, computed once per distinct value and type (a column holds few labels in many rows)."""
+    seen: dict[tuple[type, Any], str] = {}
+    keys = []
+    for value in values:
+        try:
+            key = seen[type(value), value]
+        except KeyError:
+            key = seen[type(value), value] = _key(value)
+        except TypeError:  # an unhashable value
+            key = _key(value)
+        keys.append(key)
+    return keys
+
+
 def _as_number(text: str) -> float | None:
     try:
         return float(text)
@@ -211,11 +226,14 @@ class TableSchema:
                 continue
             index = {_key(v): i for i, v in enumerate(c.categories)}
             codes = np.full(len(frame), -1, dtype=np.int64)
-            for row in np.flatnonzero(present):
-                code = index.get(_key(values.iloc[row]))
+            cells = values.to_numpy(dtype=object)
+            rows = np.flatnonzero(present)
+            for row, key in zip(rows, _keys(cells[rows])):
+                code = index.get(key)
                 if code is None:
+                    cell = cells[row]
                     shown = ", ".join(map(str, c.categories[:10])) + (", ..." if len(c.categories) > 10 else "")
-                    raise DataError(f"{where}, row {row}, column {c.name!r}: {values.iloc[row]!r} is a category the "
+                    raise DataError(f"{where}, row {row}, column {c.name!r}: {cell!r} is a category the "
                                     f"model never saw in training (it knows {shown})")
                 codes[row] = code
             if c.kind == "boolean":
@@ -429,8 +447,7 @@ def _infer_column(name: str, series, present, n: int, *, force_categorical: bool
             raise DataError(f"--continuous {name}: the column holds text (e.g. {present.iloc[0]!r}), not numbers")
         return Column(name=name, kind="continuous", dtype="float", mean=_mean(numbers),
                       std=_scale(numbers)), ""
-    distinct = present.map(_key).unique()
-    k = len(distinct)
+    k = len(set(_keys(present)))
     if is_bool or numbers is None:
         dtype = "bool" if is_bool else "str"
         if force_categorical or k <= 2:
@@ -495,8 +512,8 @@ def _scale(numbers: np.ndarray) -> float:
 def _labelled(name: str, present, kind: str, dtype: str) -> Column:
     """A boolean or categorical column whose labels are the distinct values, sorted (numbers by value)."""
     first: dict[str, Any] = {}
-    for v in present:
-        first.setdefault(_key(v), v)
+    for key, v in zip(_keys(present), present):
+        first.setdefault(key, v)
     if dtype in ("int", "float"):
         labels = sorted((float(v) for v in first.values()))
         labels = [int(v) if dtype == "int" else v for v in labels]

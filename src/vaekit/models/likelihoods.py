@@ -298,26 +298,35 @@ class _FusedTableNLL(torch.autograd.Function):
     """``TableLikelihood.column_nll``'s value terms and their gradient in one autograd node (training only).
 
     The column terms are a few dozen small operations per kind of column; as separate autograd nodes their
-    backward passes were about a third of a small table's training step. Here the forward pass computes the
-    derivatives of every column's -log p with respect to its own location, log-scale and missingness logit
-    (closed forms, listed in ``TableLikelihood._column_terms``), and the backward pass is three products. Checked
-    against the unfused terms and by ``torch.autograd.gradcheck`` (tests/test_table.py)."""
+    backward passes were about a third of a small table's training step. Here the forward pass takes the
+    decoder's raw parameters, shape (*batch, 3, values), and computes the derivatives of every column's -log p
+    with respect to each of its values' raw location, log-scale (through the soft clamp) and missingness logit
+    (closed forms, listed in ``TableLikelihood._column_terms``); the backward pass is one product. Picking the
+    three parameters out of the decoder's output and soft-clamping the scales inside this node, not as autograd
+    operations of their own, saves their backward passes as well. Checked against the unfused terms and by
+    ``torch.autograd.gradcheck`` (tests/test_table.py)."""
 
     @staticmethod
-    def forward(ctx, loc: Tensor, log_scale: Tensor, miss_logit: Tensor, likelihood: "TableLikelihood",
-                x0: Tensor, observed: Tensor) -> Tensor:
+    def forward(ctx, params: Tensor, likelihood: "TableLikelihood", x0: Tensor, observed: Tensor) -> Tensor:
         with torch.no_grad():
-            out, d_loc, d_scale, d_miss = likelihood._column_terms(loc, log_scale, miss_logit, x0, observed,
-                                                                   derivatives=True)
-        ctx.save_for_backward(d_loc, d_scale, d_miss)
+            low, high = likelihood.MIN_LOG_SCALE, likelihood.MAX_LOG_SCALE
+            raw_scale = params.select(-2, 1)
+            inner = low + F.softplus(raw_scale - low)  # soft_clamp, and its derivative from the same two softplus
+            log_scale = high - F.softplus(high - inner)
+            clamp_slope = torch.sigmoid(high - inner) * torch.sigmoid(raw_scale - low)
+            derivatives = torch.zeros_like(params)
+            out = likelihood._column_terms(params.select(-2, 0), log_scale, params.select(-2, 2), x0, observed,
+                                           derivatives=derivatives)
+            derivatives.select(-2, 1).mul_(clamp_slope)
+        ctx.save_for_backward(derivatives)
         ctx.value_column = likelihood.value_column
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        d_loc, d_scale, d_miss = ctx.saved_tensors
-        per_value = grad_out.index_select(-1, ctx.value_column)  # each value's column's upstream gradient
-        return d_loc * per_value, d_scale * per_value, d_miss * per_value, None, None, None
+        (derivatives,) = ctx.saved_tensors
+        per_value = grad_out.index_select(-1, ctx.value_column).unsqueeze(-2)  # each value's column's gradient
+        return derivatives * per_value, None, None, None
 
 
 class TableDistribution(Distribution):
@@ -411,6 +420,8 @@ class TableLikelihood(Likelihood):
                or torch.zeros(0, widest, dtype=torch.bool), torch.bool)
         # The same positions category-major, for ``_categories``: (widest * categorical columns,)
         buffer("cat_flat", self.cat_index.T.reshape(-1))
+        # ... with padding pointing one past the last value, where ``_categories`` puts its fill
+        buffer("cat_gather", torch.where(self.cat_pad.T, self.data_shape[0], self.cat_index.T).reshape(-1))
         missing = [i for i, c in enumerate(self.columns) if c.get("missing")]
         buffer("miss_cols", missing)
         buffer("miss_pos", [first[i] for i in missing])
@@ -447,29 +458,28 @@ class TableLikelihood(Likelihood):
 
     def column_nll(self, params: Tensor, x: Tensor) -> Tensor:
         """-log p of every column of every row, shape (*batch, columns); a missing cell's value term is 0."""
-        loc, log_scale, miss_logit = self._parts(params)
-        x = x.to(loc.dtype).expand_as(loc)
+        x = x.to(params.dtype).expand(*params.shape[:-2], params.shape[-1])
         observed_values = ~torch.isnan(x)
         x0 = torch.where(observed_values, x, torch.zeros_like(x))  # no NaN reaches a gradient
         observed = observed_values.index_select(-1, self.first)  # (*batch, columns)
         if self.fused and self.training and torch.is_grad_enabled() and params.requires_grad:
-            return _FusedTableNLL.apply(loc, log_scale, miss_logit, self, x0, observed)
-        return self._column_terms(loc, log_scale, miss_logit, x0, observed)[0]
+            return _FusedTableNLL.apply(params, self, x0, observed)
+        loc, log_scale, miss_logit = self._parts(params)
+        return self._column_terms(loc, log_scale, miss_logit, x0, observed)
 
-    def _categories(self, values: Tensor, fill: float) -> tuple[Tensor, Tensor]:
-        """The categorical columns' values of ``values`` (*batch, V) as (widest, *batch, categorical columns),
-        padding set to ``fill``, and the padding mask broadcastable to it. Softmax over the leading axis: PyTorch's
-        CPU softmax over a short last axis (a few categories) was about ten times slower."""
+    def _categories(self, values: Tensor, fill: float) -> Tensor:
+        """The categorical columns' values of ``values`` (*batch, V) as (widest, *batch, categorical columns), the
+        padding slots of narrower columns set to ``fill``. Softmax over the leading axis: PyTorch's CPU softmax over
+        a short last axis (a few categories) was about ten times slower."""
         widest, cats = self.cat_pad.shape[1], self.cat_pad.shape[0]
-        gathered = values.index_select(-1, self.cat_flat).unflatten(-1, (widest, cats)).movedim(-2, 0)
-        pad = self.cat_pad.T.reshape(widest, *([1] * (values.dim() - 1)), cats)
-        return gathered.masked_fill(pad, fill), pad
+        extended = torch.cat([values, values.new_full((*values.shape[:-1], 1), fill)], -1)
+        return extended.index_select(-1, self.cat_gather).unflatten(-1, (widest, cats)).movedim(-2, 0)
 
     def _column_terms(self, loc: Tensor, log_scale: Tensor, miss_logit: Tensor, x0: Tensor, observed: Tensor,
-                      derivatives: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
-        """The column terms -log p (*batch, columns), differentiable by autograd; with ``derivatives`` (for
-        ``_FusedTableNLL``, under no_grad) also the derivatives of each column's term with respect to its values'
-        parameters, each of loc's shape (a value's derivative is of its own column's term), else three Nones:
+                      derivatives: Tensor | None = None) -> Tensor:
+        """The column terms -log p (*batch, columns), differentiable by autograd. With ``derivatives`` (for
+        ``_FusedTableNLL``, under no_grad: zeros of shape (*batch, 3, values)) it also writes there the derivative
+        of each value's column term with respect to the value's location, log-scale and missingness logit:
 
             continuous   t = (x - m) e^-s:       d/dm = -t e^-s,          d/ds = 1 - t^2
             integer      P = Phi(u) - Phi(l), u, l = (k +- 1/2 - m) e^-s in standardized units:
@@ -482,20 +492,20 @@ class TableLikelihood(Likelihood):
         Value terms of missing cells, and their derivatives, are 0."""
         out = loc.new_zeros(*loc.shape[:-1], self.n_columns)
         d_loc = d_scale = d_miss = None
-        if derivatives:
-            d_loc, d_scale, d_miss = torch.zeros_like(loc), torch.zeros_like(loc), torch.zeros_like(loc)
+        if derivatives is not None:
+            d_loc, d_scale, d_miss = derivatives.unbind(-2)  # views: written in place
         if len(self.continuous_pos):
             p = self.continuous_pos
             scale = log_scale.index_select(-1, p)
             inv = torch.exp(-scale)
             t = (x0.index_select(-1, p) - loc.index_select(-1, p)) * inv
             nll = 0.5 * t * t + scale + _LOG_SQRT_2PI + self.cont_log_sd.to(t.dtype)
-            out = out.index_copy(-1, self.continuous_cols, nll)
-            if derivatives:
+            out.index_copy_(-1, self.continuous_cols, nll)
+            if d_loc is not None:
                 d_loc.index_copy_(-1, p, -t * inv)
                 d_scale.index_copy_(-1, p, 1 - t * t)
         if len(self.integer_pos):
-            if derivatives:
+            if d_loc is not None:
                 nll, dm, ds = self._integer_nll_and_grads(loc, log_scale, x0)
                 d_loc.index_copy_(-1, self.integer_pos, dm.to(out.dtype))
                 d_scale.index_copy_(-1, self.integer_pos, ds.to(out.dtype))
@@ -507,29 +517,30 @@ class TableLikelihood(Likelihood):
             logit, target = loc.index_select(-1, p), x0.index_select(-1, p)
             out = out.index_copy(-1, self.boolean_cols,
                                  F.binary_cross_entropy_with_logits(logit, target, reduction="none"))
-            if derivatives:
+            if d_loc is not None:
                 d_loc.index_copy_(-1, p, torch.sigmoid(logit) - target)
         if len(self.cat_cols):
-            logits, pad = self._categories(loc, -math.inf)  # (widest, *batch, cats)
-            onehot, _ = self._categories(x0, 0.0)
-            log_p = torch.log_softmax(logits, 0).masked_fill(pad, 0.0)
+            # Padding as a finite logit far below any other: probability 0, and 0 * log p = 0 with no masking.
+            logits = self._categories(loc, torch.finfo(loc.dtype).min / 4)  # (widest, *batch, cats)
+            onehot = self._categories(x0, 0.0)
+            log_p = torch.log_softmax(logits, 0)
             out = out.index_copy(-1, self.cat_cols, -(onehot * log_p).sum(0))
-            if derivatives:
-                grad = log_p.exp().masked_fill(pad, 0.0) * onehot.sum(0, keepdim=True) - onehot
+            if d_loc is not None:
+                grad = log_p.exp() * onehot.sum(0, keepdim=True) - onehot
                 # back to value positions; a padding slot (a position already used) adds 0
                 d_loc.index_add_(-1, self.cat_flat, grad.movedim(0, -2).flatten(-2))
         out = torch.where(observed, out, torch.zeros_like(out))
-        if derivatives:
+        if derivatives is not None:
             seen = observed.index_select(-1, self.value_column).to(loc.dtype)
-            d_loc.mul_(seen)
-            d_scale.mul_(seen)
+            derivatives.select(-2, 0).mul_(seen)
+            derivatives.select(-2, 1).mul_(seen)
         if len(self.miss_cols):
             target = (~observed.index_select(-1, self.miss_cols)).to(loc.dtype)
             logit = miss_logit.index_select(-1, self.miss_pos)
             out = out.index_add(-1, self.miss_cols, F.binary_cross_entropy_with_logits(logit, target, reduction="none"))
-            if derivatives:
+            if d_miss is not None:
                 d_miss.index_copy_(-1, self.miss_pos, torch.sigmoid(logit) - target)
-        return out, d_loc, d_scale, d_miss
+        return out
 
     def _integer_nll_and_grads(self, loc: Tensor, log_scale: Tensor, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``_integer_nll`` and its derivatives with respect to the location and the log-scale (float64)."""
