@@ -20,8 +20,8 @@ once more itself (``preprocessing=True``, its default; close to the identity on 
 Detectors:
 
     vaekit            ``AnomalyDetector(VAE(seed=seed), seed=seed).fit(X_train)``, then ``anomaly_score(X_test)``:
-                      every other setting at its default (data-scaled: at least 2,000 steps; MLP 400, latent 20, Gaussian
-                      likelihood with a learned variance, the typicality score). The VAE is fitted first
+                      every other setting at its default (data-scaled: at least 2,000 steps; MLP 128,128; latent
+                      half the columns, 2 to 20; Gaussian likelihood with a learned variance; the typicality score). The VAE is fitted first
                       (``vae.fit(X_train)``, timed alone) and then handed to the detector: the same computation
                       as ``AnomalyDetector(VAE()).fit(X_train)``, which calls ``vae.fit`` on the same array. The
                       detector sees that X_train is the VAE's own training data: it fits the typicality density

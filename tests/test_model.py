@@ -375,3 +375,15 @@ def test_output_bias_of_a_convolutional_decoder_is_per_channel():
     for channel in range(2):
         torch.testing.assert_close(torch.sigmoid(logits[channel]),
                                    x[:, channel].mean().expand(8, 8))
+
+
+def test_the_closed_form_kl_to_the_standard_normal_equals_torch_distributions():
+    from torch.distributions import Normal, kl_divergence
+
+    from vaekit.models.priors import StandardNormalPrior
+
+    g = torch.Generator().manual_seed(0)
+    q = Normal(3 * torch.randn(64, 7, dtype=torch.float64, generator=g),
+               torch.exp(2 * torch.randn(64, 7, dtype=torch.float64, generator=g)))
+    expected = kl_divergence(q, Normal(torch.zeros(7, dtype=torch.float64), torch.ones(7, dtype=torch.float64)))
+    torch.testing.assert_close(StandardNormalPrior.kl_from(q), expected, rtol=1e-12, atol=1e-12)

@@ -27,7 +27,7 @@ from .evaluation.likelihood import elbo as elbo_of
 from .evaluation.likelihood import evaluate as evaluate_model
 from .models.likelihoods import DiscretizedLogisticLikelihood, default_likelihood, detect_levels
 from .models.model import VAEModel
-from .models.networks import DEFAULT_HIDDEN, default_arch
+from .models.networks import default_arch, default_hidden
 from .training.device import resolve_device
 from .training.trainer import train
 
@@ -85,7 +85,7 @@ def make_run_config(dataset: Dataset, *, latent_dim: int | None = None, hidden: 
         train_options["batch_size"], train_options["epochs"], _ = default_schedule(
             dataset.num_train, train_options.get("batch_size"), train_options.get("epochs"))
     arch = default_arch(dataset.shape) if arch == "auto" else arch
-    hidden = tuple(hidden) if hidden else DEFAULT_HIDDEN.get(arch, (400,))
+    hidden = tuple(hidden) if hidden else default_hidden(arch, dataset.kind, dataset.shape)
     likelihood = default_likelihood(dataset.kind) if likelihood == "auto" else likelihood
     table_columns = None
     if dataset.config.table is not None:

@@ -424,14 +424,14 @@ class VAEModel(nn.Module):
                                                 generator=generator, y=y)
         zs = [z for z, _ in drawn]
         reconstruction = self.likelihood.negative_log_prob(self.decoder_params(zs[0], y), x)  # = -decode(z).log_prob(x)
-        prior = self.prior_distribution() if prior is None else prior
         per_dim = self.lower_layer_kl_per_dim(drawn, priors)
         z_top, q_top = drawn[-1]
         if isinstance(self.prior, StandardNormalPrior):
-            top_kl = kl_divergence(q_top.base_dist, prior.base_dist)  # closed form, per dimension
+            top_kl = StandardNormalPrior.kl_from(q_top.base_dist)  # closed form, per dimension
             top_total = top_kl.sum(-1)
             top_per_dim = lambda: top_kl  # noqa: E731
         else:
+            prior = self.prior_distribution() if prior is None else prior
             log_q = q_top.base_dist.log_prob(z_top)
             top_total = log_q.sum(-1) - prior.log_prob(z_top)
             top_per_dim = lambda: log_q - log_prob_per_dim(prior, z_top)  # noqa: E731

@@ -31,6 +31,13 @@ class StandardNormalPrior(nn.Module):
     def distribution(self) -> Distribution:
         return Independent(Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False)
 
+    @staticmethod
+    def kl_from(q: Normal) -> Tensor:
+        """KL(q || N(0, 1)) per dimension for a diagonal Gaussian q: (mu^2 + sigma^2 - 1) / 2 - log sigma, the
+        closed form ``kl_divergence`` gives for two Normals with the prior's 0 and 1 put in (fewer operations: it
+        is on every training step)."""
+        return 0.5 * (q.loc.square() + q.scale.square() - 1) - q.scale.log()
+
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``num_samples`` latent vectors (the encoder is not involved)."""
         return torch.randn(num_samples, self.latent_dim, generator=generator,
