@@ -133,8 +133,8 @@ def test_discretized_likelihood_reads_the_levels_off_the_data():
 
 
 def test_default_hidden_sizes_follow_the_kind_of_data():
-    """Vectors of real numbers get two layers of 128 (chosen in benchmarks/vector_network.py); images and [0, 1]
-    vectors keep 400 units (conv: 32,64 channels); an explicit --hidden wins."""
+    """Vectors of at most 16 real numbers get two layers of 128 (chosen in benchmarks/vector_network.py); wider
+    ones, images and [0, 1] vectors keep 400 units (conv: 32,64 channels); an explicit --hidden wins."""
     import pandas as pd
 
     from vaekit.api import make_run_config
@@ -145,8 +145,9 @@ def test_default_hidden_sizes_follow_the_kind_of_data():
     unit = rng.random((120, 6)).astype(np.float32)
     images = rng.random((120, 1, 16, 16)).astype(np.float32)
     table = pd.DataFrame({"a": rng.normal(size=120), "b": rng.choice(["x", "y", "z"], 120)})
-    expected = {"real": (128, 128), "unit": (400,), "images": (32, 64), "table": (400,)}
-    for name, data in {"real": real, "unit": unit, "images": images, "table": table}.items():
+    wide = rng.normal(size=(120, 17)).astype(np.float32)
+    expected = {"real": (128, 128), "wide": (400,), "unit": (400,), "images": (32, 64), "table": (400,)}
+    for name, data in {"real": real, "wide": wide, "unit": unit, "images": images, "table": table}.items():
         config = make_run_config(as_dataset(data), epochs=1)
         assert config.model.hidden == expected[name], name
     assert make_run_config(as_dataset(real), hidden=(50,), epochs=1).model.hidden == (50,)

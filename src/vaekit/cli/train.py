@@ -61,8 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--latent-dim", type=positive_int, help="latent dimensions (default 20 for images; half the columns, 2 to 20, for vectors and tables)")
     g.add_argument("--arch", choices=("auto", *ARCHITECTURES), help="network: mlp, conv (default auto: conv for images of 16x16 and up)")
     g.add_argument("--hidden", type=parse_hidden, metavar="SIZES",
-                   help="comma-separated hidden sizes (MLP units or conv channels; default 400 for images and "
-                        "[0, 1] vectors, 128,128 for vectors of real numbers, 32,64 for conv)")
+                   help="comma-separated hidden sizes (MLP units or conv channels; default 128,128 for vectors of "
+                        "at most 16 real numbers, else 400; 32,64 for conv)")
     g.add_argument("--residual-blocks", type=int, metavar="N",
                    help="conv networks: N residual cells (two 3x3 convolutions and a skip connection) at each "
                         "resolution of the encoder and the decoder (default 0)")
