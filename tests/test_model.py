@@ -387,3 +387,14 @@ def test_the_closed_form_kl_to_the_standard_normal_equals_torch_distributions():
                torch.exp(2 * torch.randn(64, 7, dtype=torch.float64, generator=g)))
     expected = kl_divergence(q, Normal(torch.zeros(7, dtype=torch.float64), torch.ones(7, dtype=torch.float64)))
     torch.testing.assert_close(StandardNormalPrior.kl_from(q), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_soft_clamp_with_slope_gives_the_clamp_and_its_derivative():
+    from vaekit.models.likelihoods import soft_clamp_with_slope
+
+    x = torch.linspace(-12, 12, 97, dtype=torch.float64, requires_grad=True)
+    value, slope = soft_clamp_with_slope(x.detach(), -4.6, 4.6)
+    clamped = soft_clamp(x, -4.6, 4.6)
+    (grad,) = torch.autograd.grad(clamped.sum(), x)
+    torch.testing.assert_close(value, clamped.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(slope, grad, rtol=1e-12, atol=1e-14)

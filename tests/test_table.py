@@ -188,13 +188,13 @@ def test_the_fused_terms_pass_gradcheck():
 def test_the_decoder_gives_exactly_the_parameters_the_likelihood_reads():
     from vaekit.config import ModelConfig, RunConfig
     from vaekit.models.model import VAEModel
-    from vaekit.models.networks import TableOutput, table_output_positions
+    from vaekit.models.networks import TableOutput
 
     frame = _every_kind_with_gaps()
     schema, lik = likelihood_for(frame)
     columns, width = schema.model_columns(), schema.width
     read = torch.zeros(3 * width, dtype=torch.bool)
-    read[table_output_positions(columns)] = True
+    read[lik.read_positions()] = True
     x = torch.from_numpy(schema.encode(frame)).double()
     params = torch.randn(len(x), 3, width, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     lik.eval()

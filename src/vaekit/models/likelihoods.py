@@ -40,6 +40,13 @@ def soft_clamp(x: Tensor, low: float, high: float) -> Tensor:
     return high - F.softplus(high - x)
 
 
+def soft_clamp_with_slope(x: Tensor, low: float, high: float) -> tuple[Tensor, Tensor]:
+    """``soft_clamp(x, low, high)`` and its derivative with respect to ``x``, from the same two softplus terms:
+    d/dx = sigmoid(high - inner) * sigmoid(x - low), where inner = low + softplus(x - low)."""
+    inner = low + F.softplus(x - low)
+    return high - F.softplus(high - inner), torch.sigmoid(high - inner) * torch.sigmoid(x - low)
+
+
 def soft_clamp_inverse(y: Tensor, low: float, high: float) -> Tensor:
     """The ``x`` with ``soft_clamp(x, low, high) == y``, for ``y`` strictly inside (low, high)."""
     softplus_inverse = lambda t: t + torch.log(-torch.expm1(-t))  # noqa: E731  (log(e^t - 1), stable for large t)
@@ -309,11 +316,8 @@ class _FusedTableNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, params: Tensor, likelihood: "TableLikelihood", x0: Tensor, observed: Tensor) -> Tensor:
         with torch.no_grad():
-            low, high = likelihood.MIN_LOG_SCALE, likelihood.MAX_LOG_SCALE
-            raw_scale = params.select(-2, 1)
-            inner = low + F.softplus(raw_scale - low)  # soft_clamp, and its derivative from the same two softplus
-            log_scale = high - F.softplus(high - inner)
-            clamp_slope = torch.sigmoid(high - inner) * torch.sigmoid(raw_scale - low)
+            log_scale, clamp_slope = soft_clamp_with_slope(params.select(-2, 1), likelihood.MIN_LOG_SCALE,
+                                                           likelihood.MAX_LOG_SCALE)
             derivatives = torch.zeros_like(params)
             out = likelihood._column_terms(params.select(-2, 0), log_scale, params.select(-2, 2), x0, observed,
                                            derivatives=derivatives)
@@ -431,6 +435,15 @@ class TableLikelihood(Likelihood):
     # an empty cell, and scoring a row with empty cells, ask of it (the likelihood still scores every cell).
     HIDDEN_ROWS = 0.5
     HIDE_RATE = 0.25
+
+    def read_positions(self) -> Tensor:
+        """Where the parameters these column terms, means and draws read lie in the flattened (3, values) layout:
+        parameter 0 (location or logit) of every value, 1 (log-scale) of continuous and integer values, 2
+        (missingness logit) of the first value of a column with missing cells. The others are never read, so a
+        decoder need not compute them (``ModelConfig.table_outputs``)."""
+        width = self.data_shape[0]
+        return torch.cat([torch.arange(width, device=self.first.device), width + self.continuous_pos,
+                          width + self.integer_pos, 2 * width + self.miss_pos]).sort().values
 
     def hide_cells(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """``x`` with cells hidden (NaN, whole columns' values) for the encoder's eyes only."""

@@ -134,7 +134,9 @@ class VAEModel(nn.Module):
         self.logvar_head = nn.Linear(features, config.latent_dim)
         self.likelihood = make_likelihood(config.likelihood, config.input_shape, config.gaussian_std,
                                           config.num_levels, config.table_columns)
-        self.decoder = build_decoder(config, self.likelihood.params_per_value)
+        used = config.table_columns is not None and config.table_outputs == "used"
+        reads = self.likelihood.read_positions() if used else None
+        self.decoder = build_decoder(config, self.likelihood.params_per_value, reads)
         dims = self.latent_dims
         # Empty for a one-layer model, which therefore has exactly the weights (and names) of a plain VAE.
         # Top-down: the inference MLPs chain the deterministic features, d_1 (the encoder's) to d_L.

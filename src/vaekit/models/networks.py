@@ -81,34 +81,17 @@ class TableInput(nn.Module):
         return torch.cat([values, missing.index_select(-1, self.missing_pos).to(values.dtype)], -1)
 
 
-def table_output_positions(columns: list[dict]) -> list[int]:
-    """Where the parameters a table's column likelihoods read lie in the flattened ``(3, values)``
-    layout of ``TableLikelihood``: parameter 0 (location or logit) of every value, parameter 1 (log-scale) of
-    continuous and integer values, parameter 2 (missingness logit) of the first value of a column with missing
-    cells. The others are never read."""
-    width = sum(int(c["width"]) for c in columns)
-    locs, scales, missing, at = list(range(width)), [], [], 0
-    for c in columns:
-        if c["kind"] in ("continuous", "integer"):
-            scales.append(width + at)
-        if c.get("missing"):
-            missing.append(2 * width + at)
-        at += int(c["width"])
-    return locs + scales + missing
-
-
 class TableOutput(nn.Module):
-    """A table decoder's last layer: a linear map to only the parameters the column likelihoods read
-    (``table_output_positions``), placed into the ``(batch, 3, values)`` layout with zeros elsewhere. For a table
-    of mostly categories this is about a third of the outputs of one linear layer to all three per value: the
-    largest matrix product of a table model's training step shrinks by as much."""
+    """A table decoder's last layer: a linear map to only the parameters the column likelihoods read (positions
+    in the flattened ``shape``, from ``TableLikelihood.read_positions``), placed into that layout with zeros
+    elsewhere. For a table of mostly categories this is about a third of the outputs of one linear layer to all
+    three per value: the largest matrix product of a table model's training step shrinks by as much."""
 
-    def __init__(self, n_in: int, columns: list[dict]) -> None:
+    def __init__(self, n_in: int, positions: Tensor, shape: tuple[int, ...]) -> None:
         super().__init__()
-        positions = table_output_positions(columns)
-        self.shape = (3, sum(int(c["width"]) for c in columns))
+        self.shape = tuple(shape)
         self.linear = nn.Linear(n_in, len(positions))
-        self.register_buffer("positions", torch.tensor(positions, dtype=torch.long), persistent=False)
+        self.register_buffer("positions", positions.clone(), persistent=False)
 
     def forward(self, h: Tensor) -> Tensor:
         y = self.linear(h)
@@ -179,14 +162,16 @@ class _Reshape(nn.Module):
         return x.reshape(x.shape[0], *self.shape)
 
 
-def build_decoder(config: ModelConfig, params_per_value: int) -> nn.Module:
-    """Decoder from ``latent_dim`` to ``(batch, params_per_value, *input_shape)`` parameters."""
+def build_decoder(config: ModelConfig, params_per_value: int, read_positions: Tensor | None = None) -> nn.Module:
+    """Decoder from ``latent_dim`` to ``(batch, params_per_value, *input_shape)`` parameters. ``read_positions``
+    (MLP only): the flattened positions the likelihood reads, the only ones the last layer computes."""
     n_z = config.latent_dim + (config.num_classes or 0)  # a conditional decoder reads [z, one-hot y]
     if config.arch == "mlp":
         n_out = params_per_value * math.prod(config.input_shape)
-        if config.table_columns is not None and config.table_outputs == "used":
+        if read_positions is not None:
             body = mlp([n_z, *reversed(config.hidden)], config.activation, final_activation=True)
-            return nn.Sequential(body, TableOutput(config.hidden[0], config.table_columns))
+            return nn.Sequential(body, TableOutput(config.hidden[0], read_positions,
+                                                   (params_per_value, *config.input_shape)))
         sizes = [n_z, *reversed(config.hidden), n_out]
         return nn.Sequential(mlp(sizes, config.activation, final_activation=False),
                              _Reshape(params_per_value, *config.input_shape))
