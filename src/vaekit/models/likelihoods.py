@@ -414,6 +414,12 @@ class TableLikelihood(Likelihood):
         buffer("int_high", [(c["high"] - c["mean"]) / c["std"] for c in ints], torch.float64)
         buffer("int_mean", [c["mean"] for c in ints], torch.float64)
         buffer("int_sd", [c["std"] for c in ints], torch.float64)
+        # ``_integer_terms`` handles both bin edges at once, stacked (upper, lower): their offsets from the value,
+        # the side each points to, and where the value is the range's end on that side (then its edge is open).
+        half = self.int_half
+        buffer("int_edge_offset", torch.stack([half, -half]), torch.float64)
+        buffer("int_edge_side", [[1.0], [-1.0]], torch.float64)
+        buffer("int_edge_end", torch.stack([self.int_high - 0.5 * half, -(self.int_low + 0.5 * half)]), torch.float64)
         cats = index("categorical")
         widest = max([int(self.columns[i]["width"]) for i in cats], default=1)
         buffer("cat_cols", cats)
@@ -557,40 +563,41 @@ class TableLikelihood(Likelihood):
 
     def _integer_nll_and_grads(self, loc: Tensor, log_scale: Tensor, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``_integer_nll`` and its derivatives with respect to the location and the log-scale (float64)."""
-        nll, upper, lower, at_low, at_high, inv = self._integer_terms(loc, log_scale, x0)
-        # phi(u) / P and phi(l) / P as exp(log phi - log P): finite wherever -log P is
-        ratio_u = torch.exp(-0.5 * upper * upper - _LOG_SQRT_2PI + nll)
-        ratio_l = torch.exp(-0.5 * lower * lower - _LOG_SQRT_2PI + nll)
-        ratio_u = torch.where(at_high, torch.zeros_like(ratio_u), ratio_u)  # the upper tail is open: phi(inf) = 0
-        ratio_l = torch.where(at_low, torch.zeros_like(ratio_l), ratio_l)
-        dm = inv * (ratio_u - ratio_l)
-        ds = upper * ratio_u - lower * ratio_l
-        return nll, dm, ds
+        nll, edges, inv = self._integer_terms(loc, log_scale, x0)
+        # phi(u) / P and phi(l) / P as exp(log phi - log P): finite wherever -log P is; 0 at an open edge
+        ratio = torch.exp(nll - 0.5 * edges * edges - _LOG_SQRT_2PI)
+        dm = inv * (ratio[0] - ratio[1])
+        weighted = edges * ratio
+        return nll, dm, weighted[0] - weighted[1]
 
     def _integer_nll(self, loc: Tensor, log_scale: Tensor, x0: Tensor) -> Tensor:
         """-log P(k) of the discretized Gaussian, in float64: bins can be narrow next to the scale."""
         return self._integer_terms(loc, log_scale, x0)[0]
 
-    def _integer_terms(self, loc: Tensor, log_scale: Tensor, x0: Tensor) -> tuple[Tensor, ...]:
-        """-log P(k), the standardized bin edges u and l, whether k is at either end, and e^-s (float64)."""
+    # An open bin edge (the range's ends take the tails) as a finite standardized edge this far out: Phi there is
+    # 0 or 1 to float64 precision, and edge * phi(edge) is 0, not the NaN that infinity * 0 would give.
+    FAR_EDGE = 1e10
+
+    def _integer_terms(self, loc: Tensor, log_scale: Tensor, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """-log P(k), the standardized bin edges stacked (upper u, lower l) on a leading axis, and e^-s (float64).
+
+        Both edges go through each operation together; an end of the observed range gets the open tail on its
+        side (u = +FAR_EDGE at the high end, l = -FAR_EDGE at the low end), so one formula covers every case."""
         p = self.integer_pos
         m = loc.index_select(-1, p).double()
         inv = torch.exp(-log_scale.index_select(-1, p).double())
         z = x0.index_select(-1, p).double()
-        upper = (z + self.int_half - m) * inv
-        lower = (z - self.int_half - m) * inv
-        at_low = z <= self.int_low + 0.5 * self.int_half
-        at_high = z >= self.int_high - 0.5 * self.int_half
-        # log(Phi(b) - Phi(a)) with both edges moved to the left tail by symmetry, where log Phi is accurate.
-        flip = (upper + lower) > 0
-        a = torch.where(flip, -upper, lower)
-        b = torch.where(flip, -lower, upper)
-        log_b, log_a = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
-        interior = log_b + log1mexp((log_b - log_a).clamp_min(1e-300))
-        log_p = torch.where(at_low & at_high, torch.zeros_like(z),
-                            torch.where(at_low, torch.special.log_ndtr(upper),
-                                        torch.where(at_high, torch.special.log_ndtr(-lower), interior)))
-        return -log_p, upper, lower, at_low, at_high, inv
+        side = self.int_edge_side.view(2, *([1] * z.dim()))
+        offset = self.int_edge_offset.view(2, *([1] * (z.dim() - 1)), -1)
+        end = self.int_edge_end.view(2, *([1] * (z.dim() - 1)), -1)
+        edges = torch.where(z * side >= end, side * self.FAR_EDGE, (z + offset - m) * inv)
+        # log(Phi(u) - Phi(l)) with both edges moved to the left tail by symmetry, where log Phi is accurate:
+        # (b, a) = (u, l), or (-l, -u) when the bin lies right of the centre.
+        flip = edges.sum(0) > 0
+        log_ba = torch.special.log_ndtr(torch.where(flip, -edges.flip(0), edges))
+        log_b, log_a = log_ba.unbind(0)
+        log_p = log_b + log1mexp((log_b - log_a).clamp_min(1e-300))
+        return -log_p, edges, inv
 
     def mean_values(self, params: Tensor) -> Tensor:
         """Model values a reconstruction shows: locations, P(true) for booleans, category probabilities."""
