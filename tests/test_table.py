@@ -404,3 +404,26 @@ def test_training_hides_cells_from_the_encoder_only():
     loss, _, _ = elbo_objective(model, rows, 1.0, torch.Generator().manual_seed(3))
     terms = model.elbo_terms(rows, generator=torch.Generator().manual_seed(3))
     assert loss.item() == pytest.approx(terms.neg_elbo.mean().item(), rel=1e-6)
+
+
+def test_building_a_table_model_on_the_meta_device_does_not_load_torchs_compiler(tmp_path):
+    """Every command that loads a run first lays the model out on the meta device (checkpoint.load_model); a
+    tensor operation there goes through torch's reference decompositions, which import torch._dynamo: about a
+    second of `vaekit sample` on a table run. The table likelihood builds its buffers from Python numbers."""
+    import json
+    import subprocess
+    import sys
+
+    schema, _ = likelihood_for(_every_kind_with_gaps())
+    (tmp_path / "columns.json").write_text(json.dumps({"width": schema.width, "columns": schema.model_columns()}))
+    code = (
+        "import json, sys, torch\n"
+        "from vaekit.models.likelihoods import TableLikelihood\n"
+        f"spec = json.load(open({str(tmp_path / 'columns.json')!r}))\n"
+        "with torch.device('meta'):\n"
+        "    lik = TableLikelihood((spec['width'],), spec['columns'])\n"
+        "    lik.read_positions()\n"
+        "print('torch._dynamo' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -416,25 +416,33 @@ class TableLikelihood(Likelihood):
         buffer("int_sd", [c["std"] for c in ints], torch.float64)
         # ``_integer_terms`` handles both bin edges at once, stacked (upper, lower): their offsets from the value,
         # the side each points to, and where the value is the range's end on that side (then its edge is open).
-        half = self.int_half
-        buffer("int_edge_offset", torch.stack([half, -half]), torch.float64)
+        half = [0.5 / c["std"] for c in ints]
+        buffer("int_edge_offset", [half, [-h for h in half]], torch.float64)
         buffer("int_edge_side", [[1.0], [-1.0]], torch.float64)
-        buffer("int_edge_end", torch.stack([self.int_high - 0.5 * half, -(self.int_low + 0.5 * half)]), torch.float64)
+        buffer("int_edge_end", [[(c["high"] - c["mean"]) / c["std"] - 0.5 * h for c, h in zip(ints, half)],
+                                [-((c["low"] - c["mean"]) / c["std"] + 0.5 * h) for c, h in zip(ints, half)]],
+               torch.float64)
         cats = index("categorical")
         widest = max([int(self.columns[i]["width"]) for i in cats], default=1)
         buffer("cat_cols", cats)
         # (categorical columns, widest) positions of each column's one-hot values; padding points at value 0.
-        buffer("cat_index", [[first[i] + j if j < self.columns[i]["width"] else 0 for j in range(widest)] for i in cats]
-               or torch.zeros(0, widest, dtype=torch.long))
-        buffer("cat_pad", [[j >= self.columns[i]["width"] for j in range(widest)] for i in cats]
-               or torch.zeros(0, widest, dtype=torch.bool), torch.bool)
+        # (Every buffer is built from Python numbers: a model's skeleton is built on the meta device, where a
+        # tensor operation such as torch.where imports torch's compiler, about a second of every command's start.)
+        index = [[first[i] + j if j < self.columns[i]["width"] else 0 for j in range(widest)] for i in cats]
+        pad = [[j >= self.columns[i]["width"] for j in range(widest)] for i in cats]
+        buffer("cat_index", index or torch.zeros(0, widest, dtype=torch.long))
+        buffer("cat_pad", pad or torch.zeros(0, widest, dtype=torch.bool), torch.bool)
         # The same positions category-major, for ``_categories``: (widest * categorical columns,)
-        buffer("cat_flat", self.cat_index.T.reshape(-1))
+        buffer("cat_flat", [index[c][j] for j in range(widest) for c in range(len(cats))])
         # ... with padding pointing one past the last value, where ``_categories`` puts its fill
-        buffer("cat_gather", torch.where(self.cat_pad.T, self.data_shape[0], self.cat_index.T).reshape(-1))
+        buffer("cat_gather", [self.data_shape[0] if pad[c][j] else index[c][j]
+                              for j in range(widest) for c in range(len(cats))])
         missing = [i for i, c in enumerate(self.columns) if c.get("missing")]
         buffer("miss_cols", missing)
         buffer("miss_pos", [first[i] for i in missing])
+        width = self.data_shape[0]
+        scaled = [first[i] for i, k in enumerate(kinds) if k in ("continuous", "integer")]
+        self._read_positions = sorted([*range(width), *(width + p for p in scaled), *(2 * width + first[i] for i in missing)])
 
     # Training: half the rows, chosen afresh at every step, show the encoder only some of their cells (each
     # hidden with this probability), so that q(z|x) learns to infer a row from the cells it has: what imputing
@@ -447,9 +455,7 @@ class TableLikelihood(Likelihood):
         parameter 0 (location or logit) of every value, 1 (log-scale) of continuous and integer values, 2
         (missingness logit) of the first value of a column with missing cells. The others are never read, so a
         decoder need not compute them (``ModelConfig.table_outputs``)."""
-        width = self.data_shape[0]
-        return torch.cat([torch.arange(width, device=self.first.device), width + self.continuous_pos,
-                          width + self.integer_pos, 2 * width + self.miss_pos]).sort().values
+        return torch.tensor(self._read_positions, dtype=torch.long, device=self.first.device)
 
     def hide_cells(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """``x`` with cells hidden (NaN, whole columns' values) for the encoder's eyes only."""
