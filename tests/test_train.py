@@ -343,3 +343,55 @@ def test_a_table_has_no_marginal_start_and_says_so():
     messages: list[str] = []
     train(config, data, progress=False, log=messages.append)
     assert any("keeps PyTorch's start: the table likelihood" in m for m in messages), messages
+
+
+def test_the_run_directory_is_written_after_the_first_and_last_epoch_and_on_a_time_schedule(tmp_path, monkeypatch):
+    """End-of-epoch checkpoints (with the weights and metrics files) after the first and the last epoch and at
+    most every CHECKPOINT_INTERVAL_S between them; every epoch with --checkpoint-every. The files written last
+    hold the last epoch, and a run that crashes between checkpoints resumes from the last one to the unbroken
+    run's weights."""
+    from vaekit.cli import main
+    from vaekit.training import trainer as trainer_module
+
+    x = np.random.default_rng(0).normal(size=(96, 3)).astype(np.float32)
+    saved: list[int] = []
+    real_save = ckpt.save_checkpoint
+
+    def counting(run_dir, **kwargs):
+        saved.append(kwargs["state"]["epoch"])
+        return real_save(run_dir, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", counting)
+    options = dict(epochs=6, batch_size=32, hidden=(8,), device="cpu", seed=0)
+    monkeypatch.setattr(trainer_module, "CHECKPOINT_INTERVAL_S", math.inf)
+    unbroken = vaekit.VAE(**options).fit(x, run_dir=tmp_path / "sparse")
+    assert saved == [1, 6]
+    assert [m["epoch"] for m in ckpt.read_metrics(tmp_path / "sparse")] == [1, 2, 3, 4, 5, 6]
+    weights = ckpt.load_tensors(tmp_path / "sparse" / ckpt.MODEL_FILE)
+    for name, value in unbroken.model_.state_dict().items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=0)
+
+    # a crash at the end of epoch 4, before anything is written: the newest checkpoint is epoch 1's
+    real_end = trainer_module.Trainer._end_epoch
+
+    def crashing(self, *args):
+        if self.epoch == 3:
+            raise RuntimeError("simulated crash")
+        return real_end(self, *args)
+
+    saved.clear()
+    monkeypatch.setattr(trainer_module.Trainer, "_end_epoch", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        vaekit.VAE(**options).fit(x, run_dir=tmp_path / "crashed")
+    assert saved == [1]
+    monkeypatch.setattr(trainer_module.Trainer, "_end_epoch", real_end)
+    resumed = vaekit.VAE(**options).fit(x, run_dir=tmp_path / "crashed", resume=True)
+    assert saved == [1, 6]
+    for name, value in unbroken.model_.state_dict().items():
+        torch.testing.assert_close(resumed.model_.state_dict()[name], value)
+
+    saved.clear()
+    np.save(tmp_path / "x.npy", x)
+    assert main(["train", str(tmp_path / "x.npy"), "--out", str(tmp_path / "asked"), "--epochs", "6", "--batch-size",
+                 "32", "--hidden", "8", "--checkpoint-every", "1000", "--no-progress", "--no-detector"]) == 0
+    assert saved == [1, 2, 3, 4, 5, 6]

@@ -135,7 +135,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "CPU, NCCL on GPUs); --batch-size is the global batch. For several machines run torchrun "
                         "yourself (see docs/training.md)")
     t.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS",
-                   help="also checkpoint every this many steps (default: at the end of every epoch)")
+                   help="also checkpoint every this many steps, and at the end of every epoch (default: at the end of the "
+                        "first and the last epoch, and of others at most every 20 s)")
     t.add_argument("--clip-grad-norm", type=float, metavar="NORM",
                    help="scale the gradients down to this total 2-norm when it is larger (default: no clipping)")
     t.add_argument("--max-rollbacks", type=int, metavar="N",

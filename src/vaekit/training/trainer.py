@@ -52,6 +52,7 @@ from ..models.objectives import elbo_objective, make_objective  # noqa: F401  (e
 
 
 LOSS_CURVE_INTERVAL_S = 60.0
+CHECKPOINT_INTERVAL_S = 20.0  # between end-of-epoch checkpoints at most (see _end_epoch)
 # Training rows whose mean (and variance) start the decoder's output bias: at most 8192, and at most 2^24 values
 # (64 MiB as float32; a streamed data set is read for them).
 MARGINAL_SAMPLE_ROWS = 8192
@@ -194,6 +195,8 @@ class Trainer:
         self.stopped_early = False
         self.best_state: dict[str, Tensor] | None = None
         self._plotted_at = time.perf_counter()
+        self._checkpointed_at = time.perf_counter()
+        self._saved_best_epoch = -1
         self._stop_requested = False
         # NaN/inf losses and gradients: detected at the step, rolled back to the last good state (numerics.py).
         self.guard = NumericalGuard(self.model.parameters(), device=self.device, capture=self._training_state,
@@ -304,6 +307,8 @@ class Trainer:
                         if self.run_dir is not None:
                             self._save_checkpoint()
                         if self._stop_requested:
+                            if self.writes and self.epoch >= 1:  # the run's files as up to date as the checkpoint
+                                self._write_weights_and_metrics()
                             if bar is not None:
                                 bar.close()
                             self.log(f"interrupted after step {self.global_step}"
@@ -425,19 +430,34 @@ class Trainer:
         self.sums.zero_()
         self.count = 0
         self.epoch_seconds = 0.0
-        if self.run_dir is not None:
+        last = self.epoch >= cfg.epochs or self.stopped_early
+        # The run directory (checkpoint, weights, metrics) is written after the first and the last epoch and
+        # otherwise at most every CHECKPOINT_INTERVAL_S: a crash loses at most that much work, and a small table's
+        # 667 epochs of 3 steps no longer write 667 checkpoints (two thirds of its run). With --checkpoint-every,
+        # and under torchrun (where every rank must take the same decision), after every epoch as before.
+        due = (last or self.epoch == 1 or cfg.checkpoint_every is not None or self.context.enabled
+               or time.perf_counter() - self._checkpointed_at >= CHECKPOINT_INTERVAL_S)
+        if self.run_dir is not None and due:
             self._save_checkpoint()
+            self._checkpointed_at = time.perf_counter()
         if self.writes:
             from ..plots import save_loss_curve
 
-            ckpt.write_metrics(self.run_dir, self.history)
-            if cfg.patience is None or improved:
-                ckpt.save_tensors(self.run_dir / ckpt.MODEL_FILE, self.model.state_dict())
+            if due:
+                self._write_weights_and_metrics()
             # A plot costs ~0.2 s: redraw it at most once a minute, and always after the last epoch.
-            last = self.epoch >= cfg.epochs or self.stopped_early
             if last or time.perf_counter() - self._plotted_at > LOSS_CURVE_INTERVAL_S:
                 save_loss_curve(self.history, self.run_dir / "loss_curve.png")
                 self._plotted_at = time.perf_counter()
+
+    def _write_weights_and_metrics(self) -> None:
+        """metrics.jsonl and model.safetensors: the last epoch's weights, or with --patience the best epoch's."""
+        ckpt.write_metrics(self.run_dir, self.history)
+        if self.train_config.patience is None:
+            ckpt.save_tensors(self.run_dir / ckpt.MODEL_FILE, self.model.state_dict())
+        elif self.best_state is not None and self.best_epoch > self._saved_best_epoch:
+            ckpt.save_tensors(self.run_dir / ckpt.MODEL_FILE, self.best_state)
+            self._saved_best_epoch = self.best_epoch
 
     def _log_epoch(self, record: dict[str, Any]) -> None:
         self.log(
