@@ -402,25 +402,27 @@ class TableLikelihood(Likelihood):
         self.n_columns = len(self.columns)
         buffer("first", first)
         buffer("value_column", [i for i, c in enumerate(self.columns) for _ in range(int(c["width"]))])
+        positions = {}
         for kind in ("continuous", "integer", "boolean"):
             cols = index(kind)
+            positions[kind] = [first[i] for i in cols]
             buffer(f"{kind}_cols", cols)
-            buffer(f"{kind}_pos", [first[i] for i in cols])
+            buffer(f"{kind}_pos", positions[kind])
         buffer("cont_log_sd", [math.log(self.columns[i]["std"]) for i in index("continuous")], torch.float32)
         ints = [self.columns[i] for i in index("integer")]
         # Integer columns in standardized units: value z = (k - mean) / sd, bins of half-width 0.5 / sd.
-        buffer("int_half", [0.5 / c["std"] for c in ints], torch.float64)
-        buffer("int_low", [(c["low"] - c["mean"]) / c["std"] for c in ints], torch.float64)
-        buffer("int_high", [(c["high"] - c["mean"]) / c["std"] for c in ints], torch.float64)
+        half = [0.5 / c["std"] for c in ints]
+        low = [(c["low"] - c["mean"]) / c["std"] for c in ints]
+        high = [(c["high"] - c["mean"]) / c["std"] for c in ints]
+        buffer("int_low", low, torch.float64)
+        buffer("int_high", high, torch.float64)
         buffer("int_mean", [c["mean"] for c in ints], torch.float64)
         buffer("int_sd", [c["std"] for c in ints], torch.float64)
         # ``_integer_terms`` handles both bin edges at once, stacked (upper, lower): their offsets from the value,
         # the side each points to, and where the value is the range's end on that side (then its edge is open).
-        half = [0.5 / c["std"] for c in ints]
         buffer("int_edge_offset", [half, [-h for h in half]], torch.float64)
         buffer("int_edge_side", [[1.0], [-1.0]], torch.float64)
-        buffer("int_edge_end", [[(c["high"] - c["mean"]) / c["std"] - 0.5 * h for c, h in zip(ints, half)],
-                                [-((c["low"] - c["mean"]) / c["std"] + 0.5 * h) for c, h in zip(ints, half)]],
+        buffer("int_edge_end", [[b - 0.5 * h for b, h in zip(high, half)], [-(a + 0.5 * h) for a, h in zip(low, half)]],
                torch.float64)
         cats = index("categorical")
         widest = max([int(self.columns[i]["width"]) for i in cats], default=1)
@@ -441,8 +443,8 @@ class TableLikelihood(Likelihood):
         buffer("miss_cols", missing)
         buffer("miss_pos", [first[i] for i in missing])
         width = self.data_shape[0]
-        scaled = [first[i] for i, k in enumerate(kinds) if k in ("continuous", "integer")]
-        self._read_positions = sorted([*range(width), *(width + p for p in scaled), *(2 * width + first[i] for i in missing)])
+        self._read_positions = sorted([*range(width), *(width + p for p in positions["continuous"] + positions["integer"]),
+                                       *(2 * width + first[i] for i in missing)])
 
     # Training: half the rows, chosen afresh at every step, show the encoder only some of their cells (each
     # hidden with this probability), so that q(z|x) learns to infer a row from the cells it has: what imputing
