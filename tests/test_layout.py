@@ -15,7 +15,8 @@ PACKAGE = Path(vaekit.__file__).parent
 
 # Lowest layer first; a module may import its own layer's modules and any layer below.
 LAYERS = [
-    {"vaekit._version", "vaekit.errors", "vaekit.fileio", "vaekit.config", "vaekit.names", "vaekit.plots"},
+    {"vaekit._version", "vaekit.errors", "vaekit.fileio", "vaekit.config", "vaekit.names", "vaekit.plots",
+     "vaekit.allocator"},
     {"vaekit.data"},
     {"vaekit.models"},
     {"vaekit.evaluation"},
