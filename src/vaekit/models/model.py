@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
+from ..allocator import tune_allocator
 from ..config import ModelConfig
 from .likelihoods import DISCRETE_LIKELIHOODS, make_likelihood, soft_clamp
 from .networks import build_decoder, build_encoder, join_label, mlp
@@ -127,6 +128,7 @@ class VAEModel(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        tune_allocator()  # once per process: freed activations stay in the heap for the next batch (allocator.py)
         self.config = config
         self.num_classes = config.num_classes or 0
         self.encoder, features = build_encoder(config)

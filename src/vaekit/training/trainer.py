@@ -37,7 +37,6 @@ from torch import Tensor
 
 from . import checkpoint as ckpt
 from . import distributed
-from ..allocator import tune_allocator
 from .batches import epoch_permutation
 from .batches import training_batches
 from ..config import RunConfig, TrainConfig
@@ -148,7 +147,6 @@ class Trainer:
                  initialize_output: bool = False) -> None:
         """``initialize_output``: the model is fresh, and its decoder output starts at the data's marginal
         (``VAEModel.initialize_output_bias``, from a sample of the training rows, ``_marginal_sample``)."""
-        tune_allocator()  # freed activations stay in the heap for the next step (see allocator.py)
         self.config = config
         self.train_config = config.train
         self.context = distributed.current()  # rank 0 of 1 unless launched by torchrun
