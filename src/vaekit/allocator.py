@@ -8,10 +8,11 @@ convolutional model for Fashion-MNIST that was about a third of a step (``benchm
 
 ``tune_allocator`` raises the two thresholds once per process (``mallopt``): blocks up to 32 MB (glibc's largest
 mmap threshold) come from the heap, and up to 512 MB of free memory at its top is kept for reuse. A process's peak
-memory is unchanged; what it frees stays mapped (up to those 512 MB) until it exits or allocates again. The
-command line calls it, and so does every ``VAEModel`` built (training, loading a run, exporting); it does nothing off glibc (macOS, Windows, musl), when the environment
-already sets glibc's malloc options (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES``
-with ``glibc.malloc``), or with ``VAEKIT_ALLOCATOR=system``, which leaves the C library as it is.
+memory is unchanged; what it frees stays mapped (up to those 512 MB) until it exits or allocates again.
+``VAEModel`` calls it when a model is built (training, loading a run, exporting: every command that computes). It
+does nothing off glibc (macOS, Windows, musl), when the environment already sets glibc's malloc options
+(``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES`` with ``glibc.malloc``), or with
+``VAEKIT_ALLOCATOR=system``, which leaves the C library as it is.
 """
 
 from __future__ import annotations

@@ -65,9 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
         command.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what `vaekit train --nproc N` hands on to torchrun
-    from ..allocator import tune_allocator
-
-    tune_allocator()  # every command's tensors: freed memory kept for reuse (vaekit/allocator.py)
     try:
         result = args.func(args)
     except VaekitError as err:
